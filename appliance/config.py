@@ -1,0 +1,90 @@
+"""The broker's configuration: where state lives, which shares exist, the limits.
+
+One frozen dataclass, built from CLI flags (``appliance up``) or a TOML file,
+so every part reads the same numbers.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    read_bytes: int = 1 << 20  # file.read answers at most this many bytes
+    write_bytes: int = 1 << 20  # file.write accepts at most this many bytes
+    body_bytes: int = 2 << 20  # any HTTP request body
+    intents_per_plan: int = 256
+    list_entries: int = 10_000
+    name_bytes: int = 255  # one path component
+    path_bytes: int = 4096  # a whole resource
+    requests_per_second: float = 50.0  # per client, token bucket refill
+    burst: int = 100  # per client, token bucket size
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    timeout_s: float = 120.0  # no answer before this means deny
+    arming_delay_s: float = 1.0  # presses this soon after a request appears are ignored
+    queue_size: int = 8  # requests waiting behind the one shown
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path
+    shares: dict[str, Path] = field(default_factory=dict)
+    dev: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls: bool = True
+    token_ttl_s: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.state_dir / "audit"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.state_dir / "trash"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+    def with_(self, **changes: object) -> Config:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_toml(path: Path) -> dict:
+    """Read a TOML config file into keyword arguments for :class:`Config`."""
+    with path.open("rb") as f:
+        raw = tomllib.load(f)
+    out: dict = {}
+    if "state_dir" in raw:
+        out["state_dir"] = Path(raw["state_dir"])
+    if "shares" in raw:
+        out["shares"] = {name: Path(p) for name, p in raw["shares"].items()}
+    for key in ("dev", "host", "port", "tls", "token_ttl_s"):
+        if key in raw:
+            out[key] = raw[key]
+    if "limits" in raw:
+        out["limits"] = Limits(**raw["limits"])
+    if "approvals" in raw:
+        out["approvals"] = ApprovalSettings(**raw["approvals"])
+    return out

@@ -1,0 +1,135 @@
+"""Intents: the only language in which anyone asks the broker to act.
+
+A plan is a list of intents. Each names a verb, a resource written
+``share:NAME/relative/path``, the verb's parameters, and the provenance of
+each field: typed by the requester, or derived from content that was read
+(a model quoting a file, a date found inside a PDF). The requester is never
+taken from the body: the broker fills it in from the caller's credential.
+
+``plan_schema()`` exports the JSON schema that clients and the model backends
+validate against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Verb = Literal[
+    "file.list",
+    "file.stat",
+    "file.read",
+    "file.mkdir",
+    "file.copy",
+    "file.move",
+    "file.rename",
+    "file.write",
+    "file.delete",
+]
+
+VERBS: tuple[str, ...] = Verb.__args__  # type: ignore[attr-defined]
+READ_VERBS = frozenset({"file.list", "file.stat", "file.read"})
+WRITE_VERBS = frozenset(VERBS) - READ_VERBS
+
+# Parameters each verb takes; anything else is refused, so a typo never
+# silently means something else. Values: (type, required).
+VERB_PARAMS: dict[str, dict[str, tuple[type, bool]]] = {
+    "file.list": {},
+    "file.stat": {},
+    "file.read": {"max_bytes": (int, False), "offset": (int, False)},
+    "file.mkdir": {"parents": (bool, False)},
+    "file.copy": {"to": (str, True)},
+    "file.move": {"to": (str, True)},
+    "file.rename": {"name": (str, True)},
+    "file.write": {"content": (str, True), "encoding": (str, False)},
+    "file.delete": {},
+}
+# Parameters that name another resource (and so go through scope resolution).
+RESOURCE_PARAMS = frozenset({"to"})
+
+
+class Provenance(StrEnum):
+    requester = "requester"  # typed by the paired client
+    content = "content"  # derived from something that was read
+
+
+Resource = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class Intent(BaseModel):
+    """One action on one resource."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verb: Verb
+    resource: Resource = Field(description="share:NAME/relative/path")
+    params: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Provenance] = Field(
+        default_factory=dict,
+        description="Field name ('resource' or 'params.NAME') to where its value came from. "
+        "Fields not named were typed by the requester.",
+    )
+
+    @model_validator(mode="after")
+    def _check_params(self) -> Intent:
+        spec = VERB_PARAMS[self.verb]
+        unknown = set(self.params) - set(spec)
+        if unknown:
+            raise ValueError(f"{self.verb} takes no parameter {sorted(unknown)}")
+        for name, (typ, required) in spec.items():
+            if name not in self.params:
+                if required:
+                    raise ValueError(f"{self.verb} needs params.{name}")
+                continue
+            value = self.params[name]
+            # bool is an int in Python: refuse it where a number is meant.
+            if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+                raise ValueError(f"params.{name} of {self.verb} must be {typ.__name__}")
+        if self.verb == "file.write" and self.params.get("encoding", "utf-8") not in (
+            "utf-8",
+            "base64",
+        ):
+            raise ValueError("params.encoding must be 'utf-8' or 'base64'")
+        fields = {"resource"} | {f"params.{p}" for p in self.params}
+        stray = set(self.provenance) - fields
+        if stray:
+            raise ValueError(f"provenance names fields the intent does not have: {sorted(stray)}")
+        return self
+
+    def derived_fields(self) -> list[str]:
+        """Fields whose value came from read content."""
+        return sorted(k for k, v in self.provenance.items() if v is Provenance.content)
+
+
+class Plan(BaseModel):
+    """What a client submits to ``POST /v1/intents``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intents: list[Intent] = Field(min_length=1, max_length=256)
+
+
+def plan_schema() -> dict[str, Any]:
+    """The JSON schema of a plan, for clients and model backends."""
+    return Plan.model_json_schema()
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON bytes: the input of every digest."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def verification_code(hex_digest: str) -> str:
+    """A short code derived from a request digest, shown to the requester and
+    on the panel so a person can match what they approve. Four digits 1-9 (no
+    zero, so a single LED can blink each digit)."""
+    raw = bytes.fromhex(hex_digest)
+    return "".join(str(1 + b % 9) for b in raw[:4])

@@ -1,0 +1,1 @@
+"""The issuer: device keys (behind one seam) and capability tokens."""

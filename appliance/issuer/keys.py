@@ -1,0 +1,163 @@
+"""The key seam.
+
+Two keys give the box its authority:
+
+* the **device key** (ECDSA P-256, ES256) signs audit checkpoints and, later,
+  boot statements and approval receipts. In production it lives in the TPM
+  and never leaves it (a later issue adds that ``KeyStore``).
+* the **token root** (Ed25519) signs Biscuit capability tokens. Signing every
+  token inside a TPM costs hundreds of milliseconds, so the root is held in
+  memory.
+
+``DevKeyStore`` keeps both in files of mode 0600 under the state directory.
+It is *unsafe* (a thief with the SD card can copy the keys) and says so: in
+the log at every start, in every token and in every checkpoint it signs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import biscuit_auth as biscuit
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+log = logging.getLogger("appliance.keys")
+
+UNSAFE_LABEL = "development-unsafe-key"
+
+
+class Signer(Protocol):
+    """Signs bytes with the device key (ES256, DER signature)."""
+
+    key_id: str
+    unsafe: bool
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key_pem(self) -> bytes: ...
+
+
+class KeyStore(Protocol):
+    """Where the box's keys live. ``label`` says which kind, for logs and tokens."""
+
+    label: str
+    unsafe: bool
+
+    def device_signer(self) -> Signer: ...
+
+    def token_root(self) -> biscuit.KeyPair: ...
+
+
+def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> bool:
+    """Check a device-key signature with the public key alone."""
+    key = serialization.load_pem_public_key(public_pem)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def key_id(public_pem: bytes) -> str:
+    """A short, stable name for a public key: sha256 of its DER form."""
+    import hashlib
+
+    der = serialization.load_pem_public_key(public_pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create a file readable by the owner only, atomically and never wider."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_secret(path: Path) -> bytes:
+    st = path.lstat()
+    if st.st_mode & 0o077:
+        raise PermissionError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); refusing")
+    return path.read_bytes()
+
+
+class _SoftwareSigner:
+    def __init__(self, private: ec.EllipticCurvePrivateKey, unsafe: bool):
+        self._private = private
+        self.unsafe = unsafe
+        self.key_id = key_id(self.public_key_pem())
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def public_key_pem(self) -> bytes:
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+class DevKeyStore:
+    """Development keys in ``keys/`` (mode 0600). UNSAFE: for development only."""
+
+    label = UNSAFE_LABEL
+    unsafe = True
+
+    def __init__(self, keys_dir: Path):
+        self.dir = keys_dir
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        self._signer = _SoftwareSigner(self._load_device(), unsafe=True)
+        self._root = self._load_root()
+        # Publish the public half beside it, so `appliance audit verify` can
+        # check a log with nothing secret.
+        (self.dir / "device.pub.pem").write_bytes(self._signer.public_key_pem())
+        log.warning(
+            "UNSAFE development key store in %s: keys are plain files, not in a TPM. "
+            "Every token and checkpoint is marked %r.",
+            self.dir,
+            UNSAFE_LABEL,
+        )
+
+    def _load_device(self) -> ec.EllipticCurvePrivateKey:
+        path = self.dir / "device.key"
+        if path.exists():
+            key = serialization.load_pem_private_key(_read_secret(path), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            return key
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_secret(path, pem)
+        return key
+
+    def _load_root(self) -> biscuit.KeyPair:
+        path = self.dir / "token-root.key"
+        if path.exists():
+            raw = _read_secret(path)
+            private = biscuit.PrivateKey.from_bytes(raw, biscuit.Algorithm.Ed25519)
+            return biscuit.KeyPair.from_private_key(private)
+        pair = biscuit.KeyPair()
+        _write_secret(path, bytes(pair.private_key.to_bytes()))
+        return pair
+
+    def device_signer(self) -> Signer:
+        return self._signer
+
+    def token_root(self) -> biscuit.KeyPair:
+        return self._root
