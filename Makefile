@@ -9,18 +9,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: run test lint bench setup apt clean
 
 $(BIN)/python:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! $(PY) -m venv --help >/dev/null 2>&1; then \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES); fi
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
 
 run: setup
+	mkdir -p $(STATE)/shares/docs
 	$(BIN)/appliance up --dev --state-dir $(STATE) --share docs=$(STATE)/shares/docs
 
 test: setup

@@ -10,6 +10,13 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# The default policies ship in deploy/policies/ of the source tree; an image
+# installs them to /etc/appliance/policies.
+_SOURCE_POLICIES = Path(__file__).resolve().parents[1] / "deploy" / "policies"
+DEFAULT_POLICY_DIR = (
+    _SOURCE_POLICIES if _SOURCE_POLICIES.is_dir() else Path("/etc/appliance/policies")
+)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -40,6 +47,7 @@ class Config:
     port: int = 8443
     tls: bool = True
     token_ttl_s: float = 30.0
+    policy_dir: Path = field(default_factory=lambda: DEFAULT_POLICY_DIR)
     limits: Limits = field(default_factory=Limits)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
 
@@ -80,6 +88,8 @@ def load_toml(path: Path) -> dict:
         out["state_dir"] = Path(raw["state_dir"])
     if "shares" in raw:
         out["shares"] = {name: Path(p) for name, p in raw["shares"].items()}
+    if "policy_dir" in raw:
+        out["policy_dir"] = Path(raw["policy_dir"])
     for key in ("dev", "host", "port", "tls", "token_ttl_s"):
         if key in raw:
             out[key] = raw[key]

@@ -52,6 +52,10 @@ class KeyStore(Protocol):
 
     def token_root(self) -> biscuit.KeyPair: ...
 
+    def secret(self, name: str) -> bytes:
+        """A long-lived 32-byte secret (credential pepper, HMAC keys), created once."""
+        ...
+
 
 def verify_signature(public_pem: bytes, data: bytes, signature: bytes) -> bool:
     """Check a device-key signature with the public key alone."""
@@ -90,7 +94,8 @@ def _write_secret(path: Path, data: bytes) -> None:
 def _read_secret(path: Path) -> bytes:
     st = path.lstat()
     if st.st_mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); refusing")
+        mode = st.st_mode & 0o777
+        raise PermissionError(f"{path} is readable by others (mode {mode:o}); refusing")
     return path.read_bytes()
 
 
@@ -161,3 +166,13 @@ class DevKeyStore:
 
     def token_root(self) -> biscuit.KeyPair:
         return self._root
+
+    def secret(self, name: str) -> bytes:
+        if not name.isidentifier():
+            raise ValueError(f"bad secret name {name!r}")
+        path = self.dir / f"{name}.secret"
+        if path.exists():
+            return _read_secret(path)
+        value = os.urandom(32)
+        _write_secret(path, value)
+        return value

@@ -1,0 +1,529 @@
+"""The approval queue: one request shown at a time, a bounded line behind it.
+
+The physical button can only say "yes" or "no"; it cannot say *to what*. So
+the queue makes sure there is only ever one thing a press can mean:
+
+* one request is **shown** (status ``pending``) at a time; the rest **wait**
+  in a bounded FIFO, and a flood beyond ``queue_size`` is refused (429), not
+  queued, so nobody can bury the owner in prompts (approval fatigue);
+* a press within ``arming_delay_s`` of a request being shown is ignored, so a
+  press meant for the previous request cannot approve the next one;
+* a press may carry the digest the presser saw (the virtual panel and the
+  local page do); a different digest is ignored, so a swap between display
+  and press cannot approve the wrong request;
+* silence is a denial: ``timeout_s`` after being shown, a request expires,
+  even if nobody calls anything (a daemon timer thread does it).
+
+Every press, accepted or not, is reported through ``on_event`` so the broker
+can audit it. Callbacks run outside the queue's lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from appliance.config import ApprovalSettings
+from appliance.errors import ApplianceError, NotFound, QueueFull, Unavailable
+from appliance.intents import verification_code
+
+from .panel import Panel, PanelState
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["plan", "pairing", "undo"]
+Status = Literal["waiting", "pending", "approved", "denied", "expired", "cancelled"]
+Decision = Literal["approve", "deny"]
+
+KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+DECIDED: frozenset[str] = frozenset({"approved", "denied", "expired", "cancelled"})
+
+# Decided requests stay readable through get() so a requester polling late
+# still learns the outcome; beyond this many the oldest are forgotten.
+KEEP_DECIDED = 1000
+# The summary is shown on small screens and in the audit log: keep it short.
+SUMMARY_CHARS = 2000
+# The expiry thread sleeps at most this long, so an injected clock that jumps
+# ahead is noticed even without a wake-up.
+_MAX_TIMER_SLEEP = 1.0
+_HEX = re.compile(r"(?:[0-9a-f]{2}){4,64}")
+
+
+@dataclass
+class ApprovalRequest:
+    """One thing a person is asked to approve (a plan, a pairing, an undo).
+
+    Times (``created``, ``shown_at``, ``deadline``) are on the queue's clock
+    (monotonic by default), not wall-clock time.
+    """
+
+    approval_id: str
+    kind: str
+    subject_id: str
+    requester: str
+    summary: str
+    digest: str
+    code: str
+    created: float
+    shown_at: float | None = None
+    deadline: float | None = None
+    status: Status = "waiting"
+    decided_by: str | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.status in DECIDED
+
+    def to_public(self, *, now: float | None = None, position: int | None = None) -> dict[str, Any]:
+        """The view the API and the CLI show.
+
+        The API's status vocabulary is pending | approved | denied | expired:
+        a request waiting behind the shown one is "pending" with a
+        ``position`` > 0 (0 = shown on the panel now), and a cancelled one is
+        "denied" (nothing may proceed) with ``state`` saying "cancelled".
+        """
+        if self.status in ("waiting", "pending"):
+            status = "pending"
+        elif self.status == "cancelled":
+            status = "denied"
+        else:
+            status = self.status
+        out: dict[str, Any] = {
+            "approval_id": self.approval_id,
+            "kind": self.kind,
+            "subject_id": self.subject_id,
+            "plan_id": self.subject_id if self.kind in ("plan", "undo") else None,
+            "pairing_id": self.subject_id if self.kind == "pairing" else None,
+            "status": status,
+            "state": self.status,
+            "position": position,
+            "code": self.code,
+            "digest": self.digest,
+            "summary": self.summary,
+            "requester": self.requester,
+            "deadline": self.deadline,
+            "decided_by": self.decided_by,
+        }
+        if now is not None and self.deadline is not None and not self.decided:
+            out["expires_in_s"] = round(max(0.0, self.deadline - now), 3)
+        return out
+
+
+@dataclass(frozen=True)
+class PressResult:
+    """What became of one press: ``accepted`` or ignored, and why."""
+
+    accepted: bool
+    approval_id: str | None
+    reason: str
+
+
+class _Effects:
+    """Callbacks collected under the lock and run after it is released."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.decided: list[ApprovalRequest] = []
+
+    def event(self, name: str, payload: dict[str, Any]) -> None:
+        self.events.append((name, payload))
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.decided)
+
+
+class ApprovalQueue:
+    """The broker's single line of requests in front of the approval panel.
+
+    ``panel`` is told what to show (``show``) and what the LED means
+    (``indicate``); a physical panel calls :meth:`press` from its button
+    callbacks. ``on_event(name, payload)`` sees every press (and submissions,
+    decisions and panel faults) for the audit log; ``on_decided(request)`` is
+    called once per request when it is approved, denied, expired or
+    cancelled. Both run outside the lock; an exception in them is logged and
+    does not stop the queue. All methods are thread-safe.
+    """
+
+    def __init__(
+        self,
+        settings: ApprovalSettings,
+        panel: Panel,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_decided: Callable[[ApprovalRequest], None] | None = None,
+    ) -> None:
+        if settings.queue_size < 0 or settings.timeout_s <= 0 or settings.arming_delay_s < 0:
+            raise ValueError(f"unusable approval settings: {settings}")
+        self.settings = settings
+        self.panel = panel
+        self._clock = clock
+        self._on_event = on_event
+        self._on_decided = on_decided
+        # Re-entrant so a panel that reads the queue from show() cannot deadlock.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._shown: ApprovalRequest | None = None
+        self._waiting: deque[ApprovalRequest] = deque()
+        self._requests: dict[str, ApprovalRequest] = {}
+        self._decided_order: deque[str] = deque()
+        self._closed = False
+        with self._lock:
+            self._tell_panel(_Effects(), None, "idle")
+        self._timer = threading.Thread(target=self._run_timer, name="approval-expiry", daemon=True)
+        self._timer.start()
+
+    # -- public API ---------------------------------------------------------
+
+    def submit(
+        self, kind: str, subject_id: str, requester: str, summary: str, digest: str
+    ) -> ApprovalRequest:
+        """Queue a request for approval; shown at once if nothing else is.
+
+        Raises QueueFull (nothing queued) when ``queue_size`` requests already
+        wait, and Unavailable (nothing queued) when the queue is closed or the
+        panel cannot show the request.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown approval kind {kind!r}; expected one of {KINDS}")
+        digest = digest.lower() if isinstance(digest, str) else ""
+        if not _HEX.fullmatch(digest):
+            raise ValueError("digest must be a hex string of 8 to 128 characters")
+        if len(summary) > SUMMARY_CHARS:
+            summary = summary[: SUMMARY_CHARS - 1] + "…"
+        effects = _Effects()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise Unavailable("the approval queue is shut down")
+                self._expire_due(effects)
+                if self._shown is not None and len(self._waiting) >= self.settings.queue_size:
+                    raise QueueFull(
+                        f"{len(self._waiting)} approval requests are already waiting behind the "
+                        f"one on the panel (limit {self.settings.queue_size}); "
+                        "try again once they are answered"
+                    )
+                req = ApprovalRequest(
+                    approval_id="apr_" + secrets.token_hex(8),
+                    kind=kind,
+                    subject_id=subject_id,
+                    requester=requester,
+                    summary=summary,
+                    digest=digest,
+                    code=verification_code(digest),
+                    created=self._clock(),
+                )
+                if self._shown is None:
+                    if not self._show(req, effects):
+                        self._shown = None
+                        self._tell_panel(effects, None, "fault")
+                        raise Unavailable(
+                            "the approval panel failed to show the request; nothing was queued"
+                        )
+                else:
+                    self._waiting.append(req)
+                self._requests[req.approval_id] = req
+                effects.event("approval.submitted", self._public(req))
+                self._cond.notify_all()
+                snapshot = dataclasses.replace(req)
+        finally:
+            self._dispatch(effects)
+        return snapshot
+
+    def press(self, decision: Decision, *, digest: str | None = None, source: str) -> PressResult:
+        """A button press (or its virtual twin) for the request shown now.
+
+        Ignored, with a reason, when nothing is shown, when it comes within
+        the arming delay of the request being shown, or when ``digest`` is
+        given and is not the shown request's digest.
+        """
+        if decision not in ("approve", "deny"):
+            raise ApplianceError(f"decision must be 'approve' or 'deny', not {decision!r}")
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._expire_due(effects)
+                shown = self._shown
+                now = self._clock()
+                accepted = False
+                if self._closed:
+                    reason = "ignored: the approval queue is shut down"
+                elif shown is None or shown.shown_at is None:
+                    reason = "ignored: nothing is pending"
+                elif now - shown.shown_at < self.settings.arming_delay_s:
+                    reason = (
+                        f"ignored: pressed {now - shown.shown_at:.2f}s after the request was "
+                        f"shown, within the {self.settings.arming_delay_s:g}s arming delay; "
+                        "check what is shown and press again"
+                    )
+                elif digest is not None and (
+                    not isinstance(digest, str) or digest.lower() != shown.digest
+                ):
+                    reason = (
+                        "ignored: the digest pressed for is not the digest of the request "
+                        "shown (it changed since it was displayed)"
+                    )
+                else:
+                    accepted = True
+                    reason = "approved" if decision == "approve" else "denied"
+                result = PressResult(accepted, shown.approval_id if shown else None, reason)
+                effects.event(
+                    "approval.press",
+                    {
+                        "decision": decision,
+                        "source": source,
+                        "accepted": accepted,
+                        "reason": reason,
+                        "approval_id": result.approval_id,
+                        "digest": digest,
+                        "shown_digest": shown.digest if shown else None,
+                    },
+                )
+                if accepted:
+                    status = "approved" if decision == "approve" else "denied"
+                    self._decide_shown(status, source, effects)
+        finally:
+            self._dispatch(effects)
+        return result
+
+    def current(self) -> ApprovalRequest | None:
+        """The request shown on the panel now, if any (a copy)."""
+        with self._guard():
+            return dataclasses.replace(self._shown) if self._shown else None
+
+    def get(self, approval_id: str) -> ApprovalRequest:
+        """A copy of one request, open or recently decided; NotFound otherwise."""
+        with self._guard():
+            return dataclasses.replace(self._get(approval_id))
+
+    def list(self) -> list[ApprovalRequest]:
+        """Open requests: the shown one first, then the waiting ones in order."""
+        with self._guard():
+            return [dataclasses.replace(r) for r in self._open()]
+
+    def public(self, approval_id: str) -> dict[str, Any]:
+        """:meth:`ApprovalRequest.to_public` with position and time left filled in."""
+        with self._guard():
+            return self._public(self._get(approval_id))
+
+    def public_list(self) -> list[dict[str, Any]]:
+        """The public view of every open request, shown one first."""
+        with self._guard():
+            return [self._public(r) for r in self._open()]
+
+    def cancel(self, approval_id: str, *, by: str = "requester") -> ApprovalRequest:
+        """Withdraw an open request (e.g. its requester went away).
+
+        A request already decided is returned unchanged: a cancel never turns
+        an approval into anything else after the fact, nor the reverse.
+        """
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._expire_due(effects)
+                req = self._get(approval_id)
+                if req is self._shown:
+                    self._decide_shown("cancelled", by, effects)
+                elif not req.decided:
+                    self._waiting.remove(req)
+                    self._finish(req, "cancelled", by, effects)
+                snapshot = dataclasses.replace(req)
+        finally:
+            self._dispatch(effects)
+        return snapshot
+
+    def wait(self, approval_id: str, timeout: float) -> ApprovalRequest:
+        """Block until the request is decided or ``timeout`` seconds (real
+        time) pass; return a copy of it either way."""
+        self.poll()
+        with self._lock:
+            req = self._get(approval_id)
+            self._cond.wait_for(lambda: req.decided, timeout=max(0.0, timeout))
+            return dataclasses.replace(req)
+
+    def poll(self) -> None:
+        """Expire the shown request if its deadline passed. The timer thread
+        does this on its own; tests with an injected clock call it directly."""
+        with self._guard():
+            pass
+
+    def close(self) -> None:
+        """Stop the timer; open requests are cancelled ("shutdown") so no
+        waiter hangs and nothing stays approvable."""
+        effects = _Effects()
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+                if self._shown is not None:
+                    self._finish(self._shown, "cancelled", "shutdown", effects)
+                    self._shown = None
+                while self._waiting:
+                    self._finish(self._waiting.popleft(), "cancelled", "shutdown", effects)
+                self._tell_panel(effects, None, "idle")
+                self._cond.notify_all()
+        finally:
+            self._dispatch(effects)
+        if self._timer is not threading.current_thread():
+            self._timer.join(timeout=5)
+
+    def __enter__(self) -> ApprovalQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals (call with the lock held) ---------------------------------
+
+    def _guard(self) -> _Guard:
+        return _Guard(self)
+
+    def _get(self, approval_id: str) -> ApprovalRequest:
+        req = self._requests.get(approval_id)
+        if req is None:
+            raise NotFound(f"no approval request {approval_id!r} (unknown or long forgotten)")
+        return req
+
+    def _open(self) -> list[ApprovalRequest]:
+        return ([self._shown] if self._shown else []) + list(self._waiting)
+
+    def _public(self, req: ApprovalRequest) -> dict[str, Any]:
+        if req is self._shown:
+            position: int | None = 0
+        elif req.status == "waiting":
+            position = 1 + self._waiting.index(req)
+        else:
+            position = None
+        return req.to_public(now=self._clock(), position=position)
+
+    def _show(self, req: ApprovalRequest, effects: _Effects) -> bool:
+        """Make ``req`` the shown request; False if the panel failed."""
+        now = self._clock()
+        req.status = "pending"
+        req.shown_at = now  # the arming delay and the deadline start now
+        req.deadline = now + self.settings.timeout_s
+        self._shown = req
+        ok = self._tell_panel(effects, req, "pairing" if req.kind == "pairing" else "pending")
+        if ok:
+            effects.event("approval.shown", self._public(req))
+        return ok
+
+    def _tell_panel(
+        self, effects: _Effects, request: ApprovalRequest | None, state: PanelState
+    ) -> bool:
+        # Show first, then indicate: the LED never claims something is
+        # pending before the panel knows what.
+        try:
+            self.panel.show(dataclasses.replace(request) if request else None)
+            self.panel.indicate(state)
+        except Exception as exc:
+            log.exception("approval panel %s failed", getattr(self.panel, "name", "?"))
+            effects.event(
+                "approval.panel_fault",
+                {"panel": getattr(self.panel, "name", "?"), "error": repr(exc)[:200]},
+            )
+            return False
+        return True
+
+    def _finish(self, req: ApprovalRequest, status: Status, by: str, effects: _Effects) -> None:
+        req.status = status
+        req.decided_by = by
+        self._decided_order.append(req.approval_id)
+        while len(self._decided_order) > KEEP_DECIDED:
+            self._requests.pop(self._decided_order.popleft(), None)
+        effects.decided.append(dataclasses.replace(req))
+        effects.event("approval.decided", req.to_public())
+        self._cond.notify_all()
+
+    def _decide_shown(self, status: Status, by: str, effects: _Effects) -> None:
+        req = self._shown
+        assert req is not None
+        self._finish(req, status, by, effects)
+        self._shown = None
+        outcome: PanelState = "idle" if status == "cancelled" else status  # type: ignore[assignment]
+        try:
+            self.panel.indicate(outcome)
+        except Exception:
+            log.exception("approval panel failed to indicate %s", outcome)
+        # The next in line is shown; its own arming delay and deadline start now.
+        while self._waiting:
+            nxt = self._waiting.popleft()
+            if self._show(nxt, effects):
+                return
+            # Fail closed: a request the panel cannot show is denied, never
+            # left approvable by a blind press.
+            self._shown = None
+            self._finish(nxt, "denied", "panel-fault", effects)
+        try:
+            self.panel.show(None)
+        except Exception:
+            log.exception("approval panel failed to clear")
+
+    def _expire_due(self, effects: _Effects) -> None:
+        while (
+            self._shown is not None
+            and self._shown.deadline is not None
+            and self._clock() >= self._shown.deadline
+        ):
+            self._decide_shown("expired", "timeout", effects)
+
+    def _dispatch(self, effects: _Effects) -> None:
+        for name, payload in effects.events:
+            if self._on_event is not None:
+                try:
+                    self._on_event(name, payload)
+                except Exception:
+                    log.exception("approval on_event callback failed for %s", name)
+        for req in effects.decided:
+            if self._on_decided is not None:
+                try:
+                    self._on_decided(req)
+                except Exception:
+                    log.exception("approval on_decided callback failed for %s", req.approval_id)
+
+    def _run_timer(self) -> None:
+        # Expiry must not depend on anyone calling the queue: this thread
+        # sleeps until the shown request's deadline (or a change) and expires it.
+        while True:
+            effects = _Effects()
+            with self._lock:
+                if self._closed:
+                    return
+                self._expire_due(effects)
+                if not effects:
+                    sleep = _MAX_TIMER_SLEEP
+                    if self._shown is not None and self._shown.deadline is not None:
+                        sleep = min(sleep, max(0.0, self._shown.deadline - self._clock()))
+                    self._cond.wait(timeout=sleep)
+            self._dispatch(effects)
+
+
+class _Guard:
+    """``with queue._guard():`` holds the lock after expiring what is due, and
+    runs the collected callbacks once the lock is released."""
+
+    def __init__(self, queue: ApprovalQueue) -> None:
+        self._queue = queue
+        self._effects = _Effects()
+
+    def __enter__(self) -> _Guard:
+        self._queue._lock.acquire()
+        try:
+            self._queue._expire_due(self._effects)
+        except BaseException:
+            self._queue._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue._lock.release()
+        self._queue._dispatch(self._effects)

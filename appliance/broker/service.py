@@ -1,0 +1,689 @@
+"""The broker: the one place where a request becomes an action.
+
+It wires the parts together in the order of the life of a request:
+
+    intents -> scope resolution -> policy -> (approval) -> capability token
+            -> executor (verify + spend, snapshot, act) -> audit log
+
+Every step that decides something appends to the audit log before the next
+step may act; if the audit log cannot be written, nothing runs (fail closed).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from appliance import __version__
+from appliance.approval import ApprovalQueue, ApprovalRequest, Panel, VirtualPanel
+from appliance.audit import AuditLog
+from appliance.broker.clients import Clients, check_name
+from appliance.broker.fileops import FileOps
+from appliance.broker.plans import TERMINAL, PlanStore
+from appliance.broker.scope import Shares, Target
+from appliance.broker.snapshots import SnapshotStore
+from appliance.config import Config
+from appliance.db import Database
+from appliance.errors import (
+    ApplianceError,
+    ExecutionError,
+    NotFound,
+    ScopeError,
+    Unavailable,
+)
+from appliance.intents import Intent, canonical_json, digest
+from appliance.issuer.keys import DevKeyStore, KeyStore
+from appliance.issuer.tokens import Claims, TokenService
+from appliance.policy import Decision, PolicyEngine, PolicyRequest
+
+log = logging.getLogger("appliance.broker")
+
+UNDO_VERB = "action.undo"
+
+
+@dataclass
+class Evaluated:
+    """One intent after scope resolution and policy."""
+
+    intent: Intent
+    resource: str  # canonical, or as given when resolution refused it
+    params: dict[str, Any]  # canonical resource parameters
+    targets: dict[str, Target]
+    decision: Decision
+    digest: str
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+class Broker:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        keystore: KeyStore | None = None,
+        panel: Panel | None = None,
+    ):
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keystore = keystore or self._default_keystore(config)
+        self.db = Database(config.db_path)
+        self.signer = self.keystore.device_signer()
+        self.audit = AuditLog(config.audit_dir, self.signer, signer_label=self.keystore.label)
+        self.policy = PolicyEngine.load(config.policy_dir)
+        self.tokens = TokenService(self.keystore, self.db, ttl_s=config.token_ttl_s)
+        self.shares = Shares(config.shares, config.limits)
+        self.snapshots = SnapshotStore(config.snapshots_dir)
+        self.files = FileOps(self.shares, self.snapshots, config.limits)
+        self.plans = PlanStore(self.db)
+        self.clients = Clients(self.db, self.keystore.secret("credential_pepper"))
+        self.panel = panel or VirtualPanel()
+        # Serialises "store the plan" against "its approval was decided".
+        self._lock = threading.RLock()
+        self.approvals = ApprovalQueue(
+            config.approvals,
+            self.panel,
+            on_event=self._on_approval_event,
+            on_decided=self._on_decided,
+        )
+        if hasattr(self.panel, "attach"):
+            self.panel.attach(self.approvals.press)
+        self._recover()
+        self.audit.append(
+            "broker.started",
+            {
+                "mode": "development" if config.dev else "production",
+                "signer": self.keystore.label,
+                "unsafe_signer": self.keystore.unsafe,
+                "device_key_id": self.signer.key_id,
+                "shares": sorted(config.shares),
+                "panel": self.panel.name,
+            },
+        )
+
+    @staticmethod
+    def _default_keystore(config: Config) -> KeyStore:
+        if config.dev:
+            return DevKeyStore(config.keys_dir)
+        # Production without a TPM key store must not start: fail closed.
+        raise Unavailable(
+            "production mode needs the TPM key store, which this build does not have yet; "
+            "start with --dev for development (unsafe software keys)",
+            code="no_tpm",
+        )
+
+    def close(self) -> None:
+        self.approvals.close()
+        self.audit.close()
+        self.db.close()
+
+    # ------------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        """After a crash or restart: approvals lived in memory, so a plan still
+        waiting expires; an action that was running is marked interrupted (its
+        token stays spent; the executor's ordering means no file was lost)."""
+        for row in self.db.all(
+            "SELECT plan_id, status FROM plans WHERE status IN (?, ?)",
+            ("pending_approval", "running"),
+        ):
+            plan_id = row["plan_id"]
+            if row["status"] == "pending_approval":
+                self.plans.set_plan(plan_id, "expired", "the broker restarted before approval")
+                for a in self.plans.actions(plan_id):
+                    self.plans.set_action(a["action_id"], status="skipped")
+                self.audit.append("plan.expired", {"plan_id": plan_id, "reason": "restart"})
+                continue
+            for a in self.plans.actions(plan_id):
+                if a["status"] == "running":
+                    self.plans.set_action(a["action_id"], status="interrupted")
+                    self.audit.append(
+                        "action.interrupted",
+                        {
+                            "plan_id": plan_id,
+                            "action_id": a["action_id"],
+                            "token_id": a["token_id"],
+                            "snapshot_id": a["snapshot_id"],
+                        },
+                    )
+                elif a["status"] == "planned":
+                    self.plans.set_action(a["action_id"], status="skipped")
+            self.plans.set_plan(plan_id, "failed", "the broker stopped while the plan ran")
+
+    # ------------------------------------------------------------------ evaluate
+    def _evaluate(self, intent: Intent, requester: str) -> Evaluated:
+        params = dict(intent.params)
+        targets: dict[str, Target] = {}
+        try:
+            target = targets["resource"] = self.shares.parse(intent.resource)
+            kind = self.shares.inspect(target)
+            if "to" in params:
+                targets["to"] = self.shares.parse(params["to"])
+                self.shares.inspect(targets["to"])
+                params["to"] = targets["to"].canonical
+            elif intent.verb == "file.rename":
+                # The new name must be a valid name in the same directory.
+                targets["to"] = self.shares.parse(target.parent().child(params["name"]).canonical)
+                self.shares.inspect(targets["to"])
+        except ScopeError as e:
+            decision = Decision("deny", "high", (e.reason,))
+            resource = intent.resource
+        else:
+            resource = target.canonical
+            to = targets.get("to")
+            decision = self.policy.decide(
+                PolicyRequest(
+                    verb=intent.verb,
+                    requester=requester,
+                    share=target.share,
+                    path="/".join(target.parts),
+                    to_share=to.share if to else None,
+                    to_path="/".join(to.parts) if to else None,
+                    derived_fields=tuple(intent.derived_fields()),
+                    is_dir=None if kind is None else kind == "dir",
+                )
+            )
+        body = {
+            "verb": intent.verb,
+            "resource": resource,
+            "params": params,
+            "provenance": {k: v.value for k, v in intent.provenance.items()},
+            "requester": requester,
+        }
+        return Evaluated(intent, resource, params, targets, decision, digest(body))
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, requester: str, intents: list[Intent]) -> dict[str, Any]:
+        """Decide a plan as a whole; run it now, queue it for approval, or refuse it."""
+        plan_id = _id("plan")
+        evaluated = [self._evaluate(i, requester) for i in intents]
+        decisions = {e.decision.decision for e in evaluated}
+        status = (
+            "denied"
+            if "deny" in decisions
+            else "pending_approval"
+            if "approve" in decisions
+            else "running"
+        )
+        plan_digest = digest(
+            {"plan_id": plan_id, "requester": requester, "intents": [e.digest for e in evaluated]}
+        )
+        summary = self._summary(requester, evaluated)
+        return self._store_and_start(
+            plan_id, "intents", requester, plan_digest, status, evaluated, summary
+        )
+
+    def submit_undo(self, requester: str, action_id: str) -> dict[str, Any]:
+        """Undo one action: a plan of one ``action.undo`` intent, approved like any write."""
+        return self._undo_plan(requester, [self._undoable(action_id)])
+
+    def submit_plan_undo(self, requester: str, plan_id: str) -> dict[str, Any]:
+        """Undo every done action of a plan, newest first, under one approval."""
+        if self.plans.plan_row(plan_id) is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        actions = [
+            a
+            for a in self.plans.actions(plan_id)
+            if a["status"] == "done" and a["undo"] and not a["undone_by"]
+        ]
+        if not actions:
+            raise ApplianceError(
+                f"plan {plan_id} has no action left to undo", code="not_undoable", status=409
+            )
+        return self._undo_plan(
+            requester, [self._undoable(a["action_id"]) for a in reversed(actions)]
+        )
+
+    def _undoable(self, action_id: str) -> dict[str, Any]:
+        action = self.plans.action(action_id)
+        if action is None:
+            raise NotFound(f"no action {action_id!r}")
+        if action["undone_by"]:
+            raise ApplianceError(
+                f"action {action_id} was already undone by {action['undone_by']}",
+                code="already_undone",
+                status=409,
+            )
+        if action["status"] != "done" or not action["undo"]:
+            why = (
+                "it changed nothing"
+                if action["status"] == "done"
+                else (f"its status is {action['status']}")
+            )
+            raise ApplianceError(
+                f"action {action_id} cannot be undone: {why}", code="not_undoable", status=409
+            )
+        return action
+
+    def _undo_plan(self, requester: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
+        plan_id = _id("plan")
+        evaluated = []
+        for action in actions:
+            target = self.shares.parse(action["resource"])
+            decision = self.policy.decide(
+                PolicyRequest(
+                    verb=UNDO_VERB,
+                    requester=requester,
+                    share=target.share,
+                    path="/".join(target.parts),
+                )
+            )
+            params = {"action_id": action["action_id"]}
+            body = {
+                "verb": UNDO_VERB,
+                "resource": action["resource"],
+                "params": params,
+                "provenance": {},
+                "requester": requester,
+            }
+            intent = Intent.model_construct(
+                verb=UNDO_VERB, resource=action["resource"], params=params, provenance={}
+            )
+            evaluated.append(
+                Evaluated(
+                    intent, action["resource"], params, {"resource": target}, decision, digest(body)
+                )
+            )
+        decisions = {e.decision.decision for e in evaluated}
+        status = (
+            "denied"
+            if "deny" in decisions
+            else "pending_approval"
+            if "approve" in decisions
+            else "running"
+        )
+        plan_digest = digest(
+            {"plan_id": plan_id, "requester": requester, "intents": [e.digest for e in evaluated]}
+        )
+        first = actions[0]
+        more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
+        summary = (
+            f"{self._client_name(requester)} wants to undo "
+            f"{first['verb']} {first['resource']}{more}"
+        )
+        return self._store_and_start(
+            plan_id, "undo", requester, plan_digest, status, evaluated, summary
+        )
+
+    def _summary(self, requester: str, evaluated: list[Evaluated]) -> str:
+        name = self._client_name(requester)
+        parts = []
+        for e in evaluated[:3]:
+            to = e.params.get("to") or e.params.get("name")
+            parts.append(f"{e.intent.verb} {e.resource}" + (f" -> {to}" if to else ""))
+        more = f" (+{len(evaluated) - 3} more)" if len(evaluated) > 3 else ""
+        return f"{name} wants to: " + "; ".join(parts) + more
+
+    def _client_name(self, client_id: str) -> str:
+        row = self.db.one("SELECT name FROM clients WHERE client_id = ?", (client_id,))
+        return f"{row['name']} ({client_id})" if row else client_id
+
+    def _store_and_start(
+        self,
+        plan_id: str,
+        kind: str,
+        requester: str,
+        plan_digest: str,
+        status: str,
+        evaluated: list[Evaluated],
+        summary: str,
+    ) -> dict[str, Any]:
+        decided = {
+            "plan_id": plan_id,
+            "kind": kind,
+            "requester": requester,
+            "digest": plan_digest,
+            "status": status,
+            "intents": [
+                {
+                    "verb": e.intent.verb,
+                    "resource": e.resource,
+                    "intent_digest": e.digest,
+                    "decision": e.decision.decision,
+                    "risk": e.decision.risk,
+                    "reasons": list(e.decision.reasons),
+                    "derived_fields": e.intent.derived_fields() if kind == "intents" else [],
+                }
+                for e in evaluated
+            ],
+        }
+        with self._lock:
+            approval: ApprovalRequest | None = None
+            if status == "pending_approval":
+                try:
+                    approval = self.approvals.submit(
+                        kind="undo" if kind == "undo" else "plan",
+                        subject_id=plan_id,
+                        requester=requester,
+                        summary=summary,
+                        digest=plan_digest,
+                    )
+                except ApplianceError as e:
+                    self.audit.append("plan.refused", {**decided, "reason": e.reason})
+                    raise
+            try:
+                # The decision is on the record before anything may act on it.
+                self.audit.append(
+                    "plan.decided",
+                    {**decided, "approval_id": approval.approval_id if approval else None},
+                )
+                self._insert_plan(
+                    plan_id, kind, requester, plan_digest, status, evaluated, approval
+                )
+            except BaseException:
+                if approval is not None:
+                    self.approvals.cancel(approval.approval_id)
+                raise
+        if status == "running":
+            self._run(plan_id, None)
+        return self.plans.public(plan_id)  # type: ignore[return-value]
+
+    def _insert_plan(
+        self,
+        plan_id: str,
+        kind: str,
+        requester: str,
+        plan_digest: str,
+        status: str,
+        evaluated: list[Evaluated],
+        approval: ApprovalRequest | None,
+    ) -> None:
+        import json
+
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO plans (plan_id, kind, requester, status, digest, approval_id, code,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    plan_id,
+                    kind,
+                    requester,
+                    status,
+                    plan_digest,
+                    approval.approval_id if approval else None,
+                    approval.code if approval else None,
+                    time.time(),
+                ),
+            )
+            for idx, e in enumerate(evaluated):
+                conn.execute(
+                    "INSERT INTO actions (action_id, plan_id, idx, verb, resource, params,"
+                    " provenance, intent_digest, decision, risk, reasons, status, undo_of)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _id("act"),
+                        plan_id,
+                        idx,
+                        e.intent.verb,
+                        e.resource,
+                        json.dumps(e.params),
+                        json.dumps({k: v.value for k, v in e.intent.provenance.items()}),
+                        e.digest,
+                        e.decision.decision,
+                        e.decision.risk,
+                        json.dumps(list(e.decision.reasons)),
+                        "refused" if status == "denied" else "planned",
+                        e.params.get("action_id") if e.intent.verb == UNDO_VERB else None,
+                    ),
+                )
+
+    # ------------------------------------------------------------------ approvals
+    def _on_approval_event(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            self.audit.append(kind, data)
+        except ApplianceError:
+            log.exception("could not audit %s", kind)
+
+    def _on_decided(self, request: ApprovalRequest) -> None:
+        with self._lock:  # the plan is stored before its approval can be handled
+            pass
+        self.audit.append(
+            "approval.decided",
+            {
+                "approval_id": request.approval_id,
+                "kind": request.kind,
+                "subject_id": request.subject_id,
+                "digest": request.digest,
+                "status": request.status,
+                "decided_by": request.decided_by,
+            },
+        )
+        if request.kind == "pairing":
+            self.clients.set_pairing_status(request.subject_id, request.status)
+            return
+        plan_id = request.subject_id
+        if request.status != "approved":
+            self.plans.set_plan(
+                plan_id,
+                # Only a press denies; no answer (timeout, shutdown) expires.
+                "denied" if request.status == "denied" else "expired",
+                f"approval {request.status}"
+                + (f" ({request.decided_by})" if request.decided_by else ""),
+            )
+            for a in self.plans.actions(plan_id):
+                self.plans.set_action(a["action_id"], status="skipped")
+            return
+        receipt = self._receipt(request)
+        threading.Thread(
+            target=self._run, args=(plan_id, receipt), daemon=True, name=f"plan-{plan_id}"
+        ).start()
+
+    def _receipt(self, request: ApprovalRequest) -> dict[str, Any]:
+        """What the press approved, signed by the device key: the audit log can
+        prove which press authorised which action."""
+        body = {
+            "approval_id": request.approval_id,
+            "digest": request.digest,
+            "status": request.status,
+            "decided_by": request.decided_by,
+            "time": time.time(),
+            "key_id": self.signer.key_id,
+        }
+        signature = base64.b64encode(self.signer.sign(canonical_json(body))).decode()
+        receipt = {**body, "signature": signature}
+        receipt["receipt_digest"] = digest(receipt)
+        self.audit.append("approval.receipt", receipt)
+        return receipt
+
+    # ------------------------------------------------------------------ execute
+    def _run(self, plan_id: str, receipt: dict[str, Any] | None) -> None:
+        """Run a plan's actions in order; a failure stops the rest."""
+        plan = self.plans.plan_row(plan_id)
+        assert plan is not None
+        self.plans.set_plan(plan_id, "running")
+        failed: str | None = None
+        for action in self.plans.actions(plan_id):
+            if failed:
+                self.plans.set_action(action["action_id"], status="skipped")
+                continue
+            try:
+                self._run_action(plan, action, receipt)
+            except ApplianceError as e:
+                failed = f"{action['verb']} {action['resource']}: {e.reason}"
+                self.plans.set_action(
+                    action["action_id"], status="failed", result={"error": e.to_dict()}
+                )
+                self._on_approval_event(
+                    "action.failed",
+                    {
+                        "plan_id": plan_id,
+                        "action_id": action["action_id"],
+                        "intent_digest": action["intent_digest"],
+                        "error": e.to_dict(),
+                    },
+                )
+            except Exception as e:  # noqa: BLE001 - an executor bug must not leave the plan running
+                log.exception("action %s crashed", action["action_id"])
+                failed = f"{action['verb']} {action['resource']}: internal error"
+                self.plans.set_action(
+                    action["action_id"],
+                    status="failed",
+                    result={"error": {"code": "internal", "reason": str(e)}},
+                )
+        self.plans.set_plan(plan_id, "failed" if failed else "done", failed)
+
+    def _run_action(
+        self, plan: dict[str, Any], action: dict[str, Any], receipt: dict[str, Any] | None
+    ) -> None:
+        claims = Claims(
+            action_id=action["action_id"],
+            verb=action["verb"],
+            resource=action["resource"],
+            intent_digest=action["intent_digest"],
+            requester=plan["requester"],
+            approval_id=plan["approval_id"],
+            receipt_digest=receipt["receipt_digest"] if receipt else None,
+        )
+        token = self.tokens.mint(claims)
+        self.execute(token, claims, action)
+
+    def execute(self, token: str, expected: Claims, action: dict[str, Any]) -> dict[str, Any]:
+        """The executor: verify the capability, spend it, snapshot, act, audit.
+
+        ``expected`` is rebuilt from the stored, decided action, never taken from
+        the token, so a token for anything else is refused."""
+        if action["decision"] == "deny":
+            raise ExecutionError("a denied intent never runs", code="denied", status=403)
+        verified = self.tokens.verify_and_spend(token, expected)
+        self.plans.set_action(action["action_id"], status="running", token_id=verified.token_id)
+        if action["verb"] == UNDO_VERB:
+            original = self.plans.action(action["params"]["action_id"])
+            if original is None or original["undone_by"]:
+                raise ExecutionError("the action is gone or already undone", code="not_undoable")
+            result = self.files.undo(original["undo"])
+            snapshot_id, undo = None, None
+            self.plans.set_action(
+                original["action_id"], undone_by=action["action_id"], status="undone"
+            )
+        else:
+            # Parsed again from the stored, canonical form; the file actions walk
+            # the path with O_NOFOLLOW themselves when they act.
+            params = dict(action["params"])
+            if "to" in params:
+                params["to"] = self.shares.parse(params["to"])
+            outcome = self.files.execute(
+                action["verb"], self.shares.parse(action["resource"]), params
+            )
+            result, snapshot_id, undo = outcome.result, outcome.snapshot_id, outcome.undo
+        self.plans.set_action(
+            action["action_id"], status="done", result=result, snapshot_id=snapshot_id, undo=undo
+        )
+        self.audit.append(
+            "action.done",
+            {
+                "plan_id": action["plan_id"],
+                "action_id": action["action_id"],
+                "verb": action["verb"],
+                "resource": action["resource"],
+                "intent_digest": action["intent_digest"],
+                "token_id": verified.token_id,
+                "approval_id": expected.approval_id,
+                "receipt_digest": expected.receipt_digest,
+                "snapshot_id": snapshot_id,
+                "result": _audit_result(result),
+            },
+        )
+        return result
+
+    # ------------------------------------------------------------------ pairing
+    def request_pairing(self, name: str) -> dict[str, Any]:
+        name = check_name(name)
+        with self._lock:
+            pairing_id = self.clients.new_pairing(name)
+            pair_digest = digest({"pairing_id": pairing_id, "name": name})
+            try:
+                approval = self.approvals.submit(
+                    kind="pairing",
+                    subject_id=pairing_id,
+                    requester=f"unpaired:{name}",
+                    summary=f"A desktop named {name!r} asks to pair",
+                    digest=pair_digest,
+                )
+            except ApplianceError:
+                self.clients.drop_pairing(pairing_id)
+                raise
+            self.clients.attach_approval(pairing_id, approval.approval_id, approval.code)
+            self.audit.append(
+                "pairing.requested",
+                {"pairing_id": pairing_id, "name": name, "approval_id": approval.approval_id},
+            )
+        return {
+            "pairing_id": pairing_id,
+            "code": approval.code,
+            "approval_id": approval.approval_id,
+        }
+
+    def pairing_result(self, pairing_id: str) -> dict[str, Any]:
+        out = self.clients.deliver(pairing_id)
+        if "credential" in out:
+            self.audit.append(
+                "client.paired", {"pairing_id": pairing_id, "client_id": out["client_id"]}
+            )
+        return out
+
+    def revoke_client(self, client_id: str) -> None:
+        self.clients.revoke(client_id)
+        self.audit.append("client.revoked", {"client_id": client_id})
+
+    # ------------------------------------------------------------------ status
+    def wait_plan(self, plan_id: str, wait_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            plan = self.plans.public(plan_id)
+            if plan is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            if plan["status"] in TERMINAL or time.monotonic() >= deadline:
+                return plan
+            time.sleep(0.05)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz answers: whether privileged actions can run, and if not, why."""
+        problems = []
+        if self.audit.closed:
+            problems.append("the audit log is closed")
+        if self.config.dev and self.keystore.unsafe:
+            warning = "development mode: keys are unsafe software keys, not in a TPM"
+        else:
+            warning = None
+        return {
+            "status": "ok" if not problems else "unavailable",
+            "problems": problems,
+            "mode": "development" if self.config.dev else "production",
+            "signer": self.keystore.label,
+            "unsafe_signer": self.keystore.unsafe,
+            "warning": warning,
+            "panel": self.panel.name,
+            "version": __version__,
+        }
+
+    def status(self) -> dict[str, Any]:
+        current = self.approvals.current()
+        return {
+            "mode": "development" if self.config.dev else "production",
+            "signer": self.keystore.label,
+            "unsafe_signer": self.keystore.unsafe,
+            "device_key_id": self.signer.key_id,
+            "panel": {"name": self.panel.name, "virtual": self.panel.virtual},
+            "shares": {name: str(path) for name, path in self.config.shares.items()},
+            "pending_approval": self.approvals.public(current.approval_id) if current else None,
+            "waiting_approvals": max(0, len(self.approvals.list()) - 1),
+            "audit_size": self.audit.size,
+            "epoch": self.tokens.epoch(),
+        }
+
+
+def _audit_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Results go to the audit log without file contents: a hash stands in."""
+    if "content" not in result:
+        return result
+    out = dict(result)
+    out["content_sha256"] = digest(out.pop("content"))
+    return out
+
+
+__all__ = ["Broker"]

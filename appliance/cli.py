@@ -1,0 +1,299 @@
+"""``appliance``: run the box (``up``) and talk to it (the rest).
+
+Commands on the box reach the running broker over its local control socket
+(``STATE_DIR/control.sock``, owner-only); desktop commands use the LAN API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _share(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError("--share takes NAME=PATH")
+    return name, Path(path)
+
+
+def _state(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"the broker's state directory (default {DEFAULT_STATE})",
+    )
+
+
+def _out(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------------- up
+def cmd_up(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from appliance.api.app import create_app
+    from appliance.api.tls import ensure_certificate
+    from appliance.approval import ControlServer
+    from appliance.broker.control import control_handler
+    from appliance.broker.service import Broker
+    from appliance.config import Config, load_toml
+    from appliance.errors import ApplianceError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    base: dict[str, Any] = load_toml(args.config) if args.config else {}
+    shares = dict(base.get("shares", {}))
+    shares.update(dict(args.share or []))
+    base.update(
+        state_dir=args.state_dir.resolve(),
+        shares={n: p.resolve() for n, p in shares.items()},
+        dev=args.dev or base.get("dev", False),
+    )
+    if args.host:
+        base["host"] = args.host
+    if args.port:
+        base["port"] = args.port
+    config = Config(**base)
+    use_tls = args.tls or not config.dev or config.host not in LOOPBACK
+    try:
+        broker = Broker(config)
+    except ApplianceError as e:
+        print(f"appliance: cannot start: {e.reason}", file=sys.stderr)
+        return 2
+    try:
+        control = ControlServer(config.control_socket, control_handler(broker)).start()
+    except ApplianceError as e:
+        broker.close()
+        print(f"appliance: cannot start: {e.reason}", file=sys.stderr)
+        return 2
+    kwargs: dict[str, Any] = {}
+    scheme = "http"
+    if use_tls:
+        cert, key, fp = ensure_certificate(config.state_dir / "tls", [config.host, "localhost"])
+        kwargs.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
+        scheme = "https"
+        print(f"TLS certificate fingerprint (pin this on desktops): {fp}", flush=True)
+    else:
+        print("development mode: plain HTTP on loopback only", flush=True)
+    if broker.keystore.unsafe:
+        print(
+            "WARNING: UNSAFE development keys (not in a TPM). Do not use for real data.", flush=True
+        )
+    print(f"appliance listening on {scheme}://{config.host}:{config.port}", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(broker), host=config.host, port=config.port, log_level="warning", **kwargs
+        )
+    )
+    try:
+        server.run()
+    finally:
+        control.stop()
+        broker.close()
+    return 0
+
+
+# ---------------------------------------------------------------------- box-side commands
+def _control(args: argparse.Namespace, op: str, **kw: Any) -> dict[str, Any]:
+    from appliance.approval import ControlClient
+
+    return ControlClient(args.state_dir / "control.sock").call(op, **kw)
+
+
+def cmd_panel(args: argparse.Namespace) -> int:
+    shown = _control(args, "panel.show")
+    current = shown.get("pending")
+    if args.action == "show":
+        _out(shown)
+        return 0
+    if not current:
+        print("nothing is waiting for approval", file=sys.stderr)
+        return 1
+    print(f"{args.action}: {current['summary']}  (code {current['code']})")
+    result = _control(args, "panel.press", decision=args.action, digest=current["digest"])
+    _out(result)
+    return 0 if result.get("accepted") else 1
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        _out(_control(args, "clients.list"))
+    else:
+        _out(_control(args, "clients.revoke", client_id=args.client_id))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _out(_control(args, "status"))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from appliance.audit import verify_log
+
+    state = args.state_dir
+    pub = (args.public_key or state / "keys" / "device.pub.pem").read_bytes()
+    trusted = json.loads(args.checkpoint.read_text()) if args.checkpoint else None
+    report = verify_log(state / "audit", pub, trusted_checkpoint=trusted)
+    print(f"entries: {report.entries}, checkpoints: {report.checkpoints}")
+    if report.unsafe_signer:
+        print("note: checkpoints were signed by the UNSAFE development key")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    print("audit log verifies" if report.ok else "audit log does NOT verify")
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------- desktop commands
+def cmd_pair(args: argparse.Namespace) -> int:
+    from appliance.client import ApplianceClient
+
+    client = ApplianceClient(args.url, fingerprint=args.fingerprint)
+    print(f"asking {args.url} to pair as {args.name!r}...")
+    client.pair(
+        args.name,
+        timeout=args.timeout,
+        on_code=lambda code: print(
+            f"verification code {code}: approve on the box (hold the button, or "
+            "`appliance panel approve` in development) if it shows the same code",
+            flush=True,
+        ),
+    )
+    client.save(args.credentials, fingerprint=args.fingerprint)
+    print(f"paired; credential saved to {args.credentials}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from appliance.client import ApplianceClient
+
+    client = ApplianceClient.from_file(args.credentials)
+    body = json.loads(Path(args.plan).read_text() if args.plan != "-" else sys.stdin.read())
+    intents = body["intents"] if isinstance(body, dict) else body
+    plan = client.submit(intents)
+    if plan["status"] == "pending_approval":
+        print(f"waiting for approval on the box: code {plan['code']}", file=sys.stderr)
+        while plan["status"] not in ("done", "denied", "failed", "expired"):
+            plan = client.plan(plan["plan_id"], wait=30)
+    _out(plan)
+    return 0 if plan["status"] == "done" else 1
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from appliance.client import ApplianceClient
+
+    client = ApplianceClient.from_file(args.credentials)
+    plan = client.undo(args.action_id)
+    print(f"undo needs approval on the box: code {plan.get('code')}", file=sys.stderr)
+    while plan["status"] not in ("done", "denied", "failed", "expired"):
+        plan = client.plan(plan["plan_id"], wait=30)
+    _out(plan)
+    return 0 if plan["status"] == "done" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from appliance.client import DEFAULT_CREDENTIALS
+
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the broker")
+    up.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: unsafe software keys, virtual panel, "
+        "plain HTTP allowed on loopback",
+    )
+    _state(up)
+    up.add_argument(
+        "--share", type=_share, action="append", metavar="NAME=PATH", help="a share (repeatable)"
+    )
+    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port (default 8443)")
+    up.add_argument("--tls", action="store_true", help="use TLS even on loopback in dev mode")
+    up.add_argument("--config", type=Path, help="a TOML configuration file")
+    up.set_defaults(func=cmd_up)
+
+    panel = sub.add_parser("panel", help="the virtual approval panel (development)")
+    panel.add_argument("action", choices=["show", "approve", "deny"])
+    _state(panel)
+    panel.set_defaults(func=cmd_panel)
+
+    clients = sub.add_parser("clients", help="paired desktops")
+    clients.add_argument("action", choices=["list", "revoke"])
+    clients.add_argument("client_id", nargs="?")
+    _state(clients)
+    clients.set_defaults(func=cmd_clients)
+
+    status = sub.add_parser("status", help="the running broker's state")
+    _state(status)
+    status.set_defaults(func=cmd_status)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the log end to end")
+    _state(verify)
+    verify.add_argument("--public-key", type=Path, help="device public key PEM")
+    verify.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
+    )
+    verify.set_defaults(func=cmd_audit)
+
+    def desktop(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--credentials",
+            type=Path,
+            default=DEFAULT_CREDENTIALS,
+            help=f"where the credential is kept (default {DEFAULT_CREDENTIALS})",
+        )
+
+    pair = sub.add_parser("pair", help="pair this desktop with a box")
+    pair.add_argument("--url", required=True, help="e.g. https://box.local:8443")
+    pair.add_argument("--name", default=os.uname().nodename, help="this desktop's name")
+    pair.add_argument("--fingerprint", help="the box's TLS certificate fingerprint")
+    pair.add_argument("--timeout", type=float, default=180.0)
+    desktop(pair)
+    pair.set_defaults(func=cmd_pair)
+
+    submit = sub.add_parser("submit", help="send a plan (JSON file, or - for stdin)")
+    submit.add_argument("plan")
+    desktop(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    undo = sub.add_parser("undo", help="undo an action (needs approval on the box)")
+    undo.add_argument("action_id")
+    desktop(undo)
+    undo.set_defaults(func=cmd_undo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "clients" and args.action == "revoke" and not args.client_id:
+        print("clients revoke needs a CLIENT_ID", file=sys.stderr)
+        return 2
+    from appliance.client import ClientError
+    from appliance.errors import ApplianceError
+
+    try:
+        return int(args.func(args))
+    except ApplianceError as e:
+        print(f"appliance: {e.reason}", file=sys.stderr)
+        return 1
+    except ClientError as e:
+        print(f"appliance: refused: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The desktop side: a small client for the LAN API, used by the CLI and scripts.
+
+TLS is pinned to the box's certificate fingerprint (printed by ``appliance up``):
+the certificate is fetched, its fingerprint compared, and then that exact
+certificate is the only one trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from appliance.api.tls import fingerprint as cert_fingerprint
+
+DEFAULT_CREDENTIALS = Path(
+    os.environ.get("APPLIANCE_CREDENTIALS", Path.home() / ".config" / "appliance" / "client.json")
+)
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]):
+        self.status = status
+        self.body = body
+        super().__init__(f"{status} {body.get('code')}: {body.get('reason')}")
+
+
+def _verify_for(url: str, pinned: str | None) -> ssl.SSLContext | bool:
+    parsed = urlparse(url)
+    if parsed.scheme != "https":
+        return True
+    if not pinned:
+        raise ValueError("an https URL needs the device's certificate fingerprint to pin")
+    pem = ssl.get_server_certificate((parsed.hostname, parsed.port or 443)).encode()
+    seen = cert_fingerprint(pem)
+    if seen.replace(":", "").upper() != pinned.replace(":", "").upper():
+        raise ValueError(f"certificate fingerprint {seen} does not match the pinned {pinned}")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False  # the pin, not a name, identifies the box
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(pem)
+    try:
+        ctx.load_verify_locations(f.name)
+    finally:
+        os.unlink(f.name)
+    return ctx
+
+
+class ApplianceClient:
+    def __init__(
+        self,
+        url: str,
+        credential: str | None = None,
+        *,
+        fingerprint: str | None = None,
+        timeout: float = 90.0,
+    ):
+        self.url = url.rstrip("/")
+        self.credential = credential
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            verify=_verify_for(self.url, fingerprint),
+        )
+
+    @classmethod
+    def from_file(cls, path: Path = DEFAULT_CREDENTIALS) -> ApplianceClient:
+        data = json.loads(path.read_text())
+        return cls(data["url"], data["credential"], fingerprint=data.get("fingerprint"))
+
+    def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        r = self.http.request(method, path, **kw)
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"code": "bad_response", "reason": r.text[:200]}
+        if r.status_code >= 400 and r.status_code != 403:
+            raise ClientError(r.status_code, body)
+        if r.status_code == 403 and "plan_id" not in body:
+            raise ClientError(r.status_code, body)
+        return body
+
+    # pairing --------------------------------------------------------------
+    def pair(self, name: str, *, timeout: float = 180.0, on_code: Any = None) -> dict[str, Any]:
+        started = self._call("POST", "/v1/pairings", json={"name": name})
+        if on_code:
+            on_code(started["code"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self._call("GET", f"/v1/pairings/{started['pairing_id']}")
+            if "credential" in out:
+                self.credential = out["credential"]
+                self.http.headers["Authorization"] = f"Bearer {self.credential}"
+                return out
+            if out.get("status") not in ("pending", None):
+                raise ClientError(
+                    403,
+                    {
+                        "code": "pairing_" + out["status"],
+                        "reason": f"the pairing was {out['status']}",
+                    },
+                )
+            time.sleep(0.5)
+        raise TimeoutError("nobody approved the pairing in time")
+
+    def save(self, path: Path = DEFAULT_CREDENTIALS, fingerprint: str | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {"url": self.url, "credential": self.credential, "fingerprint": fingerprint}, f
+            )
+
+    # plans ----------------------------------------------------------------
+    def submit(self, intents: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call("POST", "/v1/intents", json={"intents": intents})
+
+    def plan(self, plan_id: str, wait: float = 0) -> dict[str, Any]:
+        return self._call("GET", f"/v1/plans/{plan_id}", params={"wait": wait})
+
+    def undo(self, action_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/actions/{action_id}/undo")
+
+    def audit(self, start: int = 0, limit: int = 100) -> dict[str, Any]:
+        return self._call("GET", "/v1/audit", params={"start": start, "limit": limit})
+
+    def checkpoint(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/audit/checkpoint")

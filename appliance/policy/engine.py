@@ -1,0 +1,352 @@
+"""The policy engine: Cedar policies decide allow, needs approval, or deny.
+
+Cedar answers yes or no. The appliance needs three answers, so it asks the
+same question twice in one batch: once with ``context.approved == false``
+("may this run right away?") and once with ``context.approved == true`` ("may
+it run once a person presses the button?"). Yes to the first is *allow*, yes
+only to the second is *approve*, no to both is *deny*. Cedar's own rules give
+the rest: nothing is allowed unless a ``permit`` matches, and a ``forbid``
+always beats a ``permit``.
+
+Every policy carries ``@id``, ``@reason`` and ``@risk`` annotations. The
+engine names each policy by its ``@id`` so Cedar's diagnostics (the policies
+that determined the answer) map straight to the human reasons and risk levels
+shown to the requester and written to the audit log.
+
+Fail closed: a missing, unreadable, unparsable or schema-invalid policy
+directory makes :meth:`PolicyEngine.load` raise :class:`PolicyUnavailable`,
+and any error while evaluating a request (which Cedar would otherwise report
+as "this policy was skipped") makes :meth:`PolicyEngine.decide` raise it too;
+neither ever turns into an allow.
+
+Two guards are built into the engine, below any policy an owner can edit,
+because the threat model depends on them: file requests outside every share
+are denied, and a change with any field derived from read content is never
+allowed without approval.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cedarpy
+
+from appliance.errors import PolicyUnavailable
+from appliance.intents import VERBS, WRITE_VERBS
+
+DecisionKind = Literal["allow", "approve", "deny"]
+Risk = Literal["low", "medium", "high"]
+
+RISKS: tuple[Risk, ...] = ("low", "medium", "high")  # in increasing order
+UNDO_VERB = "action.undo"
+PAIR_VERB = "client.pair"
+# Verbs whose resource is a file or folder (share/path).
+FILE_VERBS = frozenset(VERBS) | {UNDO_VERB}
+# Verbs that change files: the derived-content guard applies to these.
+CHANGE_VERBS = WRITE_VERBS | {UNDO_VERB}
+KNOWN_VERBS = FILE_VERBS | {PAIR_VERB}
+
+SCHEMA_FILE = "schema.cedarschema"
+POLICY_GLOB = "*.cedar"
+REQUIRED_ANNOTATIONS = ("id", "reason", "risk")
+
+DEFAULT_DENY_REASON = "No policy allows this."
+GUARD_OUTSIDE = "The appliance never acts outside its shares (built-in rule)."
+GUARD_DERIVED = (
+    "Details of this change came from content the model read; the appliance never "
+    "makes such a change without a person's approval (built-in rule)."
+)
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """One question to the policy: may ``requester`` do ``verb`` on ``share``/``path``?
+
+    ``share`` is None when the resource is outside every share. ``path`` is the
+    path inside the share. ``to_share``/``to_path`` name a copy's or move's
+    destination: ``to_path`` set with ``to_share`` None means the destination
+    is outside every share; both None means the verb has no destination.
+    ``derived_fields`` names fields whose value came from read content
+    ("resource", "params.to", ...). ``is_dir`` says whether the resource is a
+    folder; None (unknown) is treated as a folder, the careful choice.
+    """
+
+    verb: str
+    requester: str
+    share: str | None
+    path: str
+    to_share: str | None = None
+    to_path: str | None = None
+    derived_fields: tuple[str, ...] = ()
+    is_dir: bool | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer, with the reasons a person reads and the risk level.
+
+    ``rules`` holds the ``@id`` of each policy that determined the answer (for
+    the audit log); built-in guards and the default deny add no id.
+    """
+
+    decision: DecisionKind
+    risk: Risk
+    reasons: tuple[str, ...]
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One loaded policy: its name, effect and annotations, and where it came from."""
+
+    id: str
+    effect: Literal["permit", "forbid"]
+    reason: str
+    risk: Risk
+    source: str
+
+
+def _max_risk(risks: list[Risk]) -> Risk:
+    return max(risks, key=RISKS.index)
+
+
+class PolicyEngine:
+    """Decides requests against a loaded, schema-checked Cedar policy set."""
+
+    def __init__(
+        self,
+        policies: cedarpy.PolicySet,
+        schema: cedarpy.Schema,
+        rules: dict[str, PolicyRule],
+        directory: Path,
+    ) -> None:
+        self._policies = policies
+        self._schema = schema
+        self._rules = dict(rules)
+        self.directory = directory
+
+    @property
+    def rules(self) -> tuple[PolicyRule, ...]:
+        """The loaded policies, in file and source order."""
+        return tuple(self._rules.values())
+
+    # -- loading -----------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: Path) -> PolicyEngine:
+        """Load every ``*.cedar`` file in ``directory`` and its ``schema.cedarschema``.
+
+        Raises :class:`PolicyUnavailable` with a reason naming the file if the
+        directory, the schema or any policy is missing, unreadable, does not
+        parse, lacks its ``@id``/``@reason``/``@risk`` annotations, reuses an
+        ``@id``, or does not validate against the schema.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise PolicyUnavailable(f"policy directory {directory} does not exist")
+        schema_path = directory / SCHEMA_FILE
+        schema_text = _read(schema_path)
+        try:
+            schema = cedarpy.Schema.from_str(schema_text)
+        except ValueError as e:
+            raise PolicyUnavailable(f"{schema_path.name} does not parse: {e}") from None
+
+        files = sorted(p for p in directory.glob(POLICY_GLOB) if p.is_file())
+        if not files:
+            raise PolicyUnavailable(f"no policy files ({POLICY_GLOB}) in {directory}")
+
+        rules: dict[str, PolicyRule] = {}
+        static: dict[str, Any] = {}
+        for path in files:
+            text = _read(path)
+            for rule, est in _parse_file(path, text):
+                if rule.id in rules:
+                    raise PolicyUnavailable(
+                        f"{path.name}: policy id {rule.id!r} is already used in "
+                        f"{rules[rule.id].source}"
+                    )
+                rules[rule.id] = rule
+                static[rule.id] = est
+            _validate(path, text, schema)
+        if not rules:
+            raise PolicyUnavailable(f"the policy files in {directory} contain no policies")
+
+        try:
+            # Built from the JSON form so each policy's Cedar id is its @id:
+            # diagnostics then name rules directly.
+            policies = cedarpy.PolicySet.from_json_str(
+                json.dumps({"staticPolicies": static, "templates": {}, "templateLinks": []})
+            )
+        except ValueError as e:
+            raise PolicyUnavailable(f"policies could not be assembled: {e}") from None
+        return cls(policies, schema, rules, directory)
+
+    # -- deciding ----------------------------------------------------------
+
+    def decide(self, req: PolicyRequest) -> Decision:
+        """Answer allow, approve or deny for ``req``; raise PolicyUnavailable on any error."""
+        if req.verb not in KNOWN_VERBS:
+            return Decision(
+                "deny", "high", (f"{req.verb!r} is not an action the appliance knows.",)
+            )
+        requests, entities = self._cedar_requests(req)
+        try:
+            direct, approved = cedarpy.is_authorized_batch(
+                requests, self._policies, entities, schema=self._schema
+            )
+        except Exception as e:  # any failure inside the engine: fail closed
+            raise PolicyUnavailable(f"policy evaluation failed: {e}") from None
+        for result in (direct, approved):
+            # Cedar skips a policy that errors and decides without it; a
+            # skipped forbid could turn into an allow, so an error stops here.
+            if result.diagnostics.errors:
+                raise PolicyUnavailable(
+                    "policy evaluation failed: " + "; ".join(map(str, result.diagnostics.errors))
+                )
+            if result.decision not in (cedarpy.Decision.Allow, cedarpy.Decision.Deny):
+                raise PolicyUnavailable(f"policy evaluation gave no decision ({result.decision})")
+
+        if direct.allowed and approved.allowed:
+            kind: DecisionKind = "allow"
+            ids = list(direct.diagnostics.reasons)
+        elif approved.allowed:
+            # Why not right away (the forbids, if any), then why with approval.
+            kind = "approve"
+            ids = list(direct.diagnostics.reasons) + list(approved.diagnostics.reasons)
+        else:
+            kind = "deny"
+            ids = list(approved.diagnostics.reasons)
+        return self._guard(req, self._decision(kind, ids))
+
+    def _decision(self, kind: DecisionKind, ids: list[str]) -> Decision:
+        ordered = list(dict.fromkeys(ids))  # unique, first-seen order
+        try:
+            rules = [self._rules[i] for i in ordered]
+        except KeyError as e:
+            raise PolicyUnavailable(f"policy engine named an unknown policy {e}") from None
+        if not rules:
+            # Only a deny can have no determining policy: nothing permitted it.
+            return Decision("deny", "high", (DEFAULT_DENY_REASON,))
+        return Decision(
+            kind,
+            _max_risk([r.risk for r in rules]),
+            tuple(dict.fromkeys(r.reason for r in rules)),
+            tuple(ordered),
+        )
+
+    @staticmethod
+    def _guard(req: PolicyRequest, d: Decision) -> Decision:
+        """Built-in floors no policy file can lower (they only ever tighten)."""
+        if req.verb in FILE_VERBS:
+            outside = req.share is None or (req.to_path is not None and req.to_share is None)
+            if outside and d.decision != "deny":
+                return Decision("deny", "high", (GUARD_OUTSIDE,))
+        if req.verb in CHANGE_VERBS and req.derived_fields and d.decision == "allow":
+            return Decision("approve", "high", (GUARD_DERIVED, *d.reasons), d.rules)
+        return d
+
+    @staticmethod
+    def _cedar_requests(req: PolicyRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The two Cedar requests (without and with approval) and their entities."""
+        principal = {"type": "Requester", "id": req.requester}
+        if req.verb == PAIR_VERB:
+            resource = {"type": "Appliance", "id": "this"}
+            entities: list[dict[str, Any]] = []
+            base: dict[str, Any] = {}
+        else:
+            if req.share is not None:
+                share = {"type": "Share", "id": req.share}
+                resource = {"type": "File", "id": f"share:{req.share}/{req.path}"}
+                entities = [
+                    {"uid": share, "attrs": {}, "parents": []},
+                    {"uid": resource, "attrs": {}, "parents": [share]},
+                ]
+            else:
+                resource = {"type": "File", "id": req.path}
+                entities = [{"uid": resource, "attrs": {}, "parents": []}]
+            has_destination = req.to_path is not None or req.to_share is not None
+            base = {
+                "in_share": req.share is not None,
+                "share": req.share or "",
+                "path": req.path,
+                "is_dir": req.is_dir is not False,
+                "has_destination": has_destination,
+                "to_in_share": req.to_share is not None,
+                "to_share": req.to_share or "",
+                "to_path": req.to_path or "",
+                "derived_fields": sorted(set(req.derived_fields)),
+            }
+        action = {"type": "Action", "id": req.verb}
+        requests = [
+            {
+                "principal": principal,
+                "action": action,
+                "resource": resource,
+                "context": {**base, "approved": approved},
+            }
+            for approved in (False, True)
+        ]
+        return requests, entities
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyUnavailable(f"{path.name} is missing from {path.parent}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyUnavailable(f"{path.name} cannot be read: {e}") from None
+
+
+def _parse_file(path: Path, text: str) -> list[tuple[PolicyRule, dict[str, Any]]]:
+    """Parse one policy file into rules and their Cedar JSON form."""
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(text))
+    except ValueError as e:
+        raise PolicyUnavailable(f"{path.name} does not parse: {e}") from None
+    if est.get("templates"):
+        raise PolicyUnavailable(f"{path.name}: policy templates are not supported")
+    out = []
+    # Cedar numbers policies policy0, policy1... in source order.
+    items = sorted(est.get("staticPolicies", {}).items(), key=lambda kv: _position(kv[0]))
+    for n, (_, policy) in enumerate(items, start=1):
+        ann = policy.get("annotations", {})
+        missing = [a for a in REQUIRED_ANNOTATIONS if not ann.get(a)]
+        if missing:
+            label = f"policy {ann['id']!r}" if ann.get("id") else f"policy number {n}"
+            raise PolicyUnavailable(
+                f"{path.name}: {label} needs "
+                + ", ".join(f'@{a}("...")' for a in missing)
+                + " annotations"
+            )
+        if ann["risk"] not in RISKS:
+            raise PolicyUnavailable(
+                f"{path.name}: policy {ann['id']!r} has @risk({ann['risk']!r}); "
+                "use low, medium or high"
+            )
+        rule = PolicyRule(ann["id"], policy["effect"], ann["reason"], ann["risk"], path.name)
+        out.append((rule, policy))
+    return out
+
+
+def _position(cedar_id: str) -> int:
+    digits = cedar_id.removeprefix("policy")
+    return int(digits) if digits.isdigit() else 0
+
+
+def _validate(path: Path, text: str, schema: cedarpy.Schema) -> None:
+    """Type-check a file against the schema, so a misspelt attribute is caught now."""
+    try:
+        result = cedarpy.validate_policies(text, schema)
+    except ValueError as e:
+        raise PolicyUnavailable(f"{path.name} cannot be validated: {e}") from None
+    if not result.validation_passed:
+        names = result.id_annotations_by_policy_id
+        problems = [
+            f"policy {names.get(e.policy_id, e.policy_id)!r}: {e.error}" if e.policy_id else e.error
+            for e in result.errors[:5]
+        ]
+        raise PolicyUnavailable(f"{path.name} does not match {SCHEMA_FILE}: " + "; ".join(problems))
