@@ -133,6 +133,11 @@ def cmd_clients(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    _out(_control(args, "tokens.revoke_all"))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     _out(_control(args, "status"))
     return 0
@@ -148,6 +153,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     print(f"entries: {report.entries}, checkpoints: {report.checkpoints}")
     if report.unsafe_signer:
         print("note: checkpoints were signed by the UNSAFE development key")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     print("audit log verifies" if report.ok else "audit log does NOT verify")
@@ -204,7 +211,11 @@ def cmd_undo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from appliance.client import DEFAULT_CREDENTIALS
 
-    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Run the appliance (up) and talk to it: box-side commands use the local "
+        "control socket, desktop commands (pair, submit, undo) the LAN API.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the broker")
@@ -234,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_argument("client_id", nargs="?")
     _state(clients)
     clients.set_defaults(func=cmd_clients)
+
+    tokens = sub.add_parser("tokens", help="capability tokens")
+    tokens.add_argument(
+        "action",
+        choices=["revoke-all"],
+        help="revoke-all: refuse every token minted so far (epoch bump)",
+    )
+    _state(tokens)
+    tokens.set_defaults(func=cmd_tokens)
 
     status = sub.add_parser("status", help="the running broker's state")
     _state(status)

@@ -36,6 +36,7 @@ class ApprovalSettings:
     timeout_s: float = 120.0  # no answer before this means deny
     arming_delay_s: float = 1.0  # presses this soon after a request appears are ignored
     queue_size: int = 8  # requests waiting behind the one shown
+    per_requester: int = 3  # open requests (shown or waiting) from one requester
 
 
 @dataclass(frozen=True)

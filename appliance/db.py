@@ -3,6 +3,12 @@
 One connection shared by the broker's threads behind a lock: SQLite
 serialises writers anyway, and one connection keeps transactions simple.
 Each part creates its own tables with :meth:`Database.ensure`.
+
+Durability: in WAL mode every commit survives a crash of the process (kill
+-9). Surviving a power cut as well costs an fsync per commit, so only
+transactions opened with ``tx(durable=True)`` (the default: spent tokens,
+revocations, credentials) pay it; bookkeeping such as a plan's status uses
+``synchronous=NORMAL`` and leans on the audit log, which is always fsync'd.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ class Database:
         )
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
 
@@ -34,16 +40,23 @@ class Database:
             self._conn.executescript(ddl)
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: all of it lands, or none of it."""
+    def tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: all of it lands, or none of it. ``durable``
+        commits with an fsync, so it survives a power cut too."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def execute(self, sql: str, args: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:

@@ -196,13 +196,14 @@ def create_app(broker: Broker) -> FastAPI:
 
     # -------------------------------------------------------------- open calls
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return broker.health()
+    def healthz() -> JSONResponse:
+        health = broker.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.post("/v1/pairings", status_code=202)
     def pair(body: PairingRequest, request: Request) -> dict[str, Any]:
         limiter.take(f"ip:{caller_ip(request)}")
-        return broker.request_pairing(body.name)
+        return broker.request_pairing(body.name, caller_ip(request))
 
     @app.get("/v1/pairings/{pairing_id}")
     def pairing(pairing_id: str, request: Request) -> dict[str, Any]:

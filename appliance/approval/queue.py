@@ -211,6 +211,13 @@ class ApprovalQueue:
                         f"one on the panel (limit {self.settings.queue_size}); "
                         "try again once they are answered"
                     )
+                mine = sum(1 for r in self._open() if r.requester == requester)
+                if mine >= self.settings.per_requester:
+                    # One requester must not crowd out everyone else's requests.
+                    raise QueueFull(
+                        f"{requester} already has {mine} approval requests open "
+                        f"(limit {self.settings.per_requester}); wait for them to be answered"
+                    )
                 req = ApprovalRequest(
                     approval_id="apr_" + secrets.token_hex(8),
                     kind=kind,

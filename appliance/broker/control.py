@@ -41,6 +41,8 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "clients.revoke":
             broker.revoke_client(str(request.get("client_id", "")))
             return {"revoked": request.get("client_id")}
+        if op == "tokens.revoke_all":
+            return {"epoch": broker.revoke_all_tokens()}
         raise ApplianceError(f"unknown control operation {op!r}", code="unknown_op")
 
     return handle

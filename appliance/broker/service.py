@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -395,7 +396,8 @@ class Broker:
     ) -> None:
         import json
 
-        with self.db.tx() as conn:
+        # Not fsync'd: the plan's decision is already durable in the audit log.
+        with self.db.tx(durable=False) as conn:
             conn.execute(
                 "INSERT INTO plans (plan_id, kind, requester, status, digest, approval_id, code,"
                 " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -495,7 +497,8 @@ class Broker:
         """Run a plan's actions in order; a failure stops the rest."""
         plan = self.plans.plan_row(plan_id)
         assert plan is not None
-        self.plans.set_plan(plan_id, "running")
+        if plan["status"] != "running":
+            self.plans.set_plan(plan_id, "running")
         failed: str | None = None
         for action in self.plans.actions(plan_id):
             if failed:
@@ -503,28 +506,23 @@ class Broker:
                 continue
             try:
                 self._run_action(plan, action, receipt)
+                continue
             except ApplianceError as e:
-                failed = f"{action['verb']} {action['resource']}: {e.reason}"
-                self.plans.set_action(
-                    action["action_id"], status="failed", result={"error": e.to_dict()}
-                )
-                self._on_approval_event(
-                    "action.failed",
-                    {
-                        "plan_id": plan_id,
-                        "action_id": action["action_id"],
-                        "intent_digest": action["intent_digest"],
-                        "error": e.to_dict(),
-                    },
-                )
+                error = e.to_dict()
             except Exception as e:  # noqa: BLE001 - an executor bug must not leave the plan running
                 log.exception("action %s crashed", action["action_id"])
-                failed = f"{action['verb']} {action['resource']}: internal error"
-                self.plans.set_action(
-                    action["action_id"],
-                    status="failed",
-                    result={"error": {"code": "internal", "reason": str(e)}},
-                )
+                error = {"code": "internal", "reason": f"internal error: {type(e).__name__}"}
+            failed = f"{action['verb']} {action['resource']}: {error['reason']}"
+            self.plans.set_action(action["action_id"], status="failed", result={"error": error})
+            self._on_approval_event(
+                "action.failed",
+                {
+                    "plan_id": plan_id,
+                    "action_id": action["action_id"],
+                    "intent_digest": action["intent_digest"],
+                    "error": error,
+                },
+            )
         self.plans.set_plan(plan_id, "failed" if failed else "done", failed)
 
     def _run_action(
@@ -549,8 +547,16 @@ class Broker:
         the token, so a token for anything else is refused."""
         if action["decision"] == "deny":
             raise ExecutionError("a denied intent never runs", code="denied", status=403)
-        verified = self.tokens.verify_and_spend(token, expected)
-        self.plans.set_action(action["action_id"], status="running", token_id=verified.token_id)
+
+        def running(conn: sqlite3.Connection, token_id: str) -> None:
+            # Spent and "running" land together: after a crash, an action whose
+            # token is spent is known to have maybe begun.
+            conn.execute(
+                "UPDATE actions SET status = 'running', token_id = ? WHERE action_id = ?",
+                (token_id, action["action_id"]),
+            )
+
+        verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
         if action["verb"] == UNDO_VERB:
             original = self.plans.action(action["params"]["action_id"])
             if original is None or original["undone_by"]:
@@ -591,7 +597,9 @@ class Broker:
         return result
 
     # ------------------------------------------------------------------ pairing
-    def request_pairing(self, name: str) -> dict[str, Any]:
+    def request_pairing(self, name: str, address: str = "local") -> dict[str, Any]:
+        """A desktop asks to pair. ``address`` (the caller's IP) is the requester,
+        so one LAN device cannot fill the approval queue under many names."""
         name = check_name(name)
         with self._lock:
             pairing_id = self.clients.new_pairing(name)
@@ -600,8 +608,8 @@ class Broker:
                 approval = self.approvals.submit(
                     kind="pairing",
                     subject_id=pairing_id,
-                    requester=f"unpaired:{name}",
-                    summary=f"A desktop named {name!r} asks to pair",
+                    requester=f"unpaired:{address}",
+                    summary=f"A desktop named {name!r} at {address} asks to pair",
                     digest=pair_digest,
                 )
             except ApplianceError:
@@ -610,7 +618,12 @@ class Broker:
             self.clients.attach_approval(pairing_id, approval.approval_id, approval.code)
             self.audit.append(
                 "pairing.requested",
-                {"pairing_id": pairing_id, "name": name, "approval_id": approval.approval_id},
+                {
+                    "pairing_id": pairing_id,
+                    "name": name,
+                    "address": address,
+                    "approval_id": approval.approval_id,
+                },
             )
         return {
             "pairing_id": pairing_id,
@@ -625,6 +638,12 @@ class Broker:
                 "client.paired", {"pairing_id": pairing_id, "client_id": out["client_id"]}
             )
         return out
+
+    def revoke_all_tokens(self) -> int:
+        """Bump the token epoch: every capability minted before is refused."""
+        epoch = self.tokens.revoke_all()
+        self.audit.append("tokens.revoked_all", {"epoch": epoch})
+        return epoch
 
     def revoke_client(self, client_id: str) -> None:
         self.clients.revoke(client_id)
@@ -645,7 +664,10 @@ class Broker:
         """What /healthz answers: whether privileged actions can run, and if not, why."""
         problems = []
         if self.audit.closed:
-            problems.append("the audit log is closed")
+            problems.append(
+                f"the audit log is unavailable ({self.audit.failure or 'closed'}); "
+                "nothing can run until it is repaired and the broker restarted"
+            )
         if self.config.dev and self.keystore.unsafe:
             warning = "development mode: keys are unsafe software keys, not in a TPM"
         else:

@@ -230,7 +230,12 @@ class TokenService:
 
     # -- verification --------------------------------------------------------
 
-    def verify_and_spend(self, token: str, expected: Claims) -> VerifiedToken:
+    def verify_and_spend(
+        self,
+        token: str,
+        expected: Claims,
+        on_spend: Callable[[sqlite3.Connection, str], None] | None = None,
+    ) -> VerifiedToken:
         """The executor's gate: check everything, then record the token as spent.
 
         Raises TokenError (token_malformed, token_forged, token_expired,
@@ -238,7 +243,7 @@ class TokenService:
         never marked spent, so a mismatch does not burn the real action.
         """
         checked = self._verify(token, expected)
-        return self._spend(checked, expected)
+        return self._spend(checked, expected, on_spend)
 
     def _verify(self, token: str, expected: Claims) -> _Checked:
         """Signature, claims and expiry; no database access (cheap to measure alone)."""
@@ -361,7 +366,12 @@ class TokenService:
         # Left: a check appended by a holder of the token (attenuation) failed.
         return TokenError(f"token check failed: {message}", code="token_mismatch")
 
-    def _spend(self, checked: _Checked, expected: Claims) -> VerifiedToken:
+    def _spend(
+        self,
+        checked: _Checked,
+        expected: Claims,
+        on_spend: Callable[[sqlite3.Connection, str], None] | None = None,
+    ) -> VerifiedToken:
         """Revocation, epoch and single use, in one write transaction."""
         now = self.clock()
         try:
@@ -396,6 +406,10 @@ class TokenService:
                     " VALUES (?, ?, ?, ?)",
                     (checked.token_id, checked.expires_at, checked.epoch, now),
                 )
+                if on_spend is not None:
+                    # The caller's record of what the token is for lands in the
+                    # same transaction as the spend (e.g. "action running").
+                    on_spend(conn, checked.token_id)
                 if now - self._last_prune >= PRUNE_INTERVAL_S:
                     self._prune(conn, now)
         except sqlite3.IntegrityError:

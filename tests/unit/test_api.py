@@ -481,3 +481,120 @@ def test_shutdown_expires_pending_plans(tmp_path: Path, share: Path) -> None:
         assert decided[-1]["status"] == "cancelled"
     finally:
         broker.close()
+
+
+# ------------------------------------------------------------------ every endpoint
+V1_CALLS = [
+    ("POST", "/v1/intents"),
+    ("GET", "/v1/intents/schema"),
+    ("GET", "/v1/plans/plan_x"),
+    ("POST", "/v1/plans/plan_x/undo"),
+    ("GET", "/v1/approvals"),
+    ("GET", "/v1/approvals/apr_x"),
+    ("GET", "/v1/actions/act_x"),
+    ("POST", "/v1/actions/act_x/undo"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/checkpoint"),
+    ("GET", "/v1/keys"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), V1_CALLS)
+def test_every_v1_call_needs_a_credential(http: TestClient, method: str, path: str) -> None:
+    anon = TestClient(http.app)
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer cl_0.x"}):
+        r = anon.request(method, path, headers=headers, json={"intents": []})
+        assert r.status_code == 401, (path, headers, r.text)
+        assert r.json()["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/plans/plan_nope"),
+        ("POST", "/v1/plans/plan_nope/undo"),
+        ("GET", "/v1/approvals/apr_nope"),
+        ("GET", "/v1/actions/act_nope"),
+        ("POST", "/v1/actions/act_nope/undo"),
+        ("GET", "/v1/nothing-here"),
+    ],
+)
+def test_unknown_ids_are_404_with_a_reason(http: TestClient, method: str, path: str) -> None:
+    r = http.request(method, path)
+    assert r.status_code == 404 and r.json()["code"] == "not_found" and r.json()["reason"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/plans/plan_x?wait=abc",
+        "/v1/plans/plan_x?wait=-1",
+        "/v1/plans/plan_x?wait=1e9",
+        "/v1/audit?start=-1",
+        "/v1/audit?limit=0",
+        "/v1/audit?limit=100000",
+        "/v1/approvals/apr_x?wait=nan",
+    ],
+)
+def test_bad_query_parameters(http: TestClient, query: str) -> None:
+    r = http.get(query)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+
+
+@pytest.mark.parametrize("body", [b"{", b"[]", b'{"name": ["x"]}', b'{"name": "a", "x": 1}'])
+def test_bad_pairing_bodies(broker: Broker, body: bytes) -> None:
+    r = TestClient(create_app(broker)).post(
+        "/v1/pairings", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code in (400, 422) and r.json()["reason"]
+    assert broker.approvals.current() is None
+
+
+def test_undo_of_a_read_is_refused(http: TestClient) -> None:
+    plan = http.post(
+        "/v1/intents",
+        json={"intents": [{"verb": "file.stat", "resource": "share:docs/Inbox/a.pdf"}]},
+    ).json()
+    r = http.post(f"/v1/actions/{plan['intents'][0]['action_id']}/undo")
+    assert r.status_code == 409 and r.json()["code"] == "not_undoable"
+
+
+def test_one_requester_cannot_crowd_the_queue(tmp_path: Path, share: Path) -> None:
+    broker = make_broker(
+        tmp_path,
+        share,
+        approvals=ApprovalSettings(timeout_s=30, arming_delay_s=0, queue_size=8, per_requester=2),
+    )
+    try:
+        app = create_app(broker)
+        first, second = TestClient(app), TestClient(app)
+        first.headers["Authorization"] = "Bearer " + pair(first, broker, "one")
+        second.headers["Authorization"] = "Bearer " + pair(second, broker, "two")
+        delete = {"intents": [{"verb": "file.delete", "resource": "share:docs/Inbox/a.pdf"}]}
+        codes = [first.post("/v1/intents", json=delete).status_code for _ in range(3)]
+        assert codes == [202, 202, 429]
+        assert second.post("/v1/intents", json=delete).status_code == 202
+    finally:
+        broker.close()
+
+
+def test_audit_failure_stops_everything(http: TestClient, broker: Broker, share: Path) -> None:
+    broker.audit.close()
+    r = http.post(
+        "/v1/intents",
+        json={
+            "intents": [
+                {
+                    "verb": "file.move",
+                    "resource": "share:docs/Inbox/a.pdf",
+                    "params": {"to": "share:docs/a.pdf"},
+                }
+            ]
+        },
+    )
+    assert r.status_code == 503 and r.json()["code"] == "unavailable"
+    assert broker.approvals.current() is None
+    assert broker.db.one("SELECT COUNT(*) AS n FROM plans")["n"] == 0
+    health = http.get("/healthz")
+    assert health.status_code == 503 and "audit log" in health.json()["problems"][0]
+    assert (share / "Inbox" / "a.pdf").exists()
