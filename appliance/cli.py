@@ -114,14 +114,25 @@ def cmd_panel(args: argparse.Namespace) -> int:
     shown = _control(args, "panel.show")
     current = shown.get("pending")
     if args.action == "show":
-        _out(shown)
+        if args.json:
+            _out(shown)
+        elif not current:
+            print("nothing is waiting for approval")
+        else:
+            print(f"shown:   {current['summary']}")
+            print(f"code:    {current['code']}   (the requester sees the same code)")
+            print(f"expires: in {current.get('expires_in_s', 0):.0f} s")
+            for w in shown.get("waiting", []):
+                print(f"waiting: {w['summary']} (code {w['code']})")
         return 0
     if not current:
         print("nothing is waiting for approval", file=sys.stderr)
         return 1
     print(f"{args.action}: {current['summary']}  (code {current['code']})")
+    # The press names the digest that was displayed: if another request took
+    # its place in between, the press is ignored instead of approving it.
     result = _control(args, "panel.press", decision=args.action, digest=current["digest"])
-    _out(result)
+    print(result["reason"] if result.get("accepted") else f"ignored: {result['reason']}")
     return 0 if result.get("accepted") else 1
 
 
@@ -237,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     panel = sub.add_parser("panel", help="the virtual approval panel (development)")
     panel.add_argument("action", choices=["show", "approve", "deny"])
+    panel.add_argument("--json", action="store_true", help="show: print JSON")
     _state(panel)
     panel.set_defaults(func=cmd_panel)
 

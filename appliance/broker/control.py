@@ -19,18 +19,25 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "status":
             return broker.status()
         if op == "panel.show":
-            current = broker.approvals.current()
-            return {
-                "pending": current.to_public() | {"digest": current.digest} if current else None,
-                "queued": [a.to_public() for a in broker.approvals.list()],
-            }
+            queue = broker.approvals.public_list()
+            return {"pending": queue[0] if queue else None, "waiting": queue[1:]}
         if op == "panel.press":
             decision = request.get("decision")
             if decision not in ("approve", "deny"):
                 raise ApplianceError("decision must be 'approve' or 'deny'")
-            result = broker.approvals.press(
-                decision, digest=request.get("digest"), source="virtual-panel"
-            )
+            digest = request.get("digest")
+            if not isinstance(digest, str):
+                raise ApplianceError("a press must name the digest of the request it answers")
+            # Only a virtual panel takes presses from the socket: with a physical
+            # panel, the button is the only way to approve.
+            press = getattr(broker.panel, "press", None)
+            if not broker.panel.virtual or press is None:
+                raise ApplianceError(
+                    f"the panel is {broker.panel.name!r}: approve with its button",
+                    code="not_virtual",
+                    status=403,
+                )
+            result = press(decision, digest=digest, source="cli")
             return {
                 "accepted": result.accepted,
                 "approval_id": result.approval_id,

@@ -32,6 +32,7 @@ class Box:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "broker.log"
+        self.extra: list[str] = []
 
     def start(self) -> None:
         cmd = [
@@ -46,6 +47,7 @@ class Box:
             f"docs={self.share}",
             "--port",
             str(self.port),
+            *self.extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -53,7 +55,7 @@ class Box:
             if self.proc.poll() is not None:
                 raise RuntimeError("broker exited:\n" + self.log.read_text())
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1, verify=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
