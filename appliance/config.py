@@ -7,7 +7,7 @@ so every part reads the same numbers.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The default policies ship in deploy/policies/ of the source tree; an image
@@ -69,15 +69,8 @@ class Config:
         return self.state_dir / "snapshots"
 
     @property
-    def trash_dir(self) -> Path:
-        return self.state_dir / "trash"
-
-    @property
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
-
-    def with_(self, **changes: object) -> Config:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
 
 def load_toml(path: Path) -> dict:

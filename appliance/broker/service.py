@@ -601,6 +601,19 @@ class Broker:
         """A desktop asks to pair. ``address`` (the caller's IP) is the requester,
         so one LAN device cannot fill the approval queue under many names."""
         name = check_name(name)
+        decision = self.policy.decide(
+            PolicyRequest(verb="client.pair", requester=f"unpaired:{address}", share=None, path="")
+        )
+        if decision.decision == "deny":
+            self.audit.append(
+                "pairing.refused",
+                {"name": name, "address": address, "reasons": list(decision.reasons)},
+            )
+            raise ApplianceError(
+                "pairing refused: " + " ".join(decision.reasons), code="denied", status=403
+            )
+        # Even a policy that "allows" pairing gets a press: a credential is
+        # only ever handed out after a person said yes at the box.
         with self._lock:
             pairing_id = self.clients.new_pairing(name)
             pair_digest = digest({"pairing_id": pairing_id, "name": name})

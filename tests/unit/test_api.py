@@ -598,3 +598,23 @@ def test_audit_failure_stops_everything(http: TestClient, broker: Broker, share:
     health = http.get("/healthz")
     assert health.status_code == 503 and "audit log" in health.json()["problems"][0]
     assert (share / "Inbox" / "a.pdf").exists()
+
+
+def test_pairing_goes_through_policy(tmp_path: Path, share: Path) -> None:
+    import shutil
+
+    policies = tmp_path / "policies"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "deploy" / "policies", policies)
+    with (policies / "default.cedar").open("a") as f:
+        f.write(
+            '\n@id("no-new-desktops")\n@reason("This box takes no new desktops.")\n'
+            '@risk("high")\nforbid (principal, action == Action::"client.pair", resource);\n'
+        )
+    broker = make_broker(tmp_path, share, policy_dir=policies)
+    try:
+        r = TestClient(create_app(broker)).post("/v1/pairings", json={"name": "desk"})
+        assert r.status_code == 403 and "no new desktops" in r.json()["reason"]
+        assert broker.approvals.current() is None
+        assert broker.db.one("SELECT COUNT(*) AS n FROM pairings")["n"] == 0
+    finally:
+        broker.close()
