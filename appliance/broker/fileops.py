@@ -145,6 +145,7 @@ class FileOps:
         # One mutation at a time: the checks each verb makes (free names,
         # unchanged inodes) are only meaningful if the broker is not racing itself.
         self._lock = threading.RLock()
+        self._before_change: Callable[[str, dict[str, Any]], None] | None = None
         self._verbs: dict[str, Callable[[Target, dict[str, Any]], Outcome]] = {
             "file.list": self._list,
             "file.stat": self._stat,
@@ -159,20 +160,77 @@ class FileOps:
 
     # -- entry points ---------------------------------------------------------
 
-    def execute(self, verb: str, target: Target, params: dict[str, Any]) -> Outcome:
-        """Run one verb on one already-parsed target. Raises ApplianceError subclasses."""
+    def execute(
+        self,
+        verb: str,
+        target: Target,
+        params: dict[str, Any],
+        *,
+        before_change: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> Outcome:
+        """Run one verb on one already-parsed target. Raises ApplianceError subclasses.
+
+        ``before_change(snapshot_id, undo)`` is called for a move, rename or
+        delete once the snapshot is saved and before anything changes, so the
+        caller can record how to undo an action that a crash interrupts.
+        """
         handler = self._verbs.get(verb)
         if handler is None:
             raise ExecutionError(f"unknown verb {verb!r}")
         if not isinstance(target, Target):
             raise ExecutionError("target must be a parsed Target")
         with self._lock:
+            self._before_change = before_change
             try:
                 return handler(target, dict(params or {}))
             except ApplianceError:
                 raise
             except OSError as e:
                 raise _err(f"{verb} on {target.canonical} failed", e) from None
+            finally:
+                self._before_change = None
+
+    def _saved(self, snapshot_id: str, undo: dict[str, Any]) -> None:
+        if self._before_change is not None:
+            self._before_change(snapshot_id, undo)
+
+    def settle_interrupted(self, undo: dict[str, Any]) -> bool:
+        """After a crash in the middle of a move, rename or delete: bring it to
+        exactly "before" or exactly "after", and say whether it took effect
+        (then its undo record applies).
+
+        A file move links the destination before it unlinks the source, so a
+        crash in between leaves two names for one inode: the destination name
+        is removed again (before). Only a destination left alone means after.
+        """
+        verb = undo.get("verb")
+        with self._lock:
+            try:
+                if verb == "file.delete":
+                    target = self._undo_target(undo, "target")
+                    with self.shares.open_parent(target) as (fd, name):
+                        return lstat_at(fd, name) is None
+                if verb in ("file.move", "file.rename"):
+                    src = self._undo_target(undo, "from")
+                    dest = self._undo_target(undo, "to")
+                    with (
+                        self.shares.open_parent(src) as (sfd, sname),
+                        self.shares.open_parent(dest) as (dfd, dname),
+                    ):
+                        s, d = lstat_at(sfd, sname), lstat_at(dfd, dname)
+                        if (
+                            s is not None
+                            and d is not None
+                            and stat.S_ISREG(d.st_mode)
+                            and ((s.st_dev, s.st_ino) == (d.st_dev, d.st_ino))
+                        ):
+                            _unlink_if_same(dfd, dname, d.st_ino)
+                            fsync_dir(dfd)
+                            return False
+                        return s is None and d is not None
+            except (ApplianceError, OSError):
+                return False  # a parent vanished: leave things as they are
+        return False
 
     def undo(self, undo: dict[str, Any]) -> dict[str, Any]:
         """Reverse an action from its undo record, if nothing changed since."""
@@ -486,11 +544,12 @@ class FileOps:
                 raise ExecutionError(f"{dest.canonical} already exists; never overwriting")
             tree = self._snapshot(sfd, sname, src, store=True)
             sid = self.snapshots.save(tree.manifest)
+            undo = {"verb": verb, "from": src.canonical, "to": dest.canonical, "snapshot_id": sid}
+            self._saved(sid, undo)
             if stat.S_ISDIR(st.st_mode):
                 self._rename_dir(sfd, sname, dfd, dname, src, dest)
             else:
                 self._move_file(sfd, sname, dfd, dname, src, dest, tree.inventory[""])
-        undo = {"verb": verb, "from": src.canonical, "to": dest.canonical, "snapshot_id": sid}
         result = {"resource": src.canonical, "to": dest.canonical, "type": kind_of(st.st_mode)}
         return Outcome(result, sid, undo)
 
@@ -604,6 +663,8 @@ class FileOps:
             refuse_special(st.st_mode, target.canonical)
             tree = self._snapshot(fd, name, target, store=True)
             sid = self.snapshots.save(tree.manifest)
+            undo = {"verb": "file.delete", "target": target.canonical, "snapshot_id": sid}
+            self._saved(sid, undo)
             result: dict[str, Any] = {
                 "resource": target.canonical,
                 "type": kind_of(st.st_mode),
@@ -618,7 +679,6 @@ class FileOps:
                 self._check_same(fd, name, tree.inventory[""], target)
                 os.unlink(name, dir_fd=fd)
                 _settle(fd)
-        undo = {"verb": "file.delete", "target": target.canonical, "snapshot_id": sid}
         return Outcome(result, sid, undo)
 
     def _delete_dir(self, fd: int, name: str, target: Target, tree: _Tree) -> str | None:

@@ -54,7 +54,6 @@ class Evaluated:
     intent: Intent
     resource: str  # canonical, or as given when resolution refused it
     params: dict[str, Any]  # canonical resource parameters
-    targets: dict[str, Target]
     decision: Decision
     digest: str
 
@@ -127,8 +126,8 @@ class Broker:
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> None:
         """After a crash or restart: approvals lived in memory, so a plan still
-        waiting expires; an action that was running is marked interrupted (its
-        token stays spent; the executor's ordering means no file was lost)."""
+        waiting expires; an action that was running is settled (its token stays
+        spent; the executor's ordering means no file was lost)."""
         for row in self.db.all(
             "SELECT plan_id, status FROM plans WHERE status IN (?, ?)",
             ("pending_approval", "running"),
@@ -142,19 +141,37 @@ class Broker:
                 continue
             for a in self.plans.actions(plan_id):
                 if a["status"] == "running":
-                    self.plans.set_action(a["action_id"], status="interrupted")
-                    self.audit.append(
-                        "action.interrupted",
-                        {
-                            "plan_id": plan_id,
-                            "action_id": a["action_id"],
-                            "token_id": a["token_id"],
-                            "snapshot_id": a["snapshot_id"],
-                        },
-                    )
+                    self._settle(plan_id, a)
                 elif a["status"] == "planned":
                     self.plans.set_action(a["action_id"], status="skipped")
             self.plans.set_plan(plan_id, "failed", "the broker stopped while the plan ran")
+
+    def _settle(self, plan_id: str, action: dict[str, Any]) -> None:
+        """An action the stop interrupted: a move, rename or delete recorded its
+        undo before it changed anything, so it is brought to exactly before or
+        after; if after, it counts as done and stays undoable."""
+        undo = action["undo"]
+        took = bool(undo) and action["verb"] != UNDO_VERB and self.files.settle_interrupted(undo)
+        if took:
+            self.plans.set_action(
+                action["action_id"],
+                status="done",
+                result={"recovered": "the action had taken effect when the broker stopped"},
+            )
+        else:
+            self.plans.set_action(action["action_id"], status="interrupted", undo=None)
+        self.audit.append(
+            "action.interrupted",
+            {
+                "plan_id": plan_id,
+                "action_id": action["action_id"],
+                "verb": action["verb"],
+                "resource": action["resource"],
+                "token_id": action["token_id"],
+                "snapshot_id": action["snapshot_id"],
+                "took_effect": took,
+            },
+        )
 
     # ------------------------------------------------------------------ evaluate
     def _evaluate(self, intent: Intent, requester: str) -> Evaluated:
@@ -196,7 +213,7 @@ class Broker:
             "provenance": {k: v.value for k, v in intent.provenance.items()},
             "requester": requester,
         }
-        return Evaluated(intent, resource, params, targets, decision, digest(body))
+        return Evaluated(intent, resource, params, decision, digest(body))
 
     # ------------------------------------------------------------------ submit
     def submit(self, requester: str, intents: list[Intent]) -> dict[str, Any]:
@@ -285,11 +302,7 @@ class Broker:
             intent = Intent.model_construct(
                 verb=UNDO_VERB, resource=action["resource"], params=params, provenance={}
             )
-            evaluated.append(
-                Evaluated(
-                    intent, action["resource"], params, {"resource": target}, decision, digest(body)
-                )
-            )
+            evaluated.append(Evaluated(intent, action["resource"], params, decision, digest(body)))
         decisions = {e.decision.decision for e in evaluated}
         status = (
             "denied"
@@ -562,7 +575,8 @@ class Broker:
             if original is None or original["undone_by"]:
                 raise ExecutionError("the action is gone or already undone", code="not_undoable")
             result = self.files.undo(original["undo"])
-            snapshot_id, undo = None, None
+            # Undoing a write or copy saves the removed file first.
+            snapshot_id, undo = result.get("snapshot_id"), None
             self.plans.set_action(
                 original["action_id"], undone_by=action["action_id"], status="undone"
             )
@@ -572,8 +586,13 @@ class Broker:
             params = dict(action["params"])
             if "to" in params:
                 params["to"] = self.shares.parse(params["to"])
+
+            def record(snapshot_id: str, undo: dict[str, Any]) -> None:
+                # How to undo it is on record before the change begins.
+                self.plans.set_action(action["action_id"], snapshot_id=snapshot_id, undo=undo)
+
             outcome = self.files.execute(
-                action["verb"], self.shares.parse(action["resource"]), params
+                action["verb"], self.shares.parse(action["resource"]), params, before_change=record
             )
             result, snapshot_id, undo = outcome.result, outcome.snapshot_id, outcome.undo
         self.plans.set_action(

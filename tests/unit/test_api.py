@@ -618,3 +618,71 @@ def test_pairing_goes_through_policy(tmp_path: Path, share: Path) -> None:
         assert broker.db.one("SELECT COUNT(*) AS n FROM pairings")["n"] == 0
     finally:
         broker.close()
+
+
+class _Kill(BaseException):
+    """Stands in for SIGKILL: nothing in the broker catches it."""
+
+
+@pytest.mark.parametrize("when", ["between link and unlink", "after unlink"])
+def test_interrupted_move_is_settled_at_restart(
+    tmp_path: Path, share: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    import appliance.broker.fileops as fileops
+
+    broker = make_broker(tmp_path, share)
+    http = TestClient(create_app(broker))
+    http.headers["Authorization"] = "Bearer " + pair(http, broker)
+    plan = http.post(
+        "/v1/intents",
+        json={
+            "intents": [
+                {
+                    "verb": "file.move",
+                    "resource": "share:docs/Inbox/a.pdf",
+                    "params": {"to": "share:docs/a.pdf"},
+                }
+            ]
+        },
+    ).json()
+    action, claims = stored_action(broker, plan)
+    broker.plans.set_plan(plan["plan_id"], "running")
+
+    def kill(*args: object, **kw: object) -> None:
+        raise _Kill
+
+    if when == "between link and unlink":
+        monkeypatch.setattr(fileops.os, "unlink", kill)
+    else:
+        monkeypatch.setattr(fileops, "_settle", kill)
+    with pytest.raises(_Kill):
+        broker.execute(broker.tokens.mint(claims), claims, action)
+    monkeypatch.undo()
+    assert (share / "a.pdf").exists()
+    broker.audit.close()
+    broker.db.close()  # no orderly shutdown: as after a kill
+
+    broker = make_broker(tmp_path, share)
+    try:
+        settled = broker.plans.public(plan["plan_id"])
+        assert settled["status"] == "failed"
+        (intent,) = settled["intents"]
+        if when == "between link and unlink":
+            # Back to exactly before: one name, at the source.
+            assert intent["status"] == "interrupted" and not intent["undoable"]
+            assert (share / "Inbox" / "a.pdf").read_bytes() == b"%PDF a"
+            assert not (share / "a.pdf").exists()
+        else:
+            # It had taken effect: done, and undo puts the file back.
+            assert intent["status"] == "done" and intent["undoable"]
+            assert not (share / "Inbox" / "a.pdf").exists()
+            http = TestClient(create_app(broker))
+            http.headers["Authorization"] = "Bearer " + pair(http, broker, "again")
+            undo = http.post(f"/v1/actions/{intent['action_id']}/undo").json()
+            broker.approvals.press("approve", source="test")
+            assert wait_done(http, undo["plan_id"])["status"] == "done"
+            assert (share / "Inbox" / "a.pdf").read_bytes() == b"%PDF a"
+        kinds = audit_kinds(broker)
+        assert "action.interrupted" in kinds
+    finally:
+        broker.close()
