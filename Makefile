@@ -3,21 +3,31 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
-APT_PACKAGES := python3-venv sqlite3
+# swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss.
+APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint bench setup apt clean
 
-$(BIN)/python:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
-		apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES); fi
+# Debian packages, installed when running as root and something is missing.
+apt:
+	@if ! command -v swtpm >/dev/null || ! pkg-config --exists tss2-esys 2>/dev/null \
+	    || ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+		else \
+			echo "missing Debian packages; as root: apt-get install $(APT_PACKAGES)" >&2; exit 1; \
+		fi; \
+	fi
+
+$(BIN)/python: | apt
 	$(PY) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | apt $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+setup: apt $(VENV)/.installed
 
 run: setup
 	mkdir -p $(STATE)/shares/docs

@@ -79,19 +79,26 @@ class AuditLog:
     process) is refused with :class:`~appliance.errors.Unavailable`.
     """
 
-    def __init__(self, directory: Path, signer: Signer, *, signer_label: str) -> None:
+    def __init__(
+        self, directory: Path, signer: Signer, *, signer_label: str, boot_count: int = 0
+    ) -> None:
         # A development key must say so in every checkpoint it signs.
         if signer.unsafe and signer_label != UNSAFE_LABEL:
             raise ValueError(f"an unsafe signer must be labelled {UNSAFE_LABEL!r}")
         self.directory = Path(directory)
         self._signer = signer
         self._label = signer_label
+        self.boot_count = boot_count  # carried by every checkpoint signed from now on
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[bytes] = []  # encoded entries not yet handed to a leader
         self._writing = False  # a leader is writing a batch
         self._closing = False
         self._failed: str | None = None  # why the log refuses appends until reopened
+        # Bumped when a batch is dropped unwritten (its checkpoint could not be
+        # signed): waiting appenders of the old generation get ``_dropped``.
+        self._gen = 0
+        self._dropped = ""
         self._fsyncs = 0
         self._batches = 0
         self._fds: list[int] = []
@@ -166,7 +173,10 @@ class AuditLog:
         # fsyncs of a batch (check_log refused more than one batch's worth).
         late = self._durable - result.last_signed_size
         if late or self._latest is None:
-            self._latest = self._write_checkpoint(self._durable)
+            cp = self._sign_checkpoint(self._durable)
+            _write_all(self._cfd, canonical_json(cp) + b"\n")
+            self._fsync(self._cfd)
+            self._latest = cp
         if torn or cp_torn or late:
             log.warning(
                 "audit log %s recovered from a crash: %d torn bytes cut, %d entries signed late",
@@ -199,18 +209,17 @@ class AuditLog:
         os.fsync(fd)
         self._fsyncs += 1
 
-    def _write_checkpoint(self, size: int) -> dict[str, Any]:
-        """Sign the root of the first ``size`` entries and make it durable."""
+    def _sign_checkpoint(self, size: int) -> dict[str, Any]:
+        """Sign the root of the first ``size`` entries (nothing is written yet)."""
         cp: dict[str, Any] = {
             "tree_size": size,
             "root_hash": self._tree.root(size).hex(),
             "time": _utc_now(),
             "key_id": self._signer.key_id,
             "signer": self._label,
+            "boot_count": self.boot_count,
         }
         cp["signature"] = base64.b64encode(self._signer.sign(checkpoint_payload(cp))).decode()
-        _write_all(self._cfd, canonical_json(cp) + b"\n")
-        self._fsync(self._cfd)
         return cp
 
     def append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +249,7 @@ class AuditLog:
             self._check_open()
             index = self._next
             self._next += 1
+            gen = self._gen
             # canonical_json of {"index","time","kind","data"}, built by hand
             # from the pre-encoded data so the lock is held for microseconds
             # (sorted keys: data, index, kind, time; a test checks equality).
@@ -260,6 +270,8 @@ class AuditLog:
             while self._durable <= index:
                 if self._failed is not None:
                     raise Unavailable(self._failed)
+                if gen != self._gen:  # the batch holding this entry was dropped
+                    raise Unavailable(self._dropped)
                 if self._writing:
                     self._cond.wait()
                 else:
@@ -283,24 +295,43 @@ class AuditLog:
         end = start + len(batch)
         e_end, c_size = self._offsets[-1], os.fstat(self._cfd).st_size
         self._writing = True
+        leaves = [leaf_hash(line) for line in batch]
+        # Readers only look at the first self._durable leaves, so growing the
+        # tree before the batch is durable shows them nothing new.
+        for h in leaves:
+            self._tree.append_hash(h)
+        try:
+            # Sign first: a signer that cannot sign (the TPM went away) leaves
+            # nothing written, so the log stays whole and serves again once
+            # the signer is back.
+            self._lock.release()
+            try:
+                cp = self._sign_checkpoint(end)
+            finally:
+                self._lock.acquire()
+        except BaseException as exc:
+            log.error("audit log %s: could not sign a checkpoint: %r", self.directory, exc)
+            reason = exc.reason if isinstance(exc, ApplianceError) else repr(exc)
+            # Drop this batch and everything queued behind it, unwritten.
+            self._tree.truncate(start)
+            self._queue.clear()
+            self._next = start
+            self._gen += 1
+            self._dropped = f"the audit log cannot sign a checkpoint: {reason}"
+            self._writing = False
+            self._cond.notify_all()
+            raise Unavailable(self._dropped) from exc
         try:
             self._lock.release()
             try:
-                leaves = [leaf_hash(line) for line in batch]
                 _write_all(self._efd, b"\n".join(batch) + b"\n")
                 self._fsync(self._efd)
+                _write_all(self._cfd, canonical_json(cp) + b"\n")
+                self._fsync(self._cfd)
             finally:
                 self._lock.acquire()
-            # Readers only look at the first self._durable leaves, so growing
-            # the tree before the checkpoint is durable shows them nothing new.
-            for line, h in zip(batch, leaves, strict=True):
-                self._tree.append_hash(h)
+            for line in batch:
                 self._offsets.append(self._offsets[-1] + len(line) + 1)
-            self._lock.release()
-            try:
-                cp = self._write_checkpoint(end)
-            finally:
-                self._lock.acquire()
             self._durable = end
             self._latest = cp
             self._batches += 1

@@ -45,7 +45,11 @@ MAX_BATCH = 256
 _MAX_LISTED = 10
 
 ENTRY_FIELDS = frozenset({"index", "time", "kind", "data"})
-CHECKPOINT_FIELDS = frozenset({"tree_size", "root_hash", "time", "key_id", "signer", "signature"})
+# boot_count: the TPM's boot counter (an NV counter bumped at every start)
+# when the checkpoint was signed, so a log rolled back across starts shows.
+CHECKPOINT_FIELDS = frozenset(
+    {"tree_size", "root_hash", "time", "key_id", "signer", "boot_count", "signature"}
+)
 
 
 class AuditTampered(ApplianceError):
@@ -166,6 +170,9 @@ def _parse_checkpoint(raw: bytes | dict[str, Any]) -> tuple[dict[str, Any] | Non
         return None, "has a root_hash that is not 64 hex digits"
     if not all(isinstance(cp[k], str) for k in ("time", "key_id", "signer", "signature")):
         return None, "has a time, key_id, signer or signature that is not a string"
+    boot = cp["boot_count"]
+    if not isinstance(boot, int) or isinstance(boot, bool) or boot < 0:
+        return None, "has a boot_count that is not a whole number"
     return cp, ""
 
 
@@ -220,6 +227,7 @@ def check_log(
     last_line = len(checkpoint_lines)
     unsafe = False
     high = 0
+    boot_high = 0
     for i, raw in enumerate(checkpoint_lines, start=1):
         cp, why = _parse_checkpoint(raw)
         if cp is None:
@@ -248,6 +256,12 @@ def check_log(
                 f"{high} of an earlier checkpoint: checkpoints went backwards."
             )
         high = max(high, cp["tree_size"])
+        if cp["boot_count"] < boot_high:
+            problems.append(
+                f"The checkpoint on line {i} has boot count {cp['boot_count']}, smaller than the "
+                f"{boot_high} of an earlier checkpoint: the boot counter went backwards."
+            )
+        boot_high = max(boot_high, cp["boot_count"])
         checkpoints.append(
             _Checkpoint(i, cp["tree_size"], bytes.fromhex(cp["root_hash"]), cp["signer"], signed)
         )

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -251,7 +252,9 @@ def test_entry_format_is_canonical_json_and_leaf_is_the_line(tmp_path: Path, sig
 
 def test_checkpoint_is_signed_by_the_device_key(tmp_path: Path, signer, pem) -> None:
     cp = make_log(tmp_path / "a", signer, 3)
-    assert set(cp) == {"tree_size", "root_hash", "time", "key_id", "signer", "signature"}
+    assert set(cp) == {
+        "tree_size", "root_hash", "time", "key_id", "signer", "boot_count", "signature"
+    }
     assert cp["tree_size"] == 3 and cp["signer"] == UNSAFE_LABEL
     import base64
 
@@ -607,7 +610,11 @@ class FlakySigner:
         return self.inner.public_key_pem()
 
 
-def test_failed_batch_is_rolled_back_and_log_fails_closed(tmp_path: Path, signer, pem) -> None:
+def test_a_signer_that_fails_leaves_nothing_written_and_the_log_recovers(
+    tmp_path: Path, signer, pem
+) -> None:
+    """A TPM that stops answering: the batch is refused unwritten (no entry
+    without its signed checkpoint), and appends work again once it is back."""
     d = tmp_path / "a"
     flaky = FlakySigner(signer)
     log = open_log(d, flaky)
@@ -616,16 +623,42 @@ def test_failed_batch_is_rolled_back_and_log_fails_closed(tmp_path: Path, signer
     flaky.fail = True
     with pytest.raises(Unavailable, match="TPM not responding"):
         log.append("test.event", {"n": 1})
-    flaky.fail = False
-    assert log.closed and "TPM not responding" in (log.failure or "")
-    with pytest.raises(Unavailable):
-        log.append("test.event", {"n": 2})  # stays closed until reopened
-    assert log.size == 1
-    log.close()
     assert {p: (d / p).read_bytes() for p in before} == before  # nothing half-done
-    with open_log(d, signer) as log:
-        assert log.size == 1
+    assert log.size == 1 and not log.closed
+    flaky.fail = False
+    entry = log.append("test.event", {"n": 2})
+    assert entry["index"] == 1 and log.size == 2
+    log.close()
     assert verify_log(d, pem).ok
+
+
+def test_waiting_appenders_learn_their_batch_was_dropped(tmp_path: Path, signer) -> None:
+    class SlowFailing(FlakySigner):
+        def sign(self, data: bytes) -> bytes:
+            time.sleep(0.05)  # let other appenders queue behind this batch
+            return super().sign(data)
+
+    slow = SlowFailing(signer)
+    log = open_log(tmp_path / "a", slow)
+    slow.fail = True
+    errors: list[BaseException] = []
+
+    def one(n: int) -> None:
+        try:
+            log.append("test.event", {"n": n})
+        except Unavailable as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 8 and log.size == 0
+    slow.fail = False
+    assert log.append("test.event", {"n": 9})["index"] == 0
+    log.close()
 
 
 def test_bad_appends_are_refused_without_using_an_index(tmp_path: Path, signer) -> None:
@@ -680,3 +713,19 @@ def test_verify_beside_a_running_broker_sees_no_problem(
     log.close()
     assert len(reads) == 2
     assert report.ok, report.problems
+
+
+def test_boot_count_is_signed_and_may_not_go_backwards(tmp_path: Path) -> None:
+    """Each checkpoint carries the TPM boot counter; a log whose counts go back
+    (checkpoints spliced in from an older run) is refused."""
+    keys = DevKeyStore(tmp_path / "keys")
+    signer = keys.device_signer()
+    log = AuditLog(tmp_path / "a", signer, signer_label=UNSAFE_LABEL, boot_count=7)
+    log.append("test.event", {"n": 1})
+    assert log.latest_checkpoint()["boot_count"] == 7
+    log.boot_count = 5
+    log.append("test.event", {"n": 2})
+    log.close()
+    report = verify_log(tmp_path / "a", signer.public_key_pem())
+    assert not report.ok
+    assert any("boot counter went backwards" in p for p in report.problems)
