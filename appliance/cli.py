@@ -11,9 +11,13 @@ import json
 import logging
 import os
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+RETRY_S = 15.0
 DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -43,6 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from appliance.api.app import create_app
+    from appliance.api.degraded import Switch, unavailable_app
     from appliance.api.tls import ensure_certificate
     from appliance.approval import ControlServer
     from appliance.broker.control import control_handler
@@ -63,44 +68,87 @@ def cmd_up(args: argparse.Namespace) -> int:
         base["host"] = args.host
     if args.port:
         base["port"] = args.port
+    if args.keystore:
+        base["keystore"] = args.keystore
+    if args.tpm_tcti:
+        base["tpm_tcti"] = args.tpm_tcti
     config = Config(**base)
     use_tls = args.tls or not config.dev or config.host not in LOOPBACK
-    try:
-        broker = Broker(config)
-    except ApplianceError as e:
-        print(f"appliance: cannot start: {e.reason}", file=sys.stderr)
-        return 2
-    try:
-        control = ControlServer(config.control_socket, control_handler(broker)).start()
-    except ApplianceError as e:
-        broker.close()
-        print(f"appliance: cannot start: {e.reason}", file=sys.stderr)
-        return 2
+    switch = Switch(None)  # type: ignore[arg-type]
+    started: list[Any] = []
+
+    def start_broker() -> str | None:
+        """Start the broker and its control socket; the reason if it cannot."""
+        try:
+            broker = Broker(config)
+        except ApplianceError as e:
+            return e.reason
+        try:
+            control = ControlServer(config.control_socket, control_handler(broker)).start()
+        except ApplianceError as e:
+            broker.close()
+            return e.reason
+        started.extend([broker, control])
+        switch.app = create_app(broker)
+        if broker.keystore.unsafe:
+            print(
+                "WARNING: UNSAFE development keys (not in a TPM). Do not use for real data.",
+                flush=True,
+            )
+        return None
+
+    reason = start_broker()
     kwargs: dict[str, Any] = {}
-    scheme = "http"
-    if use_tls:
-        cert, key, fp = ensure_certificate(config.state_dir / "tls", [config.host, "localhost"])
+    scheme = "https" if use_tls else "http"
+    server: uvicorn.Server | None = None
+    if reason is not None:
+        if config.dev:
+            print(f"appliance: cannot start: {reason}", file=sys.stderr)
+            return 2
+        # Production: serve the reason (healthz and every call answer 503) over
+        # a temporary certificate, and retry; once the broker can start (the TPM
+        # is back), exit with 75 so the service manager restarts it with the
+        # device certificate, whose key only the TPM can unlock.
+        print(f"appliance: not serving ({reason}); retrying every {RETRY_S:.0f} s", flush=True)
+        switch.app = unavailable_app(reason)
+        temp = Path(tempfile.mkdtemp(prefix="appliance-tls-"))
+        cert, key, fp = ensure_certificate(temp, [config.host, "localhost"])
         kwargs.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
-        scheme = "https"
+        print(f"temporary TLS certificate while unavailable: {fp}", flush=True)
+
+        def retry() -> None:
+            while True:
+                time.sleep(RETRY_S)
+                why = start_broker()
+                if why is None:
+                    print("appliance: the broker can start now; restarting", flush=True)
+                    if server is not None:
+                        server.should_exit = True
+                    return
+                switch.app = unavailable_app(why)
+
+        threading.Thread(target=retry, daemon=True, name="broker-retry").start()
+    elif use_tls:
+        password = started[0].keystore.secret("tls_key_password").hex()
+        cert, key, fp = ensure_certificate(
+            config.state_dir / "tls", [config.host, "localhost"], password.encode()
+        )
+        kwargs.update(ssl_certfile=str(cert), ssl_keyfile=str(key), ssl_keyfile_password=password)
         print(f"TLS certificate fingerprint (pin this on desktops): {fp}", flush=True)
     else:
         print("development mode: plain HTTP on loopback only", flush=True)
-    if broker.keystore.unsafe:
-        print(
-            "WARNING: UNSAFE development keys (not in a TPM). Do not use for real data.", flush=True
-        )
     print(f"appliance listening on {scheme}://{config.host}:{config.port}", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(broker), host=config.host, port=config.port, log_level="warning", **kwargs
-        )
+        uvicorn.Config(switch, host=config.host, port=config.port, log_level="warning", **kwargs)
     )
     try:
         server.run()
     finally:
-        control.stop()
-        broker.close()
-    return 0
+        if started:
+            broker, control = started
+            control.stop()
+            broker.close()
+    return 75 if reason is not None and started else 0
 
 
 # ---------------------------------------------------------------------- box-side commands
@@ -187,8 +235,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
             flush=True,
         ),
     )
+    client.pin_device()
     client.save(args.credentials, fingerprint=args.fingerprint)
-    print(f"paired; credential saved to {args.credentials}")
+    print(f"paired; credential and the box's device key saved to {args.credentials}")
     return 0
 
 
@@ -205,6 +254,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
             plan = client.plan(plan["plan_id"], wait=30)
     _out(plan)
     return 0 if plan["status"] == "done" else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check that the box is the one paired with, and say what that proved."""
+    from appliance.client import ApplianceClient
+
+    client = ApplianceClient.from_file(args.credentials)
+    for line in client.verify_keys():
+        print(f"ok: {line}")
+    client.save(
+        args.credentials, fingerprint=json.loads(args.credentials.read_text()).get("fingerprint")
+    )
+    return 0
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
@@ -244,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port (default 8443)")
     up.add_argument("--tls", action="store_true", help="use TLS even on loopback in dev mode")
     up.add_argument("--config", type=Path, help="a TOML configuration file")
+    up.add_argument(
+        "--keystore",
+        choices=["auto", "tpm", "dev"],
+        help="where the keys live (default auto: production always TPM; development uses "
+        "the TPM, or a swtpm it starts, else the UNSAFE development key)",
+    )
+    up.add_argument(
+        "--tpm-tcti",
+        help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321",
+    )
     up.set_defaults(func=cmd_up)
 
     panel = sub.add_parser("panel", help="the virtual approval panel (development)")
@@ -301,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("plan")
     desktop(submit)
     submit.set_defaults(func=cmd_submit)
+
+    verify = sub.add_parser("verify", help="check the box is the one paired with")
+    desktop(verify)
+    verify.set_defaults(func=cmd_verify)
 
     undo = sub.add_parser("undo", help="undo an action (needs approval on the box)")
     undo.add_argument("action_id")

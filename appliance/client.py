@@ -7,6 +7,7 @@ certificate is the only one trusted.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import ssl
@@ -71,11 +72,15 @@ class ApplianceClient:
             timeout=timeout,
             verify=_verify_for(self.url, fingerprint),
         )
+        # What was pinned at pairing: the device key, the last epoch seen.
+        self.pins: dict[str, Any] = {}
 
     @classmethod
     def from_file(cls, path: Path = DEFAULT_CREDENTIALS) -> ApplianceClient:
         data = json.loads(path.read_text())
-        return cls(data["url"], data["credential"], fingerprint=data.get("fingerprint"))
+        client = cls(data["url"], data["credential"], fingerprint=data.get("fingerprint"))
+        client.pins = {k: data[k] for k in ("device_key_pem", "epoch", "ak_pem") if k in data}
+        return client
 
     def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         r = self.http.request(method, path, **kw)
@@ -113,12 +118,52 @@ class ApplianceClient:
         raise TimeoutError("nobody approved the pairing in time")
 
     def save(self, path: Path = DEFAULT_CREDENTIALS, fingerprint: str | None = None) -> None:
+        """Keep the credential and what was pinned at pairing (0600)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(
-                {"url": self.url, "credential": self.credential, "fingerprint": fingerprint}, f
+            body = {"url": self.url, "credential": self.credential, "fingerprint": fingerprint}
+            json.dump({**body, **self.pins}, f)
+
+    # the box's keys ---------------------------------------------------------
+    def pin_device(self) -> dict[str, Any]:
+        """Right after pairing: remember the device key (trust on first use) and
+        check its boot statement."""
+        keys = self._call("GET", "/v1/keys")
+        self.pins["device_key_pem"] = keys["device_key"]["pem"]
+        self.pins["epoch"] = keys["statement"]["epoch"]
+        self.verify_keys(keys)
+        return keys
+
+    def verify_keys(self, keys: dict[str, Any] | None = None) -> list[str]:
+        """Follow the chain from the pinned device key to this start's token root.
+
+        Raises TokenError (from appliance.issuer.statement) with the reason if
+        the statement is forged, expired or older than an epoch seen before."""
+        from appliance.issuer.statement import verify_statement
+
+        keys = keys or self._call("GET", "/v1/keys")
+        pinned = self.pins.get("device_key_pem")
+        if not pinned:
+            raise ValueError("no device key pinned: pair again")
+        if keys["device_key"]["pem"] != pinned:
+            raise ValueError(
+                "the box answers with another device key than the one pinned at pairing: "
+                "this is not the box you paired with"
             )
+        verified = verify_statement(
+            keys["statement"], pinned.encode(), current_epoch=self.pins.get("epoch", 0)
+        )
+        root = base64.b64decode(keys["token_root"]["public_key"])
+        if root != verified.root_public:
+            raise ValueError("the token root the box serves is not the one its statement names")
+        self.pins["epoch"] = verified.epoch
+        return [
+            f"the boot statement is signed by the device key {verified.device_key_id} "
+            "pinned at pairing",
+            f"it vouches for this start's token root until {verified.not_after} (unix time), "
+            f"epoch {verified.epoch} (not older than any seen before)",
+        ]
 
     # plans ----------------------------------------------------------------
     def submit(self, intents: list[dict[str, Any]]) -> dict[str, Any]:

@@ -49,6 +49,11 @@ class Config:
     tls: bool = True
     token_ttl_s: float = 30.0
     policy_dir: Path = field(default_factory=lambda: DEFAULT_POLICY_DIR)
+    # Key store: "auto" (production: TPM; development: TPM if reachable or
+    # swtpm installed, else the unsafe development key), "tpm" or "dev".
+    keystore: str = "auto"
+    tpm_tcti: str | None = None  # e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321"
+    seal_pcrs: tuple[int, ...] = (23,)  # PCRs the sealed secrets are bound to
     limits: Limits = field(default_factory=Limits)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
 
@@ -84,7 +89,9 @@ def load_toml(path: Path) -> dict:
         out["shares"] = {name: Path(p) for name, p in raw["shares"].items()}
     if "policy_dir" in raw:
         out["policy_dir"] = Path(raw["policy_dir"])
-    for key in ("dev", "host", "port", "tls", "token_ttl_s"):
+    if "seal_pcrs" in raw:
+        out["seal_pcrs"] = tuple(raw["seal_pcrs"])
+    for key in ("dev", "host", "port", "tls", "token_ttl_s", "keystore", "tpm_tcti"):
         if key in raw:
             out[key] = raw[key]
     if "limits" in raw:

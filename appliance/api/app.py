@@ -297,6 +297,8 @@ def create_app(broker: Broker) -> FastAPI:
 
     @app.get("/v1/keys")
     def keys(_: Client) -> dict[str, Any]:
+        """The device key and this start's boot statement: a desktop that pinned
+        the device key follows the chain device key -> statement -> token root."""
         root = broker.keystore.token_root().public_key
         return {
             "signer": broker.keystore.label,
@@ -306,11 +308,13 @@ def create_app(broker: Broker) -> FastAPI:
                 "alg": "ES256",
                 "pem": broker.signer.public_key_pem().decode(),
             },
+            "statement": broker.statement,
             "token_root": {
                 "alg": "Ed25519",
                 "public_key": base64.b64encode(bytes(root.to_bytes())).decode(),
             },
             "epoch": broker.tokens.epoch(),
+            "boot_count": broker.keystore.boot_count,
         }
 
     app.add_middleware(BodyLimit, limit=limits.body_bytes)

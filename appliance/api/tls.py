@@ -25,10 +25,14 @@ def fingerprint(cert_pem: bytes) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def ensure_certificate(directory: Path, hosts: list[str]) -> tuple[Path, Path, str]:
+def ensure_certificate(
+    directory: Path, hosts: list[str], password: bytes | None = None
+) -> tuple[Path, Path, str]:
     """Create (once) a P-256 key and a self-signed certificate for ``hosts``.
 
-    Returns (certificate path, key path, fingerprint). The key file is 0600.
+    Returns (certificate path, key path, fingerprint). The key file is 0600 and,
+    given ``password`` (a secret sealed to the TPM), encrypted with it, so the
+    key on the card is useless without the TPM.
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = directory / "device.crt", directory / "device.key"
@@ -59,7 +63,9 @@ def ensure_certificate(directory: Path, hosts: list[str]) -> tuple[Path, Path, s
                 key.private_bytes(
                     serialization.Encoding.PEM,
                     serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
+                    serialization.BestAvailableEncryption(password)
+                    if password
+                    else serialization.NoEncryption(),
                 )
             )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -46,9 +46,11 @@ from .verify import (
     CHECKPOINTS_FILE,
     ENTRIES_FILE,
     MAX_BATCH,
+    SESSION_KIND,
     AuditTampered,
     check_log,
     checkpoint_payload,
+    session_statement,
     split_lines,
 )
 
@@ -80,8 +82,18 @@ class AuditLog:
     """
 
     def __init__(
-        self, directory: Path, signer: Signer, *, signer_label: str, boot_count: int = 0
+        self,
+        directory: Path,
+        signer: Signer,
+        *,
+        signer_label: str,
+        boot_count: int = 0,
+        session_signer: Signer | None = None,
     ) -> None:
+        """``signer`` is the device key. With ``session_signer`` (an in-memory key
+        for this start), the device key signs one ``audit.session`` entry that
+        vouches for it, and the session key signs the checkpoints from then on,
+        which keeps a slow TPM off every append."""
         # A development key must say so in every checkpoint it signs.
         if signer.unsafe and signer_label != UNSAFE_LABEL:
             raise ValueError(f"an unsafe signer must be labelled {UNSAFE_LABEL!r}")
@@ -112,6 +124,12 @@ class AuditLog:
             raise Unavailable(f"the audit log in {self.directory} is open elsewhere") from None
         try:
             self._open()
+            if session_signer is not None:
+                if session_signer.unsafe != signer.unsafe:
+                    raise ValueError("the session key must be as (un)safe as the device key")
+                statement = session_statement(signer, session_signer, boot_count=boot_count)
+                self._signer = session_signer
+                self._append(SESSION_KIND, statement)
         except BaseException:
             self._release()
             raise

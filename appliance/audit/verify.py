@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.errors import ApplianceError
 from appliance.intents import canonical_json
-from appliance.issuer.keys import UNSAFE_LABEL, key_id
+from appliance.issuer.keys import UNSAFE_LABEL, Signer, key_id
 
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 
@@ -47,6 +47,7 @@ _MAX_LISTED = 10
 ENTRY_FIELDS = frozenset({"index", "time", "kind", "data"})
 # boot_count: the TPM's boot counter (an NV counter bumped at every start)
 # when the checkpoint was signed, so a log rolled back across starts shows.
+SESSION_KIND = "audit.session"
 CHECKPOINT_FIELDS = frozenset(
     {"tree_size", "root_hash", "time", "key_id", "signer", "boot_count", "signature"}
 )
@@ -196,6 +197,9 @@ def check_log(
     warnings: list[str] = []
     key = _load_public_key(public_key_pem)
     expected_kid = key_id(public_key_pem)
+    # Keys whose checkpoints count: the device key, and each session key the
+    # device key vouched for in an entry (usable from the checkpoint covering it).
+    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]] = {expected_kid: (key, -1)}
 
     # 1. Entries: each line a JSON object whose index is its position.
     tree = MerkleTree()
@@ -219,6 +223,15 @@ def check_log(
                 f"Line {pos + 1}, where entry {pos} belongs, holds an entry with index "
                 f"{entry['index']!r}: entries are out of sequence (reordered, inserted or deleted)."
             )
+        if entry["kind"] == SESSION_KIND:
+            session = session_key(entry["data"], public_key_pem)
+            if session is None:
+                sequence.append(
+                    f"Entry {pos} names an audit session key that the device key did not "
+                    "vouch for (forged)."
+                )
+            else:
+                keys.setdefault(session[0], (session[1], pos))
     problems += _capped(sequence, "entries out of sequence or damaged")
     n = tree.size
 
@@ -233,15 +246,17 @@ def check_log(
         if cp is None:
             problems.append(f"The checkpoint on line {i} {why}.")
             continue
-        if cp["key_id"] != expected_kid:
+        cp_key = _key_for(keys, cp)
+        if cp_key is None:
             problems.append(
                 f"The checkpoint on line {i} (tree size {cp['tree_size']}) names key "
-                f"{cp['key_id']!r}, not the device key {expected_kid!r}."
+                f"{cp['key_id']!r}, neither the device key {expected_kid!r} nor a session key "
+                "it vouched for."
             )
             continue
         signed = False
         if all_signatures or i == last_line:
-            if not _signature_ok(key, cp):
+            if not _signature_ok(cp_key, cp):
                 problems.append(
                     f"The checkpoint on line {i} (tree size {cp['tree_size']}) has a signature "
                     "that does not verify with the device's public key (forged or altered)."
@@ -330,22 +345,65 @@ def check_log(
 
     # 5. A checkpoint saved earlier outside the box: the log must extend it.
     if trusted_checkpoint is not None:
-        problems += _check_trusted(trusted_checkpoint, key, expected_kid, tree, top)
+        problems += _check_trusted(trusted_checkpoint, keys, tree, top)
 
     return CheckResult(problems, warnings, tree, checkpoints, unsafe)
 
 
+def _key_for(
+    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]], cp: dict[str, Any]
+) -> ec.EllipticCurvePublicKey | None:
+    """The key a checkpoint names, if it may sign a tree of that size."""
+    found = keys.get(cp["key_id"])
+    if found is None or found[1] >= cp["tree_size"]:
+        return None
+    return found[0]
+
+
+def session_statement(device: Signer, session: Signer, *, boot_count: int) -> dict[str, Any]:
+    """The device key vouches for this start's in-memory checkpoint key.
+
+    Signing each checkpoint in a TPM would put the TPM (100-600 ms per
+    signature on an SPI chip) on every request; instead the device key signs
+    this once per start, and the session key signs the checkpoints."""
+    body = {
+        "audit_key_pem": session.public_key_pem().decode(),
+        "key_id": session.key_id,
+        "device_key_id": device.key_id,
+        "boot_count": boot_count,
+    }
+    signature = base64.b64encode(device.sign(canonical_json(body))).decode()
+    return {**body, "signature": signature}
+
+
+def session_key(
+    data: dict[str, Any], device_public_pem: bytes
+) -> tuple[str, ec.EllipticCurvePublicKey] | None:
+    """(key id, key) of a session statement the device key signed, else None."""
+    try:
+        body = {k: data[k] for k in ("audit_key_pem", "key_id", "device_key_id", "boot_count")}
+        signature = base64.b64decode(data["signature"], validate=True)
+        pem = body["audit_key_pem"].encode()
+        if key_id(pem) != body["key_id"] or body["device_key_id"] != key_id(device_public_pem):
+            return None
+        device = _load_public_key(device_public_pem)
+        device.verify(signature, canonical_json(body), ec.ECDSA(hashes.SHA256()))
+        return body["key_id"], _load_public_key(pem)
+    except (KeyError, TypeError, AttributeError, ValueError, InvalidSignature, ApplianceError):
+        return None
+
+
 def _check_trusted(
     trusted: dict[str, Any],
-    key: ec.EllipticCurvePublicKey,
-    expected_kid: str,
+    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]],
     tree: MerkleTree,
     top: _Checkpoint | None,
 ) -> list[str]:
     cp, why = _parse_checkpoint(trusted)
     if cp is None:
         return [f"The trusted checkpoint {why}."]
-    if cp["key_id"] != expected_kid or not _signature_ok(key, cp):
+    key = _key_for(keys, cp)
+    if key is None or not _signature_ok(key, cp):
         return ["The trusted checkpoint is not signed by the device key; it proves nothing."]
     size, root, n = cp["tree_size"], bytes.fromhex(cp["root_hash"]), tree.size
     if size > n:

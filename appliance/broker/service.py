@@ -35,10 +35,11 @@ from appliance.errors import (
     ExecutionError,
     NotFound,
     ScopeError,
-    Unavailable,
 )
 from appliance.intents import Intent, canonical_json, digest
-from appliance.issuer.keys import DevKeyStore, KeyStore
+from appliance.issuer.choose import Opened, open_keystore
+from appliance.issuer.keys import KeyStore, ephemeral_signer
+from appliance.issuer.statement import RENEW_BEFORE_S, make_statement, verify_statement
 from appliance.issuer.tokens import Claims, TokenService
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 
@@ -72,12 +73,34 @@ class Broker:
     ):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keystore = keystore or self._default_keystore(config)
+        self._opened: Opened | None = None
+        if keystore is None:
+            self._opened = open_keystore(config)
+            keystore = self._opened.keystore
+        self.keystore = keystore
+        try:
+            self._start(panel)
+        except BaseException:
+            if self._opened is not None:
+                self._opened.close()
+            raise
+
+    def _start(self, panel: Panel | None) -> None:
+        config = self.config
         self.db = Database(config.db_path)
         self.signer = self.keystore.device_signer()
-        self.audit = AuditLog(config.audit_dir, self.signer, signer_label=self.keystore.label)
+        boot_count = self.keystore.boot_count
+        self.audit = AuditLog(
+            config.audit_dir,
+            self.signer,
+            signer_label=self.keystore.label,
+            boot_count=boot_count,
+            session_signer=ephemeral_signer(unsafe=self.keystore.unsafe),
+        )
         self.policy = PolicyEngine.load(config.policy_dir)
         self.tokens = TokenService(self.keystore, self.db, ttl_s=config.token_ttl_s)
+        self.tokens.sync_epoch(self.keystore.epoch())
+        self.statement = self._new_statement()
         self.shares = Shares(config.shares, config.limits)
         self.snapshots = SnapshotStore(config.snapshots_dir)
         self.files = FileOps(self.shares, self.snapshots, config.limits)
@@ -95,6 +118,7 @@ class Broker:
         if hasattr(self.panel, "attach"):
             self.panel.attach(self.approvals.press)
         self._recover()
+        self._check_rollback(boot_count)
         self.audit.append(
             "broker.started",
             {
@@ -102,26 +126,60 @@ class Broker:
                 "signer": self.keystore.label,
                 "unsafe_signer": self.keystore.unsafe,
                 "device_key_id": self.signer.key_id,
+                "boot_count": boot_count,
+                "statement": self.statement,
                 "shares": sorted(config.shares),
                 "panel": self.panel.name,
             },
         )
 
-    @staticmethod
-    def _default_keystore(config: Config) -> KeyStore:
-        if config.dev:
-            return DevKeyStore(config.keys_dir)
-        # Production without a TPM key store must not start: fail closed.
-        raise Unavailable(
-            "production mode needs the TPM key store, which this build does not have yet; "
-            "start with --dev for development (unsafe software keys)",
-            code="no_tpm",
+    def _check_rollback(self, boot_count: int) -> None:
+        """The log's newest checkpoint must come from the previous start (or this
+        one): an older one means the log was put back to an earlier copy."""
+        self.rollback: str | None = None
+        last = self.audit.latest_checkpoint()
+        if last["boot_count"] < boot_count - 1:
+            self.rollback = (
+                f"the audit log's newest checkpoint is from start {last['boot_count']}, "
+                f"but the TPM counts {boot_count - 1} earlier starts: the log was rolled back"
+            )
+            log.error("%s", self.rollback)
+            self.audit.append(
+                "broker.audit_rollback",
+                {"log_boot_count": last["boot_count"], "boot_count": boot_count},
+            )
+
+    # ------------------------------------------------------------------ the key chain
+    def _new_statement(self) -> dict[str, Any]:
+        root = bytes(self.keystore.token_root().public_key.to_bytes())
+        return make_statement(
+            self.signer,
+            root,
+            epoch=self.tokens.epoch(),
+            boot_count=self.keystore.boot_count,
+            signer_label=self.keystore.label,
+        )
+
+    def _check_chain(self) -> None:
+        """The executor's first check: this start's token root is vouched for by
+        the device key, not expired, and of the current epoch. Renews the
+        statement (one device-key signature) an hour before it expires."""
+        now = time.time()
+        if self.statement["not_after"] - now < RENEW_BEFORE_S:
+            self.statement = self._new_statement()
+        verify_statement(
+            self.statement,
+            self.signer.public_key_pem(),
+            current_epoch=self.tokens.epoch(),
+            now=now,
         )
 
     def close(self) -> None:
         self.approvals.close()
         self.audit.close()
         self.db.close()
+        if self._opened is not None:
+            self._opened.close()
 
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> None:
@@ -569,6 +627,7 @@ class Broker:
                 (token_id, action["action_id"]),
             )
 
+        self._check_chain()
         verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
         if action["verb"] == UNDO_VERB:
             original = self.plans.action(action["params"]["action_id"])
@@ -672,9 +731,11 @@ class Broker:
         return out
 
     def revoke_all_tokens(self) -> int:
-        """Bump the token epoch: every capability minted before is refused."""
-        epoch = self.tokens.revoke_all()
-        self.audit.append("tokens.revoked_all", {"epoch": epoch})
+        """Bump the epoch (the TPM's NV counter): every earlier boot statement and
+        capability token is refused from now on; a new statement is signed."""
+        epoch = self.tokens.sync_epoch(self.keystore.bump_epoch())
+        self.statement = self._new_statement()
+        self.audit.append("tokens.revoked_all", {"epoch": epoch, "statement": self.statement})
         return epoch
 
     def revoke_client(self, client_id: str) -> None:
@@ -700,17 +761,24 @@ class Broker:
                 f"the audit log is unavailable ({self.audit.failure or 'closed'}); "
                 "nothing can run until it is repaired and the broker restarted"
             )
-        if self.config.dev and self.keystore.unsafe:
-            warning = "development mode: keys are unsafe software keys, not in a TPM"
-        else:
-            warning = None
+        tpm = getattr(self.keystore, "tpm", None)
+        if tpm is not None:
+            try:
+                tpm.check()
+            except ApplianceError as e:
+                problems.append(e.reason)
+        warnings = []
+        if self.keystore.unsafe:
+            warnings.append("keys are UNSAFE development keys, not in a TPM")
+        if self.rollback:
+            warnings.append(self.rollback)
         return {
             "status": "ok" if not problems else "unavailable",
             "problems": problems,
+            "warnings": warnings,
             "mode": "development" if self.config.dev else "production",
             "signer": self.keystore.label,
             "unsafe_signer": self.keystore.unsafe,
-            "warning": warning,
             "panel": self.panel.name,
             "version": __version__,
         }

@@ -47,6 +47,8 @@ class KeyStore(Protocol):
 
     label: str
     unsafe: bool
+    boot_count: int
+    """How many times a broker has started on these keys (the TPM's boot counter)."""
 
     def device_signer(self) -> Signer: ...
 
@@ -54,6 +56,18 @@ class KeyStore(Protocol):
 
     def secret(self, name: str) -> bytes:
         """A long-lived 32-byte secret (credential pepper, HMAC keys), created once."""
+        ...
+
+    def epoch(self) -> int:
+        """The token epoch: statements and tokens of an older epoch are refused."""
+        ...
+
+    def bump_epoch(self) -> int:
+        """revoke-all: move to a new epoch; returns it."""
+        ...
+
+    def close(self) -> None:
+        """Release the keys (an orderly TPM shutdown for the TPM store)."""
         ...
 
 
@@ -126,6 +140,9 @@ class DevKeyStore:
         os.chmod(self.dir, 0o700)
         self._signer = _SoftwareSigner(self._load_device(), unsafe=True)
         self._root = self._load_root()
+        # Plain-file stand-ins for the TPM's NV counters: anyone who can write
+        # the card can roll them back, which is one more reason this is unsafe.
+        self.boot_count: int = self._bump_counter("boot-count")
         # Publish the public half beside it, so `appliance audit verify` can
         # check a log with nothing secret.
         (self.dir / "device.pub.pem").write_bytes(self._signer.public_key_pem())
@@ -167,6 +184,26 @@ class DevKeyStore:
     def token_root(self) -> biscuit.KeyPair:
         return self._root
 
+    def _read_counter(self, name: str) -> int:
+        path = self.dir / name
+        return int(path.read_text().strip()) if path.exists() else 0
+
+    def _bump_counter(self, name: str) -> int:
+        value = self._read_counter(name) + 1
+        _write_secret(self.dir / name, f"{value}\n".encode())  # atomic replace
+        return value
+
+    def epoch(self) -> int:
+        """The token epoch from ``keys/epoch`` (1 before any revoke-all, like the TPM's)."""
+        return self._read_counter("epoch") or self._bump_counter("epoch")
+
+    def bump_epoch(self) -> int:
+        self.epoch()  # make sure it starts at 1, then step
+        return self._bump_counter("epoch")
+
+    def close(self) -> None:
+        """Nothing to release: the keys are plain files."""
+
     def secret(self, name: str) -> bytes:
         if not name.isidentifier():
             raise ValueError(f"bad secret name {name!r}")
@@ -176,3 +213,9 @@ class DevKeyStore:
         value = os.urandom(32)
         _write_secret(path, value)
         return value
+
+
+def ephemeral_signer(*, unsafe: bool) -> Signer:
+    """A P-256 key that lives in memory for one start (the audit log's session
+    key); ``unsafe`` follows the key store that vouches for it."""
+    return _SoftwareSigner(ec.generate_private_key(ec.SECP256R1()), unsafe=unsafe)

@@ -486,6 +486,28 @@ class TokenService:
             conn.execute("DELETE FROM token_spent WHERE epoch < ?", (new,))
         return int(new)
 
+    def sync_epoch(self, epoch: int) -> int:
+        """Raise the stored epoch to the key store's (the TPM's NV counter is the
+        authority; the database keeps a copy so each spend checks it cheaply).
+
+        A key store epoch *below* the stored one means the counter was reset or
+        this is another TPM: refuse (fail closed) rather than accept old tokens.
+        """
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT value FROM token_state WHERE key = 'epoch'").fetchone()
+            current = row[0]
+            if epoch < current:
+                raise TokenError(
+                    f"the key store's epoch {epoch} is below the recorded epoch {current}: "
+                    "the TPM counter was reset or this is another TPM",
+                    code="epoch_rollback",
+                    status=503,
+                )
+            if epoch > current:
+                conn.execute("UPDATE token_state SET value = ? WHERE key = 'epoch'", (epoch,))
+                conn.execute("DELETE FROM token_spent WHERE epoch < ?", (epoch,))
+        return epoch
+
     def epoch(self) -> int:
         """The current epoch; tokens minted in an earlier one are refused."""
         row = self.db.one("SELECT value FROM token_state WHERE key = 'epoch'")

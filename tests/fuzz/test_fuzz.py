@@ -80,6 +80,7 @@ def api(tmp_path_factory: pytest.TempPathFactory):
             state_dir=root / "state",
             shares={"docs": share},
             dev=True,
+            keystore="dev",
             limits=Limits(requests_per_second=1e6, burst=1_000_000),
             approvals=ApprovalSettings(queue_size=2),
         )

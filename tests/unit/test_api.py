@@ -16,6 +16,7 @@ from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, Limits
 from appliance.errors import TokenError
 from appliance.issuer.keys import DevKeyStore
+from appliance.issuer.statement import make_statement, verify_statement
 from appliance.issuer.tokens import Claims, TokenService
 
 
@@ -33,7 +34,12 @@ def make_broker(tmp_path: Path, share: Path, **kw: object) -> Broker:
         "approvals", ApprovalSettings(timeout_s=30, arming_delay_s=0.0, queue_size=2)
     )
     config = Config(
-        state_dir=tmp_path / "state", shares={"docs": share}, dev=True, approvals=approvals, **kw
+        state_dir=tmp_path / "state",
+        shares={"docs": share},
+        dev=True,
+        keystore="dev",
+        approvals=approvals,
+        **kw,
     )  # type: ignore[arg-type]
     return Broker(config)
 
@@ -454,10 +460,48 @@ def test_revoke_all_refuses_earlier_tokens(http: TestClient, broker: Broker) -> 
     ).json()
     action, claims = stored_action(broker, plan)
     token = broker.tokens.mint(claims)
-    broker.tokens.revoke_all()
+    old_statement = broker.statement
+    epoch = broker.revoke_all_tokens()
+    assert epoch == old_statement["epoch"] + 1 == broker.keystore.epoch()
     with pytest.raises(TokenError) as e:
         broker.execute(token, claims, action)
     assert e.value.code == "token_revoked"
+    # The earlier boot statement is refused too; the new one is current.
+    with pytest.raises(TokenError) as e:
+        verify_statement(old_statement, broker.signer.public_key_pem(), current_epoch=epoch)
+    assert e.value.code == "statement_revoked"
+    assert verify_statement(
+        broker.statement, broker.signer.public_key_pem(), current_epoch=epoch
+    ).epoch == epoch
+    # A fresh token under the new epoch runs.
+    assert broker.execute(broker.tokens.mint(claims), claims, action)["type"] == "file"
+
+
+def test_forged_or_resigned_statement_refused(http: TestClient, broker: Broker, tmp_path: Path):
+    pem = broker.signer.public_key_pem()
+    forged = dict(broker.statement, epoch=broker.statement["epoch"] + 5)
+    with pytest.raises(TokenError) as e:
+        verify_statement(forged, pem)
+    assert e.value.code == "statement_forged"
+    other = DevKeyStore(tmp_path / "other-keys")
+    resigned = make_statement(
+        other.device_signer(),
+        bytes(other.token_root().public_key.to_bytes()),
+        epoch=9,
+        boot_count=1,
+        signer_label="x",
+    )
+    with pytest.raises(TokenError) as e:
+        verify_statement(resigned, pem)
+    assert e.value.code == "statement_forged"
+    # The executor refuses to act on a chain that does not hold.
+    broker.statement = forged
+    plan = http.post(
+        "/v1/intents",
+        json={"intents": [{"verb": "file.stat", "resource": "share:docs/Inbox/a.pdf"}]},
+    )
+    assert plan.json()["status"] == "failed"
+    assert plan.json()["intents"][0]["result"]["error"]["code"] == "statement_forged"
 
 
 # ------------------------------------------------------------------ restart

@@ -366,7 +366,7 @@ def test_resigned_with_another_key_is_detected(tmp_path: Path, signer, pem) -> N
             c["signature"] = base64.b64encode(other.sign(checkpoint_payload(c))).decode()
             cps.append(canonical_json(c))
         write_lines(d, cps, CHECKPOINTS_FILE)
-        needle = "not the device key" if claim == other.key_id else "does not verify"
+        needle = "neither the device key" if claim == other.key_id else "does not verify"
         assert_tampered(d, signer, pem, needle)
 
 
@@ -729,3 +729,70 @@ def test_boot_count_is_signed_and_may_not_go_backwards(tmp_path: Path) -> None:
     report = verify_log(tmp_path / "a", signer.public_key_pem())
     assert not report.ok
     assert any("boot counter went backwards" in p for p in report.problems)
+
+
+def test_a_failed_write_fails_closed_until_reopened(
+    tmp_path: Path, signer, pem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a write or fsync fails nobody can say what reached the disk: the
+    batch is cut back and the log refuses appends until it is reopened."""
+    d = tmp_path / "a"
+    log = open_log(d, signer)
+    log.append("test.event", {"n": 0})
+    before = {p: (d / p).read_bytes() for p in (ENTRIES_FILE, CHECKPOINTS_FILE)}
+    real = os.fsync
+    calls = {"n": 0}
+
+    def failing_fsync(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk gone")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(Unavailable, match="disk gone"):
+        log.append("test.event", {"n": 1})
+    monkeypatch.undo()
+    assert log.closed and "restart" in (log.failure or "")
+    with pytest.raises(Unavailable):
+        log.append("test.event", {"n": 2})
+    log.close()
+    assert {p: (d / p).read_bytes() for p in before} == before
+    assert verify_log(d, pem).ok
+
+
+def _session(unsafe: bool = True):
+    from appliance.issuer.keys import ephemeral_signer
+
+    return ephemeral_signer(unsafe=unsafe)
+
+
+def test_session_keys_vouched_by_the_device_key_sign_checkpoints(
+    tmp_path: Path, signer, pem
+) -> None:
+    d = tmp_path / "a"
+    first = _session()
+    with AuditLog(d, signer, signer_label=UNSAFE_LABEL, session_signer=first) as log:
+        log.append("test.event", {"n": 1})
+        assert log.latest_checkpoint()["key_id"] == first.key_id
+    second = _session()  # the next start: a new in-memory key
+    with AuditLog(d, signer, signer_label=UNSAFE_LABEL, session_signer=second) as log:
+        log.append("test.event", {"n": 2})
+        kinds = [e["kind"] for e in log.entries(0, 100)]
+        assert kinds.count("audit.session") == 2
+        assert log.latest_checkpoint()["key_id"] == second.key_id
+    assert verify_log(d, pem).ok
+
+
+def test_a_session_key_the_device_did_not_vouch_for_is_refused(
+    tmp_path: Path, signer, pem
+) -> None:
+    """An attacker's own 'session' key, vouched for by another device key,
+    cannot sign checkpoints of this box's log."""
+    other = DevKeyStore(tmp_path / "other").device_signer()
+    d = tmp_path / "a"
+    with AuditLog(d, other, signer_label=UNSAFE_LABEL, session_signer=_session()) as log:
+        log.append("test.event", {"n": 1})
+    report = verify_log(d, pem)
+    assert not report.ok
+    assert any("did not vouch" in p or "neither the device key" in p for p in report.problems)
