@@ -261,8 +261,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
     client = ApplianceClient.from_file(args.credentials)
-    for line in client.verify_keys():
+    keys = client.keys()
+    for line in client.verify_keys(keys):
         print(f"ok: {line}")
+    if keys["unsafe"]:
+        print("note: the box runs on the UNSAFE development key: no TPM vouches for it")
+    else:
+        for line in client.verify_attestation():
+            print(f"ok: {line}")
+    print(
+        "not proved: that the code the box runs is good; only that it is the box you "
+        "paired with, that its keys are in its TPM, and the values of its PCRs"
+    )
     client.save(
         args.credentials, fingerprint=json.loads(args.credentials.read_text()).get("fingerprint")
     )

@@ -126,14 +126,37 @@ class ApplianceClient:
             json.dump({**body, **self.pins}, f)
 
     # the box's keys ---------------------------------------------------------
+    def keys(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/keys")
+
     def pin_device(self) -> dict[str, Any]:
         """Right after pairing: remember the device key (trust on first use) and
         check its boot statement."""
-        keys = self._call("GET", "/v1/keys")
+        keys = self.keys()
         self.pins["device_key_pem"] = keys["device_key"]["pem"]
         self.pins["epoch"] = keys["statement"]["epoch"]
         self.verify_keys(keys)
+        if not keys["unsafe"]:
+            self.verify_attestation()  # pins the attestation key, checks the device key
         return keys
+
+    def verify_attestation(self) -> list[str]:
+        """Ask the TPM for a quote and a certification of the device key with a
+        fresh nonce, and check both against the keys pinned at pairing."""
+        from appliance.issuer.attestation import verify_certify, verify_quote
+
+        nonce = os.urandom(16)
+        answer = self._call("GET", "/v1/attestation", params={"nonce": nonce.hex()})
+        ak = self.pins.setdefault("ak_pem", answer["ak_pem"])
+        if answer["ak_pem"] != ak:
+            raise ValueError("the box's attestation key is not the one pinned at pairing")
+        device = self.pins["device_key_pem"].encode()
+        quote = verify_quote(answer["quote"], nonce, ak.encode())
+        cert = verify_certify(answer["certify"], nonce, ak.encode(), device)
+        problems = quote.problems + cert.problems
+        if problems:
+            raise ValueError("attestation failed: " + "; ".join(problems))
+        return quote.proved + cert.proved
 
     def verify_keys(self, keys: dict[str, Any] | None = None) -> list[str]:
         """Follow the chain from the pinned device key to this start's token root.
@@ -142,7 +165,7 @@ class ApplianceClient:
         the statement is forged, expired or older than an epoch seen before."""
         from appliance.issuer.statement import verify_statement
 
-        keys = keys or self._call("GET", "/v1/keys")
+        keys = keys or self.keys()
         pinned = self.pins.get("device_key_pem")
         if not pinned:
             raise ValueError("no device key pinned: pair again")

@@ -295,6 +295,16 @@ def create_app(broker: Broker) -> FastAPI:
     def checkpoint(_: Client) -> dict[str, Any]:
         return broker.audit.latest_checkpoint()
 
+    @app.get("/v1/attestation")
+    def attest(
+        _: Client,
+        nonce: Annotated[
+            str, Query(pattern="^[0-9a-fA-F]{16,128}$", description="hex, 8-64 bytes")
+        ],
+    ) -> dict[str, Any]:
+        """TPM2_Quote and TPM2_Certify with the caller's nonce, for the desktop to check."""
+        return broker.attestation(bytes.fromhex(nonce))
+
     @app.get("/v1/keys")
     def keys(_: Client) -> dict[str, Any]:
         """The device key and this start's boot statement: a desktop that pinned

@@ -37,10 +37,12 @@ from appliance.errors import (
     ScopeError,
 )
 from appliance.intents import Intent, canonical_json, digest
+from appliance.issuer import attestation
 from appliance.issuer.choose import Opened, open_keystore
 from appliance.issuer.keys import KeyStore, ephemeral_signer
 from appliance.issuer.statement import RENEW_BEFORE_S, make_statement, verify_statement
 from appliance.issuer.tokens import Claims, TokenService
+from appliance.issuer.tpm import DEVICE_KEY_HANDLE
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 
 log = logging.getLogger("appliance.broker")
@@ -427,6 +429,9 @@ class Broker:
         with self._lock:
             approval: ApprovalRequest | None = None
             if status == "pending_approval":
+                # Privileged work needs the TPM (its receipt is signed there):
+                # if it is gone or locked out, refuse now, before anyone presses.
+                self._require_tpm()
                 try:
                     approval = self.approvals.submit(
                         kind="undo" if kind == "undo" else "plan",
@@ -541,7 +546,18 @@ class Broker:
             for a in self.plans.actions(plan_id):
                 self.plans.set_action(a["action_id"], status="skipped")
             return
-        receipt = self._receipt(request)
+        try:
+            receipt = self._receipt(request)
+        except ApplianceError as e:
+            # No signed receipt (the TPM went away): the approval cannot be
+            # proved, so nothing runs.
+            self.plans.set_plan(plan_id, "failed", f"the approval could not be signed: {e.reason}")
+            for a in self.plans.actions(plan_id):
+                self.plans.set_action(a["action_id"], status="skipped")
+            self._on_approval_event(
+                "plan.failed", {"plan_id": plan_id, "reason": e.reason, "code": e.code}
+            )
+            return
         threading.Thread(
             target=self._run, args=(plan_id, receipt), daemon=True, name=f"plan-{plan_id}"
         ).start()
@@ -729,6 +745,30 @@ class Broker:
                 "client.paired", {"pairing_id": pairing_id, "client_id": out["client_id"]}
             )
         return out
+
+    def _require_tpm(self) -> None:
+        tpm = getattr(self.keystore, "tpm", None)
+        if tpm is not None:
+            tpm.check()
+
+    def attestation(self, nonce: bytes) -> dict[str, Any]:
+        """A TPM2_Quote over the sealing PCRs and a TPM2_Certify of the device
+        key, both by the attestation key and both carrying the caller's nonce."""
+        tpm = getattr(self.keystore, "tpm", None)
+        if tpm is None:
+            raise ApplianceError(
+                "attestation needs the TPM; this box runs on the UNSAFE development key",
+                code="no_tpm",
+                status=501,
+            )
+        pcrs = sorted(self.config.seal_pcrs)
+        return {
+            "quote": attestation.quote(tpm, nonce, pcrs),
+            "certify": attestation.certify(tpm, nonce, DEVICE_KEY_HANDLE),
+            "ak_pem": attestation.ak_public_pem(tpm).decode(),
+            "ek_pem": (self.config.keys_dir / "ek.pub.pem").read_text(),
+            "device_key_pem": self.signer.public_key_pem().decode(),
+        }
 
     def revoke_all_tokens(self) -> int:
         """Bump the epoch (the TPM's NV counter): every earlier boot statement and

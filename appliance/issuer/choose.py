@@ -12,6 +12,7 @@ directory never silently changes keys (its audit log is signed by one key).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,19 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.errors import Unavailable
 from appliance.issuer import swtpm
+from appliance.issuer.attestation import provision
 from appliance.issuer.keys import DevKeyStore, KeyStore
+from appliance.issuer.tpm import Tpm, TpmError
+from appliance.issuer.tpm_keys import TpmKeyStore
+from appliance.issuer.tpm_seal import (
+    MEASUREMENT_PCR,
+    PolicySigner,
+    Sealer,
+    SignedPolicy,
+    measure_at_start,
+    measure_installed_appliance,
+    read_pcrs,
+)
 
 log = logging.getLogger("appliance.keys")
 
@@ -73,9 +86,6 @@ def open_keystore(config: Config) -> Opened:
 
 
 def _open_tpm(config: Config) -> Opened:
-    from appliance.issuer.tpm import Tpm
-    from appliance.issuer.tpm_keys import TpmKeyStore
-
     cleanup: list[Callable[[], None]] = []
     tcti = config.tpm_tcti
     if tcti is None and config.dev:
@@ -88,6 +98,7 @@ def _open_tpm(config: Config) -> Opened:
     try:
         sealer = _sealer(config, tpm)
         store = TpmKeyStore(tpm, config.keys_dir, sealer=sealer)
+        provision(tpm, config.keys_dir)
     except BaseException:
         tpm.close()
         for fn in reversed(cleanup):
@@ -97,10 +108,54 @@ def _open_tpm(config: Config) -> Opened:
     return Opened(store, "tpm", tcti, cleanup)
 
 
-def _sealer(config: Config, tpm: object) -> object | None:
-    """The sealer for long-lived secrets (wired in by the sealing module)."""
+def _sealer(config: Config, tpm: Tpm) -> Sealer:
+    """Long-lived secrets are sealed to the TPM under PolicyAuthorize (a PCR
+    policy signed by the update publisher) plus an auth value.
+
+    At start the appliance measures its own installed code into PCR 23. In
+    production the box holds only the publisher's public key
+    (``keys/policy-signer.pub.pem``, from the image) and the signed policy
+    for the installed code (``keys/pcr-policy.json``, shipped with each
+    update): it can never authorise new code itself. In development a local,
+    UNSAFE policy key re-authorises whatever code is measured at each start.
+    """
+    keys = config.keys_dir
+    keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pcrs = sorted(config.seal_pcrs)
+    measure_at_start(tpm, measure_installed_appliance(), pcr=MEASUREMENT_PCR)
+    policy_path = keys / "pcr-policy.json"
+    if config.dev:
+        signer = PolicySigner.load_or_create(keys / "policy-signer.key")
+        signer.authorize_pcr_values(
+            read_pcrs(tpm, pcrs), note="development: re-authorised at start"
+        ).save(policy_path)
+        public = signer.public_pem()
+    else:
+        try:
+            public = (keys / "policy-signer.pub.pem").read_bytes()
+        except OSError as e:
+            raise TpmError(
+                f"the update publisher's policy key is missing ({e.strerror}); "
+                "the image installs keys/policy-signer.pub.pem"
+            ) from None
+    return Sealer(
+        tpm,
+        policy_signer_public_pem=public,
+        pcrs=pcrs,
+        auth=_seal_auth(keys / "seal-auth"),
+        signed_policy=lambda: SignedPolicy.load(policy_path),
+    )
+
+
+def _seal_auth(path: Path) -> bytes:
+    """The sealed objects' auth value: a second factor against a program that
+    can use the TPM but has not read this 0600 file (it is on the same card,
+    so it does nothing against a thief; the PCR policy and the TPM do)."""
     try:
-        from appliance.issuer.tpm_seal import sealer_for
-    except ImportError:
-        return None
-    return sealer_for(config, tpm)
+        return path.read_bytes()
+    except FileNotFoundError:
+        value = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+        return value

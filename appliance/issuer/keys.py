@@ -2,12 +2,12 @@
 
 Two keys give the box its authority:
 
-* the **device key** (ECDSA P-256, ES256) signs audit checkpoints and, later,
-  boot statements and approval receipts. In production it lives in the TPM
-  and never leaves it (a later issue adds that ``KeyStore``).
+* the **device key** (ECDSA P-256, ES256) signs the boot statement, the
+  audit log's session statement and approval receipts. In production it lives
+  in the TPM and never leaves it (``tpm_keys.TpmKeyStore``).
 * the **token root** (Ed25519) signs Biscuit capability tokens. Signing every
   token inside a TPM costs hundreds of milliseconds, so the root is held in
-  memory.
+  memory, and the device key vouches for it (``statement.py``).
 
 ``DevKeyStore`` keeps both in files of mode 0600 under the state directory.
 It is *unsafe* (a thief with the SD card can copy the keys) and says so: in

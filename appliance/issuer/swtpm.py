@@ -8,11 +8,18 @@ it; the test fixtures start one per test session.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+
+def _die_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def available() -> bool:
@@ -56,14 +63,23 @@ class Swtpm:
             self.port = _free_port_pair()
         self.proc = subprocess.Popen(
             [
-                "swtpm", "socket", "--tpm2",
-                "--tpmstate", f"dir={self.state_dir}",
-                "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-                "--flags", "not-need-init,startup-clear",
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={self.state_dir}",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                "--flags",
+                "not-need-init,startup-clear",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # If the broker dies (even by SIGKILL), the simulator goes with it,
+            # so a restarted broker finds its state directory free.
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

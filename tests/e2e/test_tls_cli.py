@@ -75,6 +75,18 @@ def test_pinned_tls_pairing_submit_and_undo(tls_box: Box, tmp_path: Path) -> Non
     assert "verification code" in out
     saved = json.loads(creds.read_text())
     assert saved["fingerprint"] == fp and creds.stat().st_mode & 0o777 == 0o600
+    # Pairing pinned the device key and (the box runs on swtpm) the attestation key.
+    assert "BEGIN PUBLIC KEY" in saved["device_key_pem"] and "ak_pem" in saved
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "verify", "--credentials", str(creds)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "boot statement is signed by the device key" in verify.stdout
+    assert "just now" in verify.stdout and "TPM2_Certify" in verify.stdout
 
     plan = tmp_path / "plan.json"
     plan.write_text(

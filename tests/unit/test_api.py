@@ -470,9 +470,12 @@ def test_revoke_all_refuses_earlier_tokens(http: TestClient, broker: Broker) -> 
     with pytest.raises(TokenError) as e:
         verify_statement(old_statement, broker.signer.public_key_pem(), current_epoch=epoch)
     assert e.value.code == "statement_revoked"
-    assert verify_statement(
-        broker.statement, broker.signer.public_key_pem(), current_epoch=epoch
-    ).epoch == epoch
+    assert (
+        verify_statement(
+            broker.statement, broker.signer.public_key_pem(), current_epoch=epoch
+        ).epoch
+        == epoch
+    )
     # A fresh token under the new epoch runs.
     assert broker.execute(broker.tokens.mint(claims), claims, action)["type"] == "file"
 

@@ -253,7 +253,13 @@ def test_entry_format_is_canonical_json_and_leaf_is_the_line(tmp_path: Path, sig
 def test_checkpoint_is_signed_by_the_device_key(tmp_path: Path, signer, pem) -> None:
     cp = make_log(tmp_path / "a", signer, 3)
     assert set(cp) == {
-        "tree_size", "root_hash", "time", "key_id", "signer", "boot_count", "signature"
+        "tree_size",
+        "root_hash",
+        "time",
+        "key_id",
+        "signer",
+        "boot_count",
+        "signature",
     }
     assert cp["tree_size"] == 3 and cp["signer"] == UNSAFE_LABEL
     import base64
@@ -784,9 +790,7 @@ def test_session_keys_vouched_by_the_device_key_sign_checkpoints(
     assert verify_log(d, pem).ok
 
 
-def test_a_session_key_the_device_did_not_vouch_for_is_refused(
-    tmp_path: Path, signer, pem
-) -> None:
+def test_a_session_key_the_device_did_not_vouch_for_is_refused(tmp_path: Path, signer, pem) -> None:
     """An attacker's own 'session' key, vouched for by another device key,
     cannot sign checkpoints of this box's log."""
     other = DevKeyStore(tmp_path / "other").device_signer()
