@@ -340,7 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     _state(clients)
     clients.set_defaults(func=cmd_clients)
 
-    tokens = sub.add_parser("tokens", help="capability tokens")
+    keys = sub.add_parser("keys", help="the box's keys")
+    keys.add_argument(
+        "action",
+        choices=["revoke-all"],
+        help="revoke-all: bump the TPM epoch counter; every earlier boot statement and "
+        "capability token is refused",
+    )
+    _state(keys)
+    keys.set_defaults(func=cmd_tokens)
+
+    tokens = sub.add_parser("tokens", help="capability tokens (same as `keys revoke-all`)")
     tokens.add_argument(
         "action",
         choices=["revoke-all"],

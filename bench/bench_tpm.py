@@ -33,7 +33,7 @@ from appliance.issuer.tpm_keys import TpmKeyStore  # noqa: E402
 NOTE = (
     "A real SPI TPM (e.g. Infineon SLB9670 on the Pi) takes roughly 100-600 ms per ECDSA\n"
     "sign, against the swtpm figure above. That is why the design keeps the TPM off the\n"
-    "per-token path: the TPM signs one boot statement per start (and audit checkpoints),\n"
+    "per-token path: the TPM signs one boot statement and one audit session key per start,\n"
     "and tokens are signed by the in-memory root key it vouches for."
 )
 

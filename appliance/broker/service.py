@@ -35,6 +35,7 @@ from appliance.errors import (
     ExecutionError,
     NotFound,
     ScopeError,
+    TokenError,
 )
 from appliance.intents import Intent, canonical_json, digest
 from appliance.issuer import attestation
@@ -103,6 +104,7 @@ class Broker:
         self.tokens = TokenService(self.keystore, self.db, ttl_s=config.token_ttl_s)
         self.tokens.sync_epoch(self.keystore.epoch())
         self.statement = self._new_statement()
+        self._chain_checked = ""  # signature of the statement last checked in full
         self.shares = Shares(config.shares, config.limits)
         self.snapshots = SnapshotStore(config.snapshots_dir)
         self.files = FileOps(self.shares, self.snapshots, config.limits)
@@ -169,12 +171,24 @@ class Broker:
         now = time.time()
         if self.statement["not_after"] - now < RENEW_BEFORE_S:
             self.statement = self._new_statement()
-        verify_statement(
-            self.statement,
-            self.signer.public_key_pem(),
-            current_epoch=self.tokens.epoch(),
-            now=now,
+        statement, epoch = self.statement, self.tokens.epoch()
+        if self._chain_checked == statement["signature"]:
+            # Signature and root already checked for this statement: what can
+            # change since is the clock and the epoch.
+            if now >= statement["not_after"]:
+                raise TokenError("the boot statement has expired", code="statement_expired")
+            if statement["epoch"] < epoch:
+                raise TokenError("the boot statement was revoked", code="statement_revoked")
+            return
+        verified = verify_statement(
+            statement, self.signer.public_key_pem(), current_epoch=epoch, now=now
         )
+        if verified.root_public != self.tokens.root_public():
+            raise TokenError(
+                "the boot statement vouches for another token root than the one in use",
+                code="statement_mismatch",
+            )
+        self._chain_checked = statement["signature"]
 
     def close(self) -> None:
         self.approvals.close()

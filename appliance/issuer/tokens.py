@@ -486,6 +486,11 @@ class TokenService:
             conn.execute("DELETE FROM token_spent WHERE epoch < ?", (new,))
         return int(new)
 
+    def root_public(self) -> bytes:
+        """The raw public key tokens are verified against (the boot statement
+        must name exactly this one)."""
+        return bytes(self._public.to_bytes())
+
     def sync_epoch(self, epoch: int) -> int:
         """Raise the stored epoch to the key store's (the TPM's NV counter is the
         authority; the database keeps a copy so each spend checks it cheaply).

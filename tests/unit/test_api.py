@@ -733,3 +733,22 @@ def test_interrupted_move_is_settled_at_restart(
         assert "action.interrupted" in kinds
     finally:
         broker.close()
+
+
+def test_statement_for_another_root_is_refused(http: TestClient, broker: Broker, tmp_path: Path):
+    """Even a statement the device key really signed must name the token root
+    the executor verifies with; otherwise the chain is broken and nothing runs."""
+    other_root = DevKeyStore(tmp_path / "other-keys").token_root().public_key
+    broker.statement = make_statement(
+        broker.signer,
+        bytes(other_root.to_bytes()),
+        epoch=broker.tokens.epoch(),
+        boot_count=broker.keystore.boot_count,
+        signer_label=broker.keystore.label,
+    )
+    r = http.post(
+        "/v1/intents",
+        json={"intents": [{"verb": "file.stat", "resource": "share:docs/Inbox/a.pdf"}]},
+    )
+    assert r.json()["status"] == "failed"
+    assert r.json()["intents"][0]["result"]["error"]["code"] == "statement_mismatch"
