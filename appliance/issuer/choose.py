@@ -75,6 +75,8 @@ def choose_kind(config: Config) -> str:
         return kind
     if config.keystore != "auto":
         return config.keystore
+    if (config.keys_dir / "device.key").exists():
+        return "dev"  # made before the choice was recorded: keep its keys
     return "tpm" if (config.tpm_tcti or swtpm.available()) else "dev"
 
 
