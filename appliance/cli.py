@@ -109,7 +109,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         # a temporary certificate, and retry; once the broker can start (the TPM
         # is back), exit with 75 so the service manager restarts it with the
         # device certificate, whose key only the TPM can unlock.
-        print(f"appliance: not serving ({reason}); retrying every {RETRY_S:.0f} s", flush=True)
+        print(
+            f"appliance: not serving ({reason}); retrying every {args.retry_seconds:g} s",
+            flush=True,
+        )
         switch.app = unavailable_app(reason)
         temp = Path(tempfile.mkdtemp(prefix="appliance-tls-"))
         cert, key, fp = ensure_certificate(temp, [config.host, "localhost"])
@@ -118,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         def retry() -> None:
             while True:
-                time.sleep(RETRY_S)
+                time.sleep(args.retry_seconds)
                 why = start_broker()
                 if why is None:
                     print("appliance: the broker can start now; restarting", flush=True)
@@ -316,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port (default 8443)")
     up.add_argument("--tls", action="store_true", help="use TLS even on loopback in dev mode")
     up.add_argument("--config", type=Path, help="a TOML configuration file")
+    up.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=RETRY_S,
+        help="production: how often to retry starting while the TPM (or another safety "
+        "part) is unavailable",
+    )
     up.add_argument(
         "--keystore",
         choices=["auto", "tpm", "dev"],

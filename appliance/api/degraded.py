@@ -7,6 +7,7 @@ verify). ``/healthz`` answers 503 with the reason; every other call answers
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from appliance.api.app import _error
@@ -17,8 +18,8 @@ def unavailable_app(reason: str) -> ASGIApp:
         if scope["type"] != "http":
             return
         if scope["path"] == "/healthz":
-            body = {"status": "unavailable", "problems": [reason]}
-            response = _error(503, "unavailable", reason, **body)
+            body = {"status": "unavailable", "problems": [reason], "code": "unavailable"}
+            response = JSONResponse(body, status_code=503)
         else:
             response = _error(503, "unavailable", f"the appliance cannot serve: {reason}")
         await response(scope, receive, send)
