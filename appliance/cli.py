@@ -195,7 +195,7 @@ def cmd_clients(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tokens(args: argparse.Namespace) -> int:
+def cmd_keys(args: argparse.Namespace) -> int:
     _out(_control(args, "tokens.revoke_all"))
     return 0
 
@@ -358,16 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "capability token is refused",
     )
     _state(keys)
-    keys.set_defaults(func=cmd_tokens)
-
-    tokens = sub.add_parser("tokens", help="capability tokens (same as `keys revoke-all`)")
-    tokens.add_argument(
-        "action",
-        choices=["revoke-all"],
-        help="revoke-all: refuse every token minted so far (epoch bump)",
-    )
-    _state(tokens)
-    tokens.set_defaults(func=cmd_tokens)
+    keys.set_defaults(func=cmd_keys)
 
     status = sub.add_parser("status", help="the running broker's state")
     _state(status)

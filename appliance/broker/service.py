@@ -294,21 +294,8 @@ class Broker:
         """Decide a plan as a whole; run it now, queue it for approval, or refuse it."""
         plan_id = _id("plan")
         evaluated = [self._evaluate(i, requester) for i in intents]
-        decisions = {e.decision.decision for e in evaluated}
-        status = (
-            "denied"
-            if "deny" in decisions
-            else "pending_approval"
-            if "approve" in decisions
-            else "running"
-        )
-        plan_digest = digest(
-            {"plan_id": plan_id, "requester": requester, "intents": [e.digest for e in evaluated]}
-        )
         summary = self._summary(requester, evaluated)
-        return self._store_and_start(
-            plan_id, "intents", requester, plan_digest, status, evaluated, summary
-        )
+        return self._store_and_start(plan_id, "intents", requester, evaluated, summary)
 
     def submit_undo(self, requester: str, action_id: str) -> dict[str, Any]:
         """Undo one action: a plan of one ``action.undo`` intent, approved like any write."""
@@ -377,26 +364,13 @@ class Broker:
                 verb=UNDO_VERB, resource=action["resource"], params=params, provenance={}
             )
             evaluated.append(Evaluated(intent, action["resource"], params, decision, digest(body)))
-        decisions = {e.decision.decision for e in evaluated}
-        status = (
-            "denied"
-            if "deny" in decisions
-            else "pending_approval"
-            if "approve" in decisions
-            else "running"
-        )
-        plan_digest = digest(
-            {"plan_id": plan_id, "requester": requester, "intents": [e.digest for e in evaluated]}
-        )
         first = actions[0]
         more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
         summary = (
             f"{self._client_name(requester)} wants to undo "
             f"{first['verb']} {first['resource']}{more}"
         )
-        return self._store_and_start(
-            plan_id, "undo", requester, plan_digest, status, evaluated, summary
-        )
+        return self._store_and_start(plan_id, "undo", requester, evaluated, summary)
 
     def _summary(self, requester: str, evaluated: list[Evaluated]) -> str:
         name = self._client_name(requester)
@@ -416,11 +390,22 @@ class Broker:
         plan_id: str,
         kind: str,
         requester: str,
-        plan_digest: str,
-        status: str,
         evaluated: list[Evaluated],
         summary: str,
     ) -> dict[str, Any]:
+        """A plan is decided as a whole: any deny refuses it, any approve puts
+        all of it behind one approval, otherwise it runs now."""
+        decisions = {e.decision.decision for e in evaluated}
+        status = (
+            "denied"
+            if "deny" in decisions
+            else "pending_approval"
+            if "approve" in decisions
+            else "running"
+        )
+        plan_digest = digest(
+            {"plan_id": plan_id, "requester": requester, "intents": [e.digest for e in evaluated]}
+        )
         decided = {
             "plan_id": plan_id,
             "kind": kind,

@@ -32,10 +32,24 @@ def publish_policy(keys: Path, tmp_path: Path) -> None:
 
 def up(state: Path, port: int, tpm_port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "up", "--state-dir", str(state),
-         "--port", str(port), "--tpm-tcti", f"swtpm:host=127.0.0.1,port={tpm_port}",
-         "--retry-seconds", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "up",
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+            "--tpm-tcti",
+            f"swtpm:host=127.0.0.1,port={tpm_port}",
+            "--retry-seconds",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def healthz(port: int) -> httpx.Response | None:
