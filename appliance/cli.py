@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RETRY_S = 15.0
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct.toml"
 DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -98,6 +100,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return None
 
     reason = start_broker()
+    agent = None
+    if reason is None and config.dev and not args.no_agent:
+        agent = start_agent(config, args.model)
     kwargs: dict[str, Any] = {}
     scheme = "https" if use_tls else "http"
     server: uvicorn.Server | None = None
@@ -147,11 +152,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=10)
         if started:
             broker, control = started
             control.stop()
             broker.close()
     return 75 if reason is not None and started else 0
+
+
+def start_agent(config: Any, model: Path) -> subprocess.Popen[bytes]:
+    """Development: run the model agent as a child process on the broker's
+    agent socket (on the box it is its own service and user). It stops with
+    the broker, even when the broker is killed."""
+    from appliance.issuer.swtpm import _die_with_parent
+
+    print(f"starting the model agent ({model.name}) on {config.agent_socket_path}", flush=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.agent",
+            "--socket",
+            str(config.agent_socket_path),
+            "--model",
+            str(model),
+        ],
+        preexec_fn=_die_with_parent,
+    )
 
 
 # ---------------------------------------------------------------------- box-side commands
@@ -282,6 +311,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    """Send a task in plain words; show the plan's progress as the box reports it."""
+    from appliance.client import ApplianceClient
+
+    client = ApplianceClient.from_file(args.credentials)
+    task = client.task(args.text)
+    for event in client.task_events(task["task_id"]):
+        detail = {k: v for k, v in event.items() if k not in ("event", "time") and v}
+        print(
+            f"{event['event']}: {json.dumps(detail)}" if detail else event["event"],
+            file=sys.stderr,
+            flush=True,
+        )
+        if event["event"] == "pending_approval":
+            print(f"approve on the box: code {event.get('code')}", file=sys.stderr, flush=True)
+    task = client.task_status(task["task_id"])
+    _out(task)
+    return 0 if task["status"] == "done" else 1
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from appliance.agent.__main__ import main as agent_main
+
+    return agent_main(args.agent_args)
+
+
 def cmd_undo(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
@@ -319,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port (default 8443)")
     up.add_argument("--tls", action="store_true", help="use TLS even on loopback in dev mode")
     up.add_argument("--config", type=Path, help="a TOML configuration file")
+    up.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="development: the model manifest the agent runs (default: SmolLM2-135M on the CPU)",
+    )
+    up.add_argument(
+        "--no-agent", action="store_true", help="development: do not start the model agent"
+    )
     up.add_argument(
         "--retry-seconds",
         type=float,
@@ -394,6 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("plan")
     desktop(submit)
     submit.set_defaults(func=cmd_submit)
+
+    task = sub.add_parser("task", help="ask in plain words; the box's model plans it")
+    task.add_argument("text")
+    desktop(task)
+    task.set_defaults(func=cmd_task)
+
+    agent = sub.add_parser(
+        "agent", help="run the model agent (its own process; see `appliance agent -- --help`)"
+    )
+    agent.add_argument("agent_args", nargs=argparse.REMAINDER)
+    agent.set_defaults(func=cmd_agent)
 
     verify = sub.add_parser("verify", help="check the box is the one paired with")
     desktop(verify)

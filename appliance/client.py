@@ -188,6 +188,20 @@ class ApplianceClient:
             f"epoch {verified.epoch} (not older than any seen before)",
         ]
 
+    # tasks ----------------------------------------------------------------
+    def task(self, text: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/tasks", json={"text": text})
+
+    def task_status(self, task_id: str, wait: float = 0) -> dict[str, Any]:
+        return self._call("GET", f"/v1/tasks/{task_id}", params={"wait": wait})
+
+    def task_events(self, task_id: str) -> Any:
+        """Yield the task's events (server-sent events) until it ends."""
+        with self.http.stream("GET", f"/v1/tasks/{task_id}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
     # plans ----------------------------------------------------------------
     def submit(self, intents: list[dict[str, Any]]) -> dict[str, Any]:
         return self._call("POST", "/v1/intents", json={"intents": intents})

@@ -54,6 +54,11 @@ class Config:
     keystore: str = "auto"
     tpm_tcti: str | None = None  # e.g. "device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321"
     seal_pcrs: tuple[int, ...] = (23,)  # PCRs the sealed secrets are bound to
+    # The model agent: its socket, the uid it must run as (None: any), how
+    # long a plan may take before the task fails.
+    agent_socket: Path | None = None  # default STATE/agent.sock
+    agent_uid: int | None = None
+    agent_timeout_s: float = 120.0
     limits: Limits = field(default_factory=Limits)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
 
@@ -74,6 +79,10 @@ class Config:
         return self.state_dir / "snapshots"
 
     @property
+    def agent_socket_path(self) -> Path:
+        return self.agent_socket or self.state_dir / "agent.sock"
+
+    @property
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
 
@@ -91,7 +100,19 @@ def load_toml(path: Path) -> dict:
         out["policy_dir"] = Path(raw["policy_dir"])
     if "seal_pcrs" in raw:
         out["seal_pcrs"] = tuple(raw["seal_pcrs"])
-    for key in ("dev", "host", "port", "tls", "token_ttl_s", "keystore", "tpm_tcti"):
+    if "agent_socket" in raw:
+        out["agent_socket"] = Path(raw["agent_socket"])
+    for key in (
+        "dev",
+        "host",
+        "port",
+        "tls",
+        "token_ttl_s",
+        "keystore",
+        "tpm_tcti",
+        "agent_uid",
+        "agent_timeout_s",
+    ):
         if key in raw:
             out[key] = raw[key]
     if "limits" in raw:

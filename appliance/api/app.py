@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,12 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance import __version__
 from appliance.broker.plans import TERMINAL
 from appliance.broker.service import Broker
+from appliance.broker.tasks import TERMINAL as TASK_TERMINAL
 from appliance.errors import ApplianceError, NotFound, Unauthorized
 from appliance.intents import Plan, plan_schema
 
 log = logging.getLogger("appliance.api")
 
 MAX_WAIT_S = 60.0
+SSE_MAX_S = 600.0  # an event stream ends after this, whatever the task's state
 STATUS_FOR_PLAN = {
     "done": 200,
     "pending_approval": 202,
@@ -40,6 +44,11 @@ STATUS_FOR_PLAN = {
     "expired": 200,
     "running": 202,
 }
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
 
 
 class PairingRequest(BaseModel):
@@ -241,6 +250,46 @@ def create_app(broker: Broker) -> FastAPI:
     def undo_plan(plan_id: str, client_id: Client) -> JSONResponse:
         out = broker.submit_plan_undo(client_id, plan_id)
         return JSONResponse(out, status_code=STATUS_FOR_PLAN.get(out["status"], 200))
+
+    # -------------------------------------------------------------- tasks
+    @app.post("/v1/tasks", status_code=202)
+    def task(body: TaskRequest, client_id: Client) -> dict[str, Any]:
+        """Free text: the box's model plans it, then it takes the path of any plan."""
+        return broker.submit_task(client_id, body.text)
+
+    @app.get("/v1/tasks/{task_id}")
+    async def get_task(
+        task_id: str, _: Client, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
+    ) -> dict[str, Any]:
+        def get() -> dict[str, Any] | None:
+            try:
+                return broker.task_public(task_id)
+            except NotFound:
+                return None
+
+        return await _wait_for(
+            get, wait, lambda t: t["status"] in TASK_TERMINAL, f"no task {task_id!r}"
+        )
+
+    @app.get("/v1/tasks/{task_id}/events")
+    async def task_events(task_id: str, _: Client) -> StreamingResponse:
+        """Server-sent events: each step of the task as it happens, until it ends."""
+        first = await run_in_threadpool(broker.task_public, task_id)
+
+        async def stream() -> AsyncIterator[bytes]:
+            sent = 0
+            task = first
+            deadline = time.monotonic() + SSE_MAX_S
+            while True:
+                for event in task["events"][sent:]:
+                    yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n".encode()
+                sent = len(task["events"])
+                if task["status"] in TASK_TERMINAL or time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0.1)
+                task = await run_in_threadpool(broker.task_public, task_id)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
     # -------------------------------------------------------------- approvals
     @app.get("/v1/approvals")

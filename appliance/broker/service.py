@@ -12,6 +12,7 @@ step may act; if the audit log cannot be written, nothing runs (fail closed).
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import secrets
 import sqlite3
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance import __version__
+from appliance.agent.client import AgentClient
 from appliance.approval import ApprovalQueue, ApprovalRequest, Panel, VirtualPanel
 from appliance.audit import AuditLog
 from appliance.broker.clients import Clients, check_name
@@ -28,6 +30,7 @@ from appliance.broker.fileops import FileOps
 from appliance.broker.plans import TERMINAL, PlanStore
 from appliance.broker.scope import Shares, Target
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.tasks import TEXT_MAX, TaskStore
 from appliance.config import Config
 from appliance.db import Database
 from appliance.errors import (
@@ -109,6 +112,7 @@ class Broker:
         self.snapshots = SnapshotStore(config.snapshots_dir)
         self.files = FileOps(self.shares, self.snapshots, config.limits)
         self.plans = PlanStore(self.db)
+        self.tasks = TaskStore(self.db)
         self.clients = Clients(self.db, self.keystore.secret("credential_pepper"))
         self.panel = panel or VirtualPanel()
         # Serialises "store the plan" against "its approval was decided".
@@ -116,7 +120,7 @@ class Broker:
         self.approvals = ApprovalQueue(
             config.approvals,
             self.panel,
-            on_event=self._on_approval_event,
+            on_event=self._audit_quietly,
             on_decided=self._on_decided,
         )
         if hasattr(self.panel, "attach"):
@@ -510,12 +514,6 @@ class Broker:
                 )
 
     # ------------------------------------------------------------------ approvals
-    def _on_approval_event(self, kind: str, data: dict[str, Any]) -> None:
-        try:
-            self.audit.append(kind, data)
-        except ApplianceError:
-            log.exception("could not audit %s", kind)
-
     def _on_decided(self, request: ApprovalRequest) -> None:
         with self._lock:  # the plan is stored before its approval can be handled
             pass
@@ -553,7 +551,7 @@ class Broker:
             self.plans.set_plan(plan_id, "failed", f"the approval could not be signed: {e.reason}")
             for a in self.plans.actions(plan_id):
                 self.plans.set_action(a["action_id"], status="skipped")
-            self._on_approval_event(
+            self._audit_quietly(
                 "plan.failed", {"plan_id": plan_id, "reason": e.reason, "code": e.code}
             )
             return
@@ -600,7 +598,7 @@ class Broker:
                 error = {"code": "internal", "reason": f"internal error: {type(e).__name__}"}
             failed = f"{action['verb']} {action['resource']}: {error['reason']}"
             self.plans.set_action(action["action_id"], status="failed", result={"error": error})
-            self._on_approval_event(
+            self._audit_quietly(
                 "action.failed",
                 {
                     "plan_id": plan_id,
@@ -688,6 +686,149 @@ class Broker:
             },
         )
         return result
+
+    # ------------------------------------------------------------------ tasks
+    def submit_task(self, requester: str, text: str) -> dict[str, Any]:
+        """Free text from a paired desktop: the agent plans it in the background."""
+        if not text.strip() or len(text) > TEXT_MAX:
+            raise ApplianceError(
+                f"a task is 1 to {TEXT_MAX} characters of text", code="invalid_request", status=422
+            )
+        text_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        task_id = self.tasks.create(requester, text_sha256)
+        # The words themselves are not kept: the log holds their hash.
+        self.audit.append(
+            "task.received",
+            {"task_id": task_id, "requester": requester, "text_sha256": text_sha256},
+        )
+        threading.Thread(
+            target=self._run_task, args=(task_id, requester, text), daemon=True, name=task_id
+        ).start()
+        return self.task_public(task_id)
+
+    def _run_task(self, task_id: str, requester: str, text: str) -> None:
+        try:
+            listing = self.listing()
+            result = self._agent().plan(text, listing)
+            try:
+                intents = [Intent.model_validate(i) for i in result["intents"]]
+                if not intents:
+                    raise ValueError("the plan is empty")
+            except (ValueError, TypeError, KeyError) as e:
+                raise ApplianceError(
+                    f"the model's plan is not a valid plan of intents ({e})",
+                    code="agent_invalid_plan",
+                    status=502,
+                ) from None
+            model = {"model_id": result["model_id"], "model_sha256": result["model_sha256"]}
+            self.audit.append(
+                "task.planned",
+                {
+                    "task_id": task_id,
+                    **model,
+                    "seconds": result.get("seconds"),
+                    "tokens": result.get("tokens"),
+                    "intents": [i.model_dump(mode="json") for i in intents],
+                },
+            )
+            self.tasks.update(
+                task_id,
+                "planned",
+                status="planned",
+                time_to_plan_s=result.get("seconds"),
+                detail={**model, "intents": len(intents)},
+                **model,
+            )
+            plan = self.submit(requester, intents)
+        except ApplianceError as e:
+            self._audit_quietly("task.failed", {"task_id": task_id, "error": e.to_dict()})
+            self.tasks.update(
+                task_id, "failed", status="failed", error=e.reason, detail=e.to_dict()
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - a bug must still end the task
+            log.exception("task %s crashed", task_id)
+            self.tasks.update(
+                task_id, "failed", status="failed", error=f"internal error: {type(e).__name__}"
+            )
+            return
+        self._follow(task_id, plan)
+
+    def _follow(self, task_id: str, plan: dict[str, Any]) -> None:
+        """Report the plan's progress on the task until it ends."""
+        status = plan["status"]
+        self.tasks.update(
+            task_id,
+            status,
+            status=status,
+            plan_id=plan["plan_id"],
+            detail={
+                "plan_id": plan["plan_id"],
+                "approval_id": plan["approval_id"],
+                "code": plan["code"],
+            },
+        )
+        while status not in TERMINAL:
+            time.sleep(0.1)
+            now = self.plans.plan_row(plan["plan_id"])
+            if now is None or now["status"] == status:
+                continue
+            status = now["status"]
+            self.tasks.update(task_id, status, status=status, detail={"error": now["error"]})
+
+    def listing(self, max_entries: int = 500, max_depth: int = 4) -> dict[str, list[str]]:
+        """The names in each share (directories end with "/"), bounded: all
+        the planner ever sees of the files."""
+        out: dict[str, list[str]] = {}
+        for share in sorted(self.config.shares):
+            names: list[str] = []
+            queue: list[tuple[str, ...]] = [()]
+            while queue and len(names) < max_entries:
+                parts = queue.pop(0)
+                try:
+                    listed = self.files.execute("file.list", Target(share, parts), {})
+                except ApplianceError:
+                    continue
+                for entry in sorted(listed.result["entries"], key=lambda e: e["name"]):
+                    rel = "/".join((*parts, entry["name"]))
+                    if entry["type"] == "dir":
+                        names.append(rel + "/")
+                        if len(parts) + 1 < max_depth:
+                            queue.append((*parts, entry["name"]))
+                    elif entry["type"] == "file":
+                        names.append(rel)
+            out[share] = names[:max_entries]
+        return out
+
+    def _agent(self) -> AgentClient:
+        return AgentClient(
+            self.config.agent_socket_path,
+            agent_uid=self.config.agent_uid,
+            timeout_s=self.config.agent_timeout_s,
+        )
+
+    def task_public(self, task_id: str) -> dict[str, Any]:
+        row = self.tasks.row(task_id)
+        if row is None:
+            raise NotFound(f"no task {task_id!r}")
+        return {
+            "task_id": task_id,
+            "status": row["status"],
+            "plan_id": row["plan_id"],
+            "plan": self.plans.public(row["plan_id"]) if row["plan_id"] else None,
+            "model": {"id": row["model_id"], "sha256": row["model_sha256"]}
+            if row["model_id"]
+            else None,
+            "time_to_plan_s": row["time_to_plan_s"],
+            "error": row["error"],
+            "events": row["events"],
+        }
+
+    def _audit_quietly(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            self.audit.append(kind, data)
+        except ApplianceError:
+            log.exception("could not audit %s", kind)
 
     # ------------------------------------------------------------------ pairing
     def request_pairing(self, name: str, address: str = "local") -> dict[str, Any]:

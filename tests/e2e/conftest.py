@@ -32,7 +32,7 @@ class Box:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "broker.log"
-        self.extra: list[str] = []
+        self.extra: list[str] = ["--no-agent"]
 
     def start(self) -> None:
         cmd = [

@@ -21,7 +21,7 @@ from tests.e2e.conftest import Box
 def tls_box(tmp_path: Path):
     b = Box(tmp_path)
     b.url = f"https://127.0.0.1:{b.port}"
-    b.extra = ["--tls"]
+    b.extra = ["--tls", "--no-agent"]
     b.start()
     try:
         yield b

@@ -1,0 +1,468 @@
+"""Model backends behind one seam: ``generate(system, user, json_schema, max_tokens)``.
+
+* :class:`LlamaCppBackend`: a GGUF on the CPU through llama-cpp-python, the
+  development default and CPU fallback. JSON-schema-constrained decoding (a
+  GBNF grammar built from the schema), greedy, seeded. The fixed system
+  prompt's KV state is kept: after the first request with a given system
+  prompt its evaluated state is saved, and later requests start from it.
+* :class:`HailoBackend`: the Hailo-10H through HailoRT's GenAI API
+  (``hailo_platform.genai.LLM``), imported only here, only when used. No
+  constrained decoding there: the prompt is rendered from the manifest's
+  template, the answer parsed and validated, and one bounded repair prompt
+  quotes the validation errors back.
+* :class:`OllamaBackend`: the Ollama-compatible HTTP API of ``hailo-ollama``,
+  on loopback only; validated and repaired the same way.
+
+Every backend loads a model only after :func:`appliance.agent.models.verify`
+(or, for Ollama, after the manifest records the model's hash), and reports
+the model id and sha256 that go into every plan result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from appliance.agent import templates
+from appliance.agent.errors import ModelError
+from appliance.agent.jsonout import NoJson, extract_json, validate
+from appliance.agent.models import Manifest, require_sha256, verify
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer. ``text`` is JSON that conforms to the schema asked for."""
+
+    text: str
+    tokens: int  # generated tokens (Hailo: the context's size after the answer)
+    seconds: float
+    cached_prefix: bool  # the system prompt's state came from the cache
+    repaired: bool = False  # the first answer was invalid; the repair prompt's was not
+    prompt_tokens: int = 0
+
+
+class Backend(Protocol):
+    model_id: str
+    model_sha256: str
+    context_tokens: int
+
+    def generate(
+        self,
+        system: str,
+        user: str,
+        *,
+        json_schema: dict[str, Any] | None,
+        max_tokens: int,
+        examples: Sequence[tuple[str, str]] = (),
+    ) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+REPAIR_PROMPT = (
+    "Your answer was not valid: {errors}\n"
+    "Answer again with only the corrected JSON object, nothing else."
+)
+
+
+@dataclass
+class _Raw:
+    text: str
+    tokens: int
+    cached_prefix: bool
+    prompt_tokens: int = 0
+
+
+def _checked(
+    raw: Callable[[list[dict[str, str]], dict[str, Any] | None], _Raw],
+    system: str,
+    user: str,
+    json_schema: dict[str, Any] | None,
+    examples: Sequence[tuple[str, str]] = (),
+) -> Generation:
+    """Generate, parse, validate; one repair attempt with the errors quoted."""
+    start = time.perf_counter()
+    messages = templates.chat(system, user, examples)
+    first = raw(messages, json_schema)
+    if json_schema is None:
+        return Generation(
+            first.text, first.tokens, time.perf_counter() - start, first.cached_prefix
+        )
+    errors = _problems(first.text, json_schema)
+    if not errors:
+        return _done(first, first.text, start, repaired=False)
+    shown = "; ".join(errors[:5])
+    retry = [
+        *messages,
+        {"role": "assistant", "content": first.text[:2000]},
+        {"role": "user", "content": REPAIR_PROMPT.format(errors=shown)},
+    ]
+    second = raw(retry, json_schema)
+    again = _problems(second.text, json_schema)
+    if again:
+        raise ModelError(
+            "the model's answer is not valid JSON for the plan schema, even after one repair "
+            f"attempt: {'; '.join(again[:3])}"
+        )
+    second.tokens += first.tokens
+    second.cached_prefix = first.cached_prefix
+    return _done(second, second.text, start, repaired=True)
+
+
+def _problems(text: str, schema: dict[str, Any]) -> list[str]:
+    try:
+        value = extract_json(text)
+    except NoJson as e:
+        return [str(e)]
+    return validate(value, schema)
+
+
+def _done(raw: _Raw, text: str, start: float, *, repaired: bool) -> Generation:
+    value = extract_json(text)
+    return Generation(
+        text=json.dumps(value, ensure_ascii=False),
+        tokens=raw.tokens,
+        seconds=time.perf_counter() - start,
+        cached_prefix=raw.cached_prefix,
+        repaired=repaired,
+        prompt_tokens=raw.prompt_tokens,
+    )
+
+
+def _strip_stops(text: str, stops: tuple[str, ...]) -> str:
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+def _threads(manifest: Manifest) -> int:
+    """Generation threads: the manifest's ``options.threads``, else half the
+    cores. llama.cpp's threads spin while they wait for each other, so taking
+    every core on a box that also runs the broker makes a plan many times
+    slower whenever anything else runs (measured: 100 s instead of 3 s)."""
+    configured = manifest.options.get("threads")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class LlamaCppBackend:
+    """A GGUF model on the CPU; constrained decoding; system-prompt KV cache."""
+
+    def __init__(
+        self, manifest: Manifest, *, n_threads: int | None = None, prefix_cache: bool = True
+    ):
+        if manifest.backend != "llama_cpp":
+            raise ModelError(f"{manifest.name} is not a llama.cpp model")
+        path = verify(manifest)
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise ModelError(f"llama-cpp-python is not installed: {e}") from None
+        self._llama_cpp = llama_cpp
+        self.manifest = manifest
+        self.model_id = manifest.model_id
+        self.model_sha256 = manifest.sha256
+        self.context_tokens = manifest.context_tokens
+        self.seed = int(manifest.options.get("seed", 7))
+        self.prefix_cache = prefix_cache
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=manifest.context_tokens,
+                seed=self.seed,
+                n_threads=n_threads or _threads(manifest),
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelError(f"llama.cpp could not load {path}: {e}") from None
+        # Saved states of evaluated system prompts, by their tokens: the plan
+        # and the extract prompts alternate, and each must not evict the other.
+        self._states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()  # one generation at a time per model
+
+    def tokens(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Tokenize a rendered prompt: the template's own text may hold control
+        tokens, message contents never do (they are tokenized as plain text)."""
+        out: list[int] = []
+        for text, trusted in pieces:
+            if text:
+                out.extend(self._llm.tokenize(text.encode(), add_bos=False, special=trusted))
+        return out
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        # Not sort_keys: the grammar writes properties in the schema's order,
+        # and the planner puts "verb" first on purpose.
+        key = json.dumps(schema)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            try:
+                grammar = self._llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as e:  # noqa: BLE001 - the converter raises bare exceptions
+                raise ModelError(f"cannot build a grammar from the schema: {e}") from None
+            self._grammars[key] = grammar
+            while len(self._grammars) > 8:
+                self._grammars.popitem(last=False)
+        return grammar
+
+    def _start_from_prefix(self, prefix: list[int]) -> bool:
+        """Make the context begin with ``prefix`` evaluated; True when that
+        came from the cache (in the context already, or a saved state)."""
+        llm = self._llm
+        n = len(prefix)
+        if llm.n_tokens >= n and list(llm.input_ids[:n]) == prefix:
+            return True
+        key = tuple(prefix)
+        state = self._states.get(key)
+        if state is not None:
+            llm.load_state(state)
+            self._states.move_to_end(key)
+            return True
+        llm.reset()
+        llm.eval(prefix)
+        self._states[key] = llm.save_state()
+        while len(self._states) > 4:
+            self._states.popitem(last=False)
+        return False
+
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+        pieces = templates.segments(self.manifest, messages)
+        prompt = self.tokens(pieces)
+        if len(prompt) >= self.context_tokens:
+            raise ModelError(
+                f"the prompt is {len(prompt)} tokens, over the model's {self.context_tokens}"
+            )
+        cached = False
+        if self.prefix_cache:
+            # The fixed part: the system prompt and the example turns.
+            fixed = messages[: self._fixed]
+            head = self.tokens(
+                templates.segments(self.manifest, fixed, add_generation_prompt=False)
+            )
+            if head and prompt[: len(head)] == head and len(head) < len(prompt):
+                cached = self._start_from_prefix(head)
+        else:
+            self._llm.reset()
+        max_tokens = min(self._max_tokens, self.context_tokens - len(prompt))
+        out = self._llm.create_completion(
+            prompt=prompt,
+            grammar=self._grammar(schema) if schema is not None else None,
+            temperature=0.0,
+            max_tokens=max_tokens,
+            seed=self.seed,
+            stop=list(self.manifest.stop) or None,
+        )
+        text = out["choices"][0]["text"]
+        return _Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
+
+    def generate(
+        self,
+        system: str,
+        user: str,
+        *,
+        json_schema: dict[str, Any] | None,
+        max_tokens: int,
+        examples: Sequence[tuple[str, str]] = (),
+    ) -> Generation:
+        with self._lock:
+            self._max_tokens = max_tokens
+            self._fixed = 1 + 2 * len(examples)
+            return _checked(self._raw, system, user, json_schema, examples)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        self._states.clear()
+        if llm is not None:
+            llm.close()
+
+
+# ---------------------------------------------------------------- Hailo-10H
+
+
+def _hailo_runtime() -> tuple[Any, Any]:
+    try:
+        from hailo_platform import VDevice
+        from hailo_platform.genai import LLM
+    except ImportError as e:
+        raise ModelError(
+            "the Hailo backend needs HailoRT's Python package (hailo_platform with genai), "
+            "which comes from Hailo's Debian packages on the Raspberry Pi, not from PyPI: "
+            f"{e}"
+        ) from None
+    return VDevice, LLM
+
+
+class HailoBackend:
+    """A HEF on the Hailo-10H through ``hailo_platform.genai.LLM``.
+
+    ``llm`` replaces the device for replaying recorded outputs in tests: any
+    object with ``generate_all(prompt=..., temperature=..., seed=...,
+    max_generated_tokens=...)``.
+    """
+
+    def __init__(self, manifest: Manifest, *, llm: Any | None = None):
+        if manifest.backend != "hailo":
+            raise ModelError(f"{manifest.name} is not a Hailo model")
+        self.manifest = manifest
+        self.model_id = manifest.model_id
+        self.model_sha256 = require_sha256(manifest)
+        self.context_tokens = manifest.context_tokens
+        self.seed = int(manifest.options.get("seed", 7))
+        self.temperature = float(manifest.options.get("temperature", 0.1))
+        self._vdevice = None
+        if llm is None:
+            path = verify(manifest)
+            VDevice, LLM = _hailo_runtime()
+            try:
+                self._vdevice = VDevice()
+                llm = LLM(self._vdevice, str(path))
+            except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
+                self._release_device()
+                raise ModelError(f"HailoRT could not load {path}: {e}") from None
+        self._llm = llm
+        self._lock = threading.Lock()
+        self.prompts: list[str] = []  # the last request's rendered prompts (for tests, debugging)
+
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+        prompt = templates.render(self.manifest, messages)
+        self.prompts.append(prompt)
+        llm = self._llm
+        # The GenAI LLM keeps a conversation between calls: each request
+        # starts from an empty context so one task never sees another's.
+        if hasattr(llm, "clear_context"):
+            llm.clear_context()
+        try:
+            text = llm.generate_all(
+                prompt=prompt,
+                temperature=self.temperature,
+                seed=self.seed,
+                max_generated_tokens=self._max_tokens,
+            )
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"the Hailo-10H generation failed: {e}") from None
+        used = llm.get_context_usage_size() if hasattr(llm, "get_context_usage_size") else 0
+        return _Raw(_strip_stops(str(text), self.manifest.stop), int(used), False)
+
+    def generate(
+        self,
+        system: str,
+        user: str,
+        *,
+        json_schema: dict[str, Any] | None,
+        max_tokens: int,
+        examples: Sequence[tuple[str, str]] = (),
+    ) -> Generation:
+        with self._lock:
+            self._max_tokens = max_tokens
+            self._fixed = 1 + 2 * len(examples)
+            self.prompts = []
+            return _checked(self._raw, system, user, json_schema, examples)
+
+    def _release_device(self) -> None:
+        if self._vdevice is not None:
+            try:
+                self._vdevice.release()
+            finally:
+                self._vdevice = None
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        try:
+            if llm is not None and hasattr(llm, "release"):
+                llm.release()
+        finally:
+            self._release_device()
+
+
+# ---------------------------------------------------------------- Ollama (hailo-ollama)
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class OllamaBackend:
+    """The Ollama-compatible ``/api/chat`` of hailo-ollama, on loopback only."""
+
+    def __init__(self, manifest: Manifest, *, base_url: str | None = None, timeout_s: float = 300):
+        if manifest.backend != "ollama" or not manifest.file.startswith("ollama:"):
+            raise ModelError(f"{manifest.name} is not an Ollama model (file = 'ollama:NAME:TAG')")
+        import httpx
+
+        self.manifest = manifest
+        self.model_id = manifest.model_id
+        self.model_sha256 = require_sha256(manifest)
+        self.context_tokens = manifest.context_tokens
+        self.model = manifest.file[len("ollama:") :]
+        self.seed = int(manifest.options.get("seed", 7))
+        url = base_url or str(manifest.options.get("base_url", "http://127.0.0.1:8000"))
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname not in _LOOPBACK:
+            raise ModelError(f"the Ollama backend talks to loopback only, not {url!r}")
+        # trust_env=False: no proxy from the environment ever sees a prompt.
+        self._http = httpx.Client(base_url=url, timeout=timeout_s, trust_env=False)
+        self._httpx = httpx
+        self._lock = threading.Lock()
+
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [
+                {"role": m["role"], "content": templates.defang(m["content"])} for m in messages
+            ],
+            "stream": False,
+            "options": {"temperature": 0, "seed": self.seed, "num_predict": self._max_tokens},
+        }
+        if schema is not None:
+            body["format"] = schema  # honoured by Ollama; hailo-ollama may ignore it
+        try:
+            r = self._http.post("/api/chat", json=body)
+            r.raise_for_status()
+            data = r.json()
+            text = data["message"]["content"]
+        except (self._httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"the Ollama server at {self._http.base_url} failed: {e}") from None
+        return _Raw(
+            str(text),
+            int(data.get("eval_count") or 0),
+            False,
+            int(data.get("prompt_eval_count") or 0),
+        )
+
+    def generate(
+        self,
+        system: str,
+        user: str,
+        *,
+        json_schema: dict[str, Any] | None,
+        max_tokens: int,
+        examples: Sequence[tuple[str, str]] = (),
+    ) -> Generation:
+        with self._lock:
+            self._max_tokens = max_tokens
+            self._fixed = 1 + 2 * len(examples)
+            return _checked(self._raw, system, user, json_schema, examples)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def make_backend(manifest: Manifest) -> Backend:
+    """The backend a manifest names, loaded and verified."""
+    if manifest.backend == "llama_cpp":
+        return LlamaCppBackend(manifest)
+    if manifest.backend == "hailo":
+        return HailoBackend(manifest)
+    return OllamaBackend(manifest)

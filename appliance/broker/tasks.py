@@ -1,0 +1,90 @@
+"""Tasks: free text from a paired desktop, planned by the box's model.
+
+The broker hands the agent the requester's words and the *names* in the
+shares (never contents); the agent answers a plan of intents; the plan then
+takes exactly the path of ``POST /v1/intents`` (scope, policy, approval,
+token, executor, audit). Nothing the model says is trusted: its intents are
+validated like a desktop's, and any failure of the agent (not running, hung,
+crashed, garbage) ends the task with the reason and changes nothing.
+
+Progress is a list of events (planning, planned, decided, pending approval,
+done/failed) kept with the task, for ``GET /v1/tasks/{id}`` and its SSE
+stream.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from typing import Any
+
+from appliance.db import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    text_sha256 TEXT NOT NULL,
+    status TEXT NOT NULL,
+    plan_id TEXT,
+    model_id TEXT,
+    model_sha256 TEXT,
+    time_to_plan_s REAL,
+    error TEXT,
+    events TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+# planning -> planned -> (the plan's own statuses) ; or failed
+TERMINAL = frozenset({"done", "denied", "failed", "expired"})
+TEXT_MAX = 4000  # characters of a task's text
+
+
+class TaskStore:
+    def __init__(self, db: Database):
+        self.db = db
+        db.ensure(SCHEMA)
+        self._changed = threading.Condition()
+
+    def create(self, requester: str, text_sha256: str) -> str:
+        task_id = "task_" + secrets.token_hex(8)
+        self.db.execute(
+            "INSERT INTO tasks (task_id, requester, text_sha256, status, events, created)"
+            " VALUES (?, ?, ?, 'planning', ?, ?)",
+            (task_id, requester, text_sha256, json.dumps([_event("planning")]), time.time()),
+        )
+        return task_id
+
+    def row(self, task_id: str) -> dict[str, Any] | None:
+        row = self.db.one("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        if row is None:
+            return None
+        out = dict(row)
+        out["events"] = json.loads(out["events"])
+        return out
+
+    def update(self, task_id: str, event: str, **fields: Any) -> None:
+        """Record a step: set ``fields`` and append an event carrying them."""
+        with self._changed:
+            row = self.row(task_id)
+            if row is None:
+                return
+            events = row["events"] + [_event(event, **fields.pop("detail", {}))]
+            cols = ", ".join(f"{k} = ?" for k in fields)
+            sets = f"{cols}, events = ?" if cols else "events = ?"
+            self.db.execute(
+                f"UPDATE tasks SET {sets} WHERE task_id = ?",
+                (*fields.values(), json.dumps(events), task_id),
+            )
+            self._changed.notify_all()
+
+    def wait_change(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+
+def _event(kind: str, **detail: Any) -> dict[str, Any]:
+    return {"event": kind, "time": time.time(), **detail}

@@ -1,0 +1,161 @@
+"""The model agent: time-to-plan and tokens/s through the whole agent path
+(client -> Unix socket -> server -> planner -> llama.cpp with a grammar)
+beside raw llama.cpp generating the same number of tokens from the same
+prompt and the same prompt state in the same run (the ratio is the agent's overhead: grammar,
+rendering, validation, the socket), and the effect of the prompt cache
+(the first request evaluates the fixed system prompt and examples; later
+ones start from their saved state).
+
+    .venv/bin/python bench/bench_agent.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from appliance.agent import templates  # noqa: E402
+from appliance.agent.backends import LlamaCppBackend  # noqa: E402
+from appliance.agent.client import AgentClient  # noqa: E402
+from appliance.agent.models import default_manifest_path, load_manifest  # noqa: E402
+from appliance.agent.planner import (  # noqa: E402
+    PLAN_EXAMPLES,
+    PLAN_SYSTEM,
+    Planner,
+    _listing_scope,
+)
+from appliance.agent.server import AgentServer  # noqa: E402
+
+LISTING = {
+    "docs": [
+        "Inbox/",
+        "Inbox/2021-invoice.pdf",
+        "Inbox/2022-receipt.pdf",
+        "Inbox/2023-letter.pdf",
+        "Inbox/scan-0001.pdf",
+        "notes.txt",
+        "Photos/",
+    ]
+}
+REQUESTS = [
+    "sort the PDFs in Inbox into folders by year",
+    "delete notes.txt",
+    "make a folder called Archive",
+    "list the Inbox",
+]
+
+
+def messages_for(planner: Planner, text: str) -> list[dict[str, str]]:
+    """Exactly the messages the planner sends for ``text`` over LISTING."""
+    budget = planner._char_budget(PLAN_SYSTEM, planner.plan_max_tokens)
+    shown = _listing_scope(LISTING, budget).shown
+    user = f"NAMES: {json.dumps(shown, ensure_ascii=False)}\nRequest: {text}"
+    return templates.chat(PLAN_SYSTEM, user, PLAN_EXAMPLES)
+
+
+def rewind(backend: LlamaCppBackend, messages: list[dict[str, str]]) -> None:
+    """Put the context back to exactly the evaluated fixed prompt (system +
+    examples), so each measured request evaluates its own words and names
+    and generates, whatever ran before it."""
+    head = backend.tokens(
+        templates.segments(backend.manifest, messages[:-1], add_generation_prompt=False)
+    )
+    backend._llm.load_state(backend._states[tuple(head)])
+
+
+def raw_generation(
+    backend: LlamaCppBackend, messages: list[dict[str, str]], n_tokens: int
+) -> tuple[float, int]:
+    """llama.cpp alone: the same rendered prompt from the same cached prefix
+    state, generating ``n_tokens`` (EOS banned so it does not stop early); no
+    grammar, no socket, no validation."""
+    llm = backend._llm  # the same loaded model
+    prompt = backend.tokens(templates.segments(backend.manifest, messages))
+    rewind(backend, messages)
+    start = time.perf_counter()
+    out = llm.create_completion(
+        prompt=prompt,
+        max_tokens=n_tokens,
+        temperature=0.0,
+        logit_bias={llm.token_eos(): -1e9},
+    )
+    return time.perf_counter() - start, int(out["usage"]["completion_tokens"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rounds = 1 if args.quick else 3
+
+    t0 = time.perf_counter()
+    backend = LlamaCppBackend(load_manifest(default_manifest_path()))
+    load_s = time.perf_counter() - t0
+    planner = Planner(backend)
+    folder = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    server = AgentServer(folder / "agent.sock", planner, broker_uid=None)
+    server.serve_in_thread()
+    client = AgentClient(server.socket_path, timeout_s=120)
+
+    print(f"model {backend.model_id}: verify (sha256) + load {load_s:.2f} s")
+    # Cold: the first request evaluates the fixed prompt (system + examples).
+    t = time.perf_counter()
+    cold = client.plan(REQUESTS[0], LISTING)
+    cold_s = time.perf_counter() - t
+    print(
+        f"first request (cache empty):  time-to-plan {cold_s:.2f} s, "
+        f"{cold['tokens']} tokens, cached_prefix={cold['cached_prefix']}"
+    )
+
+    requests = REQUESTS if not args.quick else REQUESTS[:1]
+    agent_s: list[float] = []
+    raw_s: list[float] = []
+    rows = []
+    for _ in range(rounds):
+        for text in requests:
+            messages = messages_for(planner, text)
+            rewind(backend, messages)
+            t = time.perf_counter()
+            r = client.plan(text, LISTING)
+            elapsed = time.perf_counter() - t
+            raw_t, raw_n = raw_generation(backend, messages, r["tokens"])
+            agent_s.append(elapsed)
+            raw_s.append(raw_t)
+            rows.append((text, elapsed, r["tokens"], r["cached_prefix"], raw_t, raw_n))
+    print()
+    print(f"{'request':46} {'agent s':>8} {'tokens':>6} {'tok/s':>6} {'raw s':>7} {'raw tok/s':>9}")
+    for text, elapsed, n, _, raw_t, raw_n in rows:
+        print(
+            f"{text[:46]:46} {elapsed:8.3f} {n:6d} {n / elapsed:6.1f} {raw_t:7.3f} "
+            f"{raw_n / raw_t:9.1f}"
+        )
+    warm = statistics.median(agent_s)
+    raw = statistics.median(raw_s)
+    print()
+    print(f"time-to-plan, later requests (median): {warm:.3f} s")
+    print(f"raw llama.cpp, same tokens, same prefix state (median): {raw:.3f} s")
+    print(f"agent overhead ratio (agent / raw): {warm / raw:.2f}")
+    print(
+        f"prompt cache: first request {cold_s:.2f} s vs later {warm:.3f} s (x{cold_s / warm:.1f})"
+    )
+
+    if not args.quick:
+        backend.prefix_cache = False
+        t = time.perf_counter()
+        client.plan(REQUESTS[0], LISTING)
+        nocache_s = time.perf_counter() - t
+        backend.prefix_cache = True
+        print(f"same request with the prefix cache off: {nocache_s:.2f} s")
+    server.close()
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The Hailo-10H and hailo-ollama paths without the device: recorded model
+outputs (good, chatty, cut off, escaping, wrong shape) replayed through the
+real backend code: template, parsing, validation, the one repair, the planner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.agent.backends import HailoBackend, OllamaBackend
+from appliance.agent.errors import ModelError
+from appliance.agent.models import MODELS_DIR, Manifest, load_manifest
+from appliance.agent.planner import Planner
+from appliance.intents import Plan
+from tests.agent.conftest import LISTING
+
+RECORDED = Path(__file__).parent / "recorded"
+
+
+def recorded(name: str) -> str:
+    return (RECORDED / name).read_text()
+
+
+class RecordedLLM:
+    """Stands where ``hailo_platform.genai.LLM`` stands on the Pi and replays
+    outputs recorded from Hailo-style models, one per call."""
+
+    def __init__(self, *outputs: str):
+        self.outputs = list(outputs)
+        self.calls: list[dict[str, Any]] = []
+        self.cleared = 0
+        self.released = False
+
+    def generate_all(self, **kwargs: Any) -> str:
+        self.calls.append(kwargs)
+        return self.outputs.pop(0)
+
+    def clear_context(self) -> None:
+        self.cleared += 1
+
+    def get_context_usage_size(self) -> int:
+        return 321
+
+    def release(self) -> None:
+        self.released = True
+
+
+def hailo_manifest(name: str = "hailo-qwen2.5-1.5b-instruct.toml") -> Manifest:
+    return load_manifest(MODELS_DIR / name)
+
+
+def planner_on(*outputs: str, manifest: Manifest | None = None) -> tuple[Planner, RecordedLLM]:
+    llm = RecordedLLM(*outputs)
+    return Planner(HailoBackend(manifest or hailo_manifest(), llm=llm)), llm
+
+
+def test_good_output_plans_without_repair() -> None:
+    planner, llm = planner_on(recorded("qwen_plan_ok.txt"))
+    result = planner.plan("sort the PDFs in Inbox by year", LISTING)
+    Plan.model_validate({"intents": result.intents})
+    assert result.intents == [
+        {"verb": "file.mkdir", "resource": "share:docs/2021", "params": {}},
+        {
+            "verb": "file.move",
+            "resource": "share:docs/Inbox/2021-invoice.pdf",
+            "params": {"to": "share:docs/2021/2021-invoice.pdf"},
+        },
+        {"verb": "file.mkdir", "resource": "share:docs/2022", "params": {}},
+        {
+            "verb": "file.move",
+            "resource": "share:docs/Inbox/2022-receipt.pdf",
+            "params": {"to": "share:docs/2022/2022-receipt.pdf"},
+        },
+    ]
+    assert not result.repaired and result.model_id == "Qwen2.5-1.5B-Instruct-Hailo10H"
+    assert result.model_sha256 == hailo_manifest().sha256
+    # One call: rendered ChatML (generate_all applies no template), fresh context.
+    (call,) = llm.calls
+    assert call["prompt"].startswith("<|im_start|>system\nYou are the planner")
+    assert call["prompt"].endswith("<|im_start|>assistant\n")
+    assert "Request: sort the PDFs in Inbox by year" in call["prompt"]
+    assert call["max_generated_tokens"] == planner.plan_max_tokens and call["seed"] == 7
+    assert llm.cleared == 1
+
+
+def test_chatty_output_in_a_code_fence_is_read() -> None:
+    planner, _ = planner_on(recorded("qwen_plan_prose.txt"))
+    assert planner.plan("sort", LISTING).intents[-1]["params"]["to"] == (
+        "share:docs/2021/2021-invoice.pdf"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "qwen_plan_escape.txt",
+        "qwen_plan_outside.txt",
+        "qwen_plan_truncated.txt",
+        "qwen_plan_wrong_shape.txt",
+    ],
+)
+def test_one_repair_with_the_errors_quoted(bad: str) -> None:
+    planner, llm = planner_on(recorded(bad), recorded("qwen_plan_ok.txt"))
+    result = planner.plan("sort the PDFs", LISTING)
+    assert result.repaired and len(llm.calls) == 2 and llm.cleared == 2
+    repair = llm.calls[1]["prompt"]
+    assert "Your answer was not valid:" in repair
+    # The bad answer is shown back as the assistant's turn, the errors as the user's.
+    assert repair.count("<|im_start|>assistant\n") == len(planner_examples()) + 2
+
+
+def planner_examples() -> tuple:
+    from appliance.agent.planner import PLAN_EXAMPLES
+
+    return PLAN_EXAMPLES
+
+
+@pytest.mark.parametrize("bad", ["qwen_plan_escape.txt", "qwen_plan_outside.txt"])
+def test_still_invalid_after_the_repair_fails_the_task(bad: str) -> None:
+    planner, llm = planner_on(recorded(bad), recorded(bad))
+    with pytest.raises(ModelError, match="even after one repair"):
+        planner.plan("delete my ssh keys", LISTING)
+    assert len(llm.calls) == 2  # bounded: never a third attempt
+
+
+def test_deepseek_thinking_is_skipped() -> None:
+    m = hailo_manifest("hailo-deepseek-r1-distill-qwen-1.5b.toml")
+    planner, llm = planner_on(recorded("deepseek_plan_think.txt"), manifest=m)
+    result = planner.plan("delete notes.txt", LISTING)
+    assert result.intents == [
+        {"verb": "file.delete", "resource": "share:docs/notes.txt", "params": {}}
+    ]
+    assert llm.calls[0]["prompt"].endswith("<｜Assistant｜><think>\n")
+
+
+def test_extract_on_recorded_outputs() -> None:
+    planner, llm = planner_on(recorded("qwen_extract_ok.txt"))
+    out = planner.extract("ACME GmbH invoice, 2021", {"year": "integer", "vendor": "string"})
+    assert out["values"] == {"year": 2021, "vendor": "ACME GmbH"}
+    assert "BEGIN-" in llm.calls[0]["prompt"]
+    # A wrong type and a smuggled extra field: repaired, else refused.
+    planner, _ = planner_on(recorded("qwen_extract_bad.txt"), recorded("qwen_extract_bad.txt"))
+    with pytest.raises(ModelError):
+        planner.extract("x", {"year": "integer", "vendor": "string"})
+
+
+def test_close_releases_the_model() -> None:
+    llm = RecordedLLM()
+    HailoBackend(hailo_manifest(), llm=llm).close()
+    assert llm.released
+
+
+def test_without_hailo_platform_the_error_says_what_is_missing(tmp_path: Path) -> None:
+    hef = tmp_path / "model.hef"
+    hef.write_bytes(b"not really a HEF")
+    m = replace(
+        hailo_manifest(), file=str(hef), sha256=hashlib.sha256(hef.read_bytes()).hexdigest()
+    )
+    with pytest.raises(ModelError, match="hailo_platform.*Debian packages"):
+        HailoBackend(m)
+
+
+def test_a_missing_hef_is_refused_before_any_import() -> None:
+    with pytest.raises(ModelError, match="missing"):
+        HailoBackend(hailo_manifest())
+
+
+# ---------------------------------------------------------------- hailo-ollama over HTTP
+
+
+class _Ollama(BaseHTTPRequestHandler):
+    answers: list[str] = []
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append({"path": self.path, **body})
+        out = json.dumps(
+            {
+                "model": body["model"],
+                "message": {"role": "assistant", "content": type(self).answers.pop(0)},
+                "done": True,
+                "eval_count": 17,
+                "prompt_eval_count": 300,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def ollama() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ollama)
+    _Ollama.seen = []
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_ollama_chat_with_repair(ollama: str) -> None:
+    _Ollama.answers = [recorded("qwen_plan_truncated.txt"), recorded("qwen_plan_ok.txt")]
+    m = load_manifest(MODELS_DIR / "ollama-qwen2.5-instruct-1.5b.toml")
+    backend = OllamaBackend(m, base_url=ollama)
+    result = Planner(backend).plan("sort the PDFs", LISTING)
+    assert result.repaired and result.tokens == 34 and len(result.intents) == 4
+    first = _Ollama.seen[0]
+    assert first["path"] == "/api/chat" and first["model"] == "qwen2.5-instruct:1.5b"
+    assert first["stream"] is False and first["format"]["required"] == ["steps"]
+    assert first["messages"][0]["role"] == "system" and first["messages"][-1]["role"] == "user"
+    backend.close()
+
+
+def test_ollama_down_is_a_model_error() -> None:
+    m = load_manifest(MODELS_DIR / "ollama-qwen2.5-instruct-1.5b.toml")
+    backend = OllamaBackend(m, base_url="http://127.0.0.1:9", timeout_s=2)
+    with pytest.raises(ModelError, match="Ollama server"):
+        Planner(backend).plan("list", LISTING)

@@ -1,0 +1,77 @@
+"""Tasks in plain words, broker side: whatever goes wrong with the agent, the
+task ends with the reason and nothing is done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.unit.test_api import make_broker, pair
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    share = tmp_path / "share"
+    (share / "Inbox").mkdir(parents=True)
+    (share / "Inbox" / "2021-invoice.pdf").write_bytes(b"%PDF")
+    broker = make_broker(tmp_path, share, agent_socket=tmp_path / "no-agent.sock",
+                         agent_timeout_s=5)
+    from appliance.api.app import create_app
+
+    http = TestClient(create_app(broker))
+    http.headers["Authorization"] = "Bearer " + pair(http, broker)
+    yield broker, http, share
+    broker.close()
+
+
+def test_no_agent_running_fails_the_task_cleanly(setup) -> None:
+    broker, http, share = setup
+    r = http.post("/v1/tasks", json={"text": "sort the PDFs in my Inbox by year"})
+    assert r.status_code == 202 and r.json()["status"] == "planning"
+    task = http.get(f"/v1/tasks/{r.json()['task_id']}", params={"wait": 10}).json()
+    assert task["status"] == "failed"
+    assert "agent" in task["error"] and task["plan_id"] is None
+    assert [e["event"] for e in task["events"]] == ["planning", "failed"]
+    assert broker.db.one("SELECT COUNT(*) AS n FROM plans")["n"] == 0
+    assert (share / "Inbox" / "2021-invoice.pdf").exists()
+    kinds = [e["kind"] for e in broker.audit.entries(0, 1000)]
+    assert "task.received" in kinds and "task.failed" in kinds
+    # The words are not kept, only their hash.
+    received = [e for e in broker.audit.entries(0, 1000) if e["kind"] == "task.received"][0]
+    assert "sort the PDFs" not in json.dumps(received)
+
+
+def test_events_stream_ends_with_the_task(setup) -> None:
+    _, http, _ = setup
+    task_id = http.post("/v1/tasks", json={"text": "list the Inbox"}).json()["task_id"]
+    with http.stream("GET", f"/v1/tasks/{task_id}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[0]["event"] == "planning" and events[-1]["event"] == "failed"
+
+
+@pytest.mark.parametrize("body", [{"text": ""}, {"text": "   "}, {"text": "x" * 4001},
+                                  {"text": 5}, {"words": "hi"}])
+def test_bad_task_bodies(setup, body: dict) -> None:
+    broker, http, _ = setup
+    r = http.post("/v1/tasks", json=body)
+    assert r.status_code == 422 and r.json()["reason"]
+    assert broker.db.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+
+
+def test_listing_has_names_only(setup) -> None:
+    broker, _, share = setup
+    (share / "Inbox" / "secret.txt").write_text("the content must never reach the planner")
+    listing = broker.listing()
+    assert listing == {"docs": ["Inbox/", "Inbox/2021-invoice.pdf", "Inbox/secret.txt"]}
+
+
+def test_unknown_task_is_404(setup) -> None:
+    _, http, _ = setup
+    assert http.get("/v1/tasks/task_nope").status_code == 404
+    assert http.get("/v1/tasks/task_nope/events").status_code == 404
+
+
