@@ -17,8 +17,9 @@ def setup(tmp_path: Path):
     share = tmp_path / "share"
     (share / "Inbox").mkdir(parents=True)
     (share / "Inbox" / "2021-invoice.pdf").write_bytes(b"%PDF")
-    broker = make_broker(tmp_path, share, agent_socket=tmp_path / "no-agent.sock",
-                         agent_timeout_s=5)
+    broker = make_broker(
+        tmp_path, share, agent_socket=tmp_path / "no-agent.sock", agent_timeout_s=5
+    )
     from appliance.api.app import create_app
 
     http = TestClient(create_app(broker))
@@ -53,8 +54,9 @@ def test_events_stream_ends_with_the_task(setup) -> None:
     assert events[0]["event"] == "planning" and events[-1]["event"] == "failed"
 
 
-@pytest.mark.parametrize("body", [{"text": ""}, {"text": "   "}, {"text": "x" * 4001},
-                                  {"text": 5}, {"words": "hi"}])
+@pytest.mark.parametrize(
+    "body", [{"text": ""}, {"text": "   "}, {"text": "x" * 4001}, {"text": 5}, {"words": "hi"}]
+)
 def test_bad_task_bodies(setup, body: dict) -> None:
     broker, http, _ = setup
     r = http.post("/v1/tasks", json=body)
@@ -73,5 +75,3 @@ def test_unknown_task_is_404(setup) -> None:
     _, http, _ = setup
     assert http.get("/v1/tasks/task_nope").status_code == 404
     assert http.get("/v1/tasks/task_nope/events").status_code == 404
-
-
