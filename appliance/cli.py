@@ -331,12 +331,6 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0 if task["status"] == "done" else 1
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    from appliance.agent.__main__ import main as agent_main
-
-    return agent_main(args.agent_args)
-
-
 def cmd_undo(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
@@ -464,11 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     desktop(task)
     task.set_defaults(func=cmd_task)
 
-    agent = sub.add_parser(
-        "agent", help="run the model agent (its own process; see `appliance agent -- --help`)"
-    )
-    agent.add_argument("agent_args", nargs=argparse.REMAINDER)
-    agent.set_defaults(func=cmd_agent)
+    # Listed for --help; `main` hands `appliance agent ...` to the agent's own parser.
+    sub.add_parser("agent", help="run the model agent (its own process; `appliance agent -h`)")
 
     verify = sub.add_parser("verify", help="check the box is the one paired with")
     desktop(verify)
@@ -482,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:
+        # The agent has its own command line (and its own process and user).
+        from appliance.agent.__main__ import main as agent_main
+
+        return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "clients" and args.action == "revoke" and not args.client_id:
         print("clients revoke needs a CLIENT_ID", file=sys.stderr)

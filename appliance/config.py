@@ -18,6 +18,9 @@ DEFAULT_POLICY_DIR = (
 )
 
 
+PRODUCTION_AGENT_SOCKET = Path("/run/appliance-agent/agent.sock")
+
+
 @dataclass(frozen=True)
 class Limits:
     read_bytes: int = 1 << 20  # file.read answers at most this many bytes
@@ -80,7 +83,11 @@ class Config:
 
     @property
     def agent_socket_path(self) -> Path:
-        return self.agent_socket or self.state_dir / "agent.sock"
+        # Production: the agent runs as its own user, which cannot enter the
+        # broker's 0700 state directory; its unit makes /run/appliance-agent.
+        if self.agent_socket is not None:
+            return self.agent_socket
+        return self.state_dir / "agent.sock" if self.dev else PRODUCTION_AGENT_SOCKET
 
     @property
     def control_socket(self) -> Path:
