@@ -316,7 +316,11 @@ def cmd_task(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
     client = ApplianceClient.from_file(args.credentials)
-    task = client.task(args.text)
+    from_content = None
+    if args.from_content:
+        field, _, kind = args.from_content.partition(":")
+        from_content = {"field": field, "type": kind or "string"}
+    task = client.task(args.text, from_content)
     for event in client.task_events(task["task_id"]):
         detail = {k: v for k, v in event.items() if k not in ("event", "time") and v}
         print(
@@ -455,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     task = sub.add_parser("task", help="ask in plain words; the box's model plans it")
     task.add_argument("text")
+    task.add_argument(
+        "--from-content",
+        metavar="FIELD:TYPE",
+        help="name each destination folder after a value read inside the file, e.g. year:integer",
+    )
     desktop(task)
     task.set_defaults(func=cmd_task)
 

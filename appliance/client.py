@@ -189,8 +189,11 @@ class ApplianceClient:
         ]
 
     # tasks ----------------------------------------------------------------
-    def task(self, text: str) -> dict[str, Any]:
-        return self._call("POST", "/v1/tasks", json={"text": text})
+    def task(self, text: str, from_content: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"text": text}
+        if from_content:
+            body["from_content"] = from_content
+        return self._call("POST", "/v1/tasks", json=body)
 
     def task_status(self, task_id: str, wait: float = 0) -> dict[str, Any]:
         return self._call("GET", f"/v1/tasks/{task_id}", params={"wait": wait})

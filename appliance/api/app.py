@@ -49,6 +49,9 @@ STATUS_FOR_PLAN = {
 class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
+    # Optional: each move's destination folder is this value, read from inside
+    # the file by the quarantined extractor (e.g. {"field": "year", "type": "integer"}).
+    from_content: dict[str, str] | None = None
 
 
 class PairingRequest(BaseModel):
@@ -255,7 +258,7 @@ def create_app(broker: Broker) -> FastAPI:
     @app.post("/v1/tasks", status_code=202)
     def task(body: TaskRequest, client_id: Client) -> dict[str, Any]:
         """Free text: the box's model plans it, then it takes the path of any plan."""
-        return broker.submit_task(client_id, body.text)
+        return broker.submit_task(client_id, body.text, body.from_content)
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(

@@ -30,7 +30,13 @@ from appliance.broker.fileops import FileOps
 from appliance.broker.plans import TERMINAL, PlanStore
 from appliance.broker.scope import Shares, Target
 from appliance.broker.snapshots import SnapshotStore
-from appliance.broker.tasks import TEXT_MAX, TaskStore
+from appliance.broker.tasks import (
+    CONTENT_MAX,
+    FOLDER_NAME,
+    TEXT_MAX,
+    TaskStore,
+    check_from_content,
+)
 from appliance.config import Config
 from appliance.db import Database
 from appliance.errors import (
@@ -688,8 +694,16 @@ class Broker:
         return result
 
     # ------------------------------------------------------------------ tasks
-    def submit_task(self, requester: str, text: str) -> dict[str, Any]:
-        """Free text from a paired desktop: the agent plans it in the background."""
+    def submit_task(
+        self, requester: str, text: str, from_content: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Free text from a paired desktop: the agent plans it in the background.
+
+        ``from_content`` ({"field": "year", "type": "integer"}) asks for each
+        planned move's destination folder to be a value found *inside* the file
+        (see :meth:`_fill_from_content`)."""
+        if from_content is not None:
+            check_from_content(from_content)
         if not text.strip() or len(text) > TEXT_MAX:
             raise ApplianceError(
                 f"a task is 1 to {TEXT_MAX} characters of text", code="invalid_request", status=422
@@ -702,16 +716,23 @@ class Broker:
             {"task_id": task_id, "requester": requester, "text_sha256": text_sha256},
         )
         threading.Thread(
-            target=self._run_task, args=(task_id, requester, text), daemon=True, name=task_id
+            target=self._run_task,
+            args=(task_id, requester, text, from_content),
+            daemon=True,
+            name=task_id,
         ).start()
         return self.task_public(task_id)
 
-    def _run_task(self, task_id: str, requester: str, text: str) -> None:
+    def _run_task(
+        self, task_id: str, requester: str, text: str, from_content: dict[str, str] | None
+    ) -> None:
         try:
             listing = self.listing()
             result = self._agent().plan(text, listing)
             try:
                 intents = [Intent.model_validate(i) for i in result["intents"]]
+                if from_content is not None:
+                    intents = self._fill_from_content(task_id, intents, from_content)
                 if not intents:
                     raise ValueError("the plan is empty")
             except (ValueError, TypeError, KeyError) as e:
@@ -775,6 +796,57 @@ class Broker:
                 continue
             status = now["status"]
             self.tasks.update(task_id, status, status=status, detail={"error": now["error"]})
+
+    def _fill_from_content(
+        self, task_id: str, intents: list[Intent], spec: dict[str, str]
+    ) -> list[Intent]:
+        """The quarantined step: the plan was made from names only; now each
+        moved file's content is read (bounded) and given to the agent's
+        extractor, which returns one value, as data. That value may only become
+        the name of the destination folder (one path component, checked) beside
+        the one the plan chose; it is tagged ``provenance: content``, so policy
+        never plainly allows the move, and it can add no verb and no target
+        outside the plan. A file whose value is missing or unusable is left out.
+        """
+        agent = self._agent()
+        field, kind = spec["field"], spec["type"]
+        moves: list[Intent] = []
+        folders: dict[str, Target] = {}
+        for intent in intents:
+            if intent.verb != "file.move":
+                continue
+            src = self.shares.parse(intent.resource)
+            dest = self.shares.parse(intent.params["to"])
+            read = self.files.execute("file.read", src, {"max_bytes": CONTENT_MAX})
+            content = read.result["content"]
+            if read.result.get("encoding") == "base64":
+                content = base64.b64decode(content).decode("utf-8", "replace")
+            value = agent.extract(content, {field: kind})["values"][field]
+            folder = str(value).strip() if value is not None else ""
+            if not FOLDER_NAME.fullmatch(folder) or len(dest.parts) < 2:
+                self.tasks.update(task_id, "extract_skipped", detail={"resource": src.canonical})
+                continue
+            folder_target = Target(dest.share, (*dest.parts[:-2], folder))
+            folders[folder_target.canonical] = folder_target
+            moves.append(
+                Intent(
+                    verb="file.move",
+                    resource=src.canonical,
+                    params={"to": folder_target.child(dest.parts[-1]).canonical},
+                    provenance={"params.to": "content"},
+                )
+            )
+            self.tasks.update(
+                task_id, "extracted", detail={"resource": src.canonical, "folder": folder}
+            )
+        mkdirs = [
+            Intent(verb="file.mkdir", resource=name, provenance={"resource": "content"})
+            for name, target in sorted(folders.items())
+            if self.shares.inspect(target) is None
+        ]
+        # Kept: what the plan did besides moves (minus folders it made for them).
+        others = [i for i in intents if i.verb not in ("file.move", "file.mkdir")]
+        return others + mkdirs + moves
 
     def listing(self, max_entries: int = 500, max_depth: int = 4) -> dict[str, list[str]]:
         """The names in each share (directories end with "/"), bounded: all

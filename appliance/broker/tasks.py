@@ -15,12 +15,14 @@ stream.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
 from typing import Any
 
 from appliance.db import Database
+from appliance.errors import ApplianceError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -41,6 +43,28 @@ CREATE TABLE IF NOT EXISTS tasks (
 # planning -> planned -> (the plan's own statuses) ; or failed
 TERMINAL = frozenset({"done", "denied", "failed", "expired"})
 TEXT_MAX = 4000  # characters of a task's text
+CONTENT_MAX = 64 * 1024  # bytes of a file the extractor may see
+# What a value found in a file may become: one folder name, nothing more.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,63}")
+FIELD_TYPES = ("integer", "string", "date")
+
+
+def check_from_content(spec: object) -> None:
+    """``{"field": NAME, "type": "integer" | "string" | "date"}``, or a clear refusal."""
+    ok = (
+        isinstance(spec, dict)
+        and set(spec) == {"field", "type"}
+        and isinstance(spec["field"], str)
+        and re.fullmatch(r"[a-z][a-z0-9_]{0,31}", spec["field"]) is not None
+        and spec["type"] in FIELD_TYPES
+    )
+    if not ok:
+        raise ApplianceError(
+            'from_content must be {"field": a lower-case name, "type": one of '
+            f"{', '.join(FIELD_TYPES)}}}",
+            code="invalid_request",
+            status=422,
+        )
 
 
 class TaskStore:

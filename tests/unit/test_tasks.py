@@ -75,3 +75,20 @@ def test_unknown_task_is_404(setup) -> None:
     _, http, _ = setup
     assert http.get("/v1/tasks/task_nope").status_code == 404
     assert http.get("/v1/tasks/task_nope/events").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"field": "year"},
+        {"field": "Year", "type": "integer"},
+        {"field": "y", "type": "path"},
+        {"field": "y", "type": "integer", "to": "/etc"},
+        {"field": "../x", "type": "string"},
+    ],
+)
+def test_bad_from_content_refused(setup, spec: dict) -> None:
+    broker, http, _ = setup
+    r = http.post("/v1/tasks", json={"text": "sort by year", "from_content": spec})
+    assert r.status_code == 422 and r.json()["reason"]
+    assert broker.db.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
