@@ -70,7 +70,7 @@ of file actions. Reply with JSON only: {"steps": [...]}. Each step is one action
 {"verb": "file.read", "path": FILE} reads a file.
 {"verb": "file.mkdir", "path": NEW_FOLDER} makes a new folder.
 {"verb": "file.move", "path": ENTRY, "folder": FOLDER} moves a file or folder into a folder.
-{"verb": "file.copy", "path": ENTRY, "folder": FOLDER} copies a file or folder into a folder.
+{"verb": "file.copy", "path": FILE, "folder": FOLDER} copies a file into a folder.
 {"verb": "file.rename", "path": ENTRY, "name": NEW_NAME} renames a file or folder.
 {"verb": "file.delete", "path": ENTRY} deletes a file or folder.
 {"verb": "file.write", "path": FILE, "content": TEXT} writes text into a file.
@@ -254,7 +254,8 @@ def plan_schema_for(scope: _Scope, verbs: tuple[str, ...] = VERBS) -> dict[str, 
         "file.read": _step("file.read", path=file_),
         "file.mkdir": _step("file.mkdir", path=new_folder),
         "file.move": _step("file.move", path=entry, folder=folder),
-        "file.copy": _step("file.copy", path=entry, folder=folder),
+        # The executor copies files only: offer files, not folders.
+        "file.copy": _step("file.copy", path=file_, folder=folder),
         "file.rename": _step(
             "file.rename", path=entry, name={"type": "string", "pattern": f"^{NEW_FILE}$"}
         ),
@@ -342,6 +343,9 @@ def steps_to_intents(steps: list[dict[str, Any]], scope: _Scope) -> list[dict[st
             to = _resource(folder).rstrip("/") + "/" + _basename(path)
             if to == intent["resource"]:
                 continue  # moving something to where it already is
+            inside = (folder.rstrip("/") + "/").startswith(path.rstrip("/") + "/")
+            if path.endswith("/") and inside:
+                continue  # a folder into itself or its own subtree: impossible, drop it
             ensure_folder(folder)
             intent["params"]["to"] = to
         elif verb == "file.rename":

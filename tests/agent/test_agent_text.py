@@ -132,3 +132,18 @@ def test_validate_accepts_and_refuses() -> None:
     for value in bad:
         assert validate(value, SCHEMA), value
     assert validate(True, {"type": "integer"}) and not validate(3, {"type": "integer"})
+
+
+def test_a_folder_is_never_moved_into_itself() -> None:
+    """The grammar lets a model name any folder as a destination; a move of a
+    folder into itself or below it is dropped before it becomes an intent."""
+    from appliance.agent.planner import _listing_scope, steps_to_intents
+
+    scope = _listing_scope({"docs": ["Backup/", "Backup/old/", "a.txt"]}, 10_000)
+    steps = [
+        {"verb": "file.move", "path": "docs/Backup/", "folder": "docs/Backup/"},
+        {"verb": "file.move", "path": "docs/Backup/", "folder": "docs/Backup/old/"},
+        {"verb": "file.move", "path": "docs/a.txt", "folder": "docs/Backup/"},
+    ]
+    intents = steps_to_intents(steps, scope)
+    assert [(i["verb"], i["resource"]) for i in intents] == [("file.move", "share:docs/a.txt")]
