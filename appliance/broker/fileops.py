@@ -26,10 +26,11 @@ import errno
 import hashlib
 import os
 import platform
+import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,8 @@ from appliance.errors import ApplianceError, ExecutionError, ScopeError
 
 TMP_PREFIX = RESERVED_PREFIX + "tmp-"
 DELETING_PREFIX = RESERVED_PREFIX + "deleting-"
+# Exactly the names _tmp_name() and _delete_dir() make, and nothing else.
+LEFTOVER_RE = re.compile(r"\.appliance-(?:tmp|deleting)-[0-9a-f]{16}\Z")
 MAX_DEPTH = 128  # directory nesting walked by snapshots (each level holds an fd)
 RENAME_NOREPLACE = 1
 # renameat2 syscall numbers, used only when libc lacks the wrapper (glibc < 2.28).
@@ -231,6 +234,38 @@ class FileOps:
             except (ApplianceError, OSError):
                 return False  # a parent vanished: leave things as they are
         return False
+
+    def sweep_leftovers(self, targets: Iterable[Target]) -> list[str]:
+        """After a crash, when nothing is in flight: remove the hidden names an
+        interrupted action can leave beside the targets it worked on.
+
+        A write, copy or restore builds its file (or tree) under
+        ``.appliance-tmp-*`` and a directory delete renames the tree to
+        ``.appliance-deleting-*``, both in the target's own directory; neither
+        holds anything that is not either at its final name or in the snapshot
+        store. Only those directories are looked at, only names of exactly that
+        form are removed, and never through a symlink. Returns what was removed.
+        """
+        removed: list[str] = []
+        with self._lock:
+            for parent in {t.parent() for t in targets if not t.is_root}:
+                try:
+                    with self.shares.open_dir(parent) as fd:
+                        for name in sorted(os.listdir(fd)):
+                            st = lstat_at(fd, name) if LEFTOVER_RE.match(name) else None
+                            if st is None:
+                                continue
+                            if stat.S_ISDIR(st.st_mode):
+                                _remove_tree(fd, name)
+                            elif stat.S_ISREG(st.st_mode):
+                                os.unlink(name, dir_fd=fd)
+                            else:
+                                continue
+                            removed.append(parent.child(name).canonical)
+                        _settle(fd)
+                except (ApplianceError, OSError):
+                    continue  # the directory is gone or unreadable: nothing to sweep there
+        return removed
 
     def undo(self, undo: dict[str, Any]) -> dict[str, Any]:
         """Reverse an action from its undo record, if nothing changed since."""

@@ -12,6 +12,7 @@ step may act; if the audit log cannot be written, nothing runs (fail closed).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -244,6 +245,7 @@ class Broker:
             )
         else:
             self.plans.set_action(action["action_id"], status="interrupted", undo=None)
+        leftovers = self.files.sweep_leftovers(self._touched(action))
         self.audit.append(
             "action.interrupted",
             {
@@ -254,8 +256,23 @@ class Broker:
                 "token_id": action["token_id"],
                 "snapshot_id": action["snapshot_id"],
                 "took_effect": took,
+                "leftovers_removed": leftovers,
             },
         )
+
+    def _touched(self, action: dict[str, Any]) -> list[Target]:
+        """The targets an action (or the action an undo reverses) worked on."""
+        if action["verb"] == UNDO_VERB:
+            original = self.plans.action(action["params"].get("action_id", ""))
+            if original is None:
+                return []
+            action = original
+        found = []
+        for resource in (action["resource"], action["params"].get("to")):
+            if isinstance(resource, str):
+                with contextlib.suppress(ApplianceError):
+                    found.append(self.shares.parse(resource))
+        return found
 
     # ------------------------------------------------------------------ evaluate
     def _evaluate(self, intent: Intent, requester: str) -> Evaluated:

@@ -735,6 +735,75 @@ def test_interrupted_move_is_settled_at_restart(
         broker.close()
 
 
+@pytest.mark.parametrize(
+    ("verb", "resource", "params", "kill_at"),
+    [
+        ("file.write", "share:docs/Inbox/new.txt", {"content": "hello"}, ("link",)),
+        ("file.delete", "share:docs/Inbox", {}, ("unlink", "rmdir")),
+    ],
+)
+def test_crash_leftovers_are_swept_at_restart(
+    tmp_path: Path,
+    share: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    verb: str,
+    resource: str,
+    params: dict,
+    kill_at: tuple[str, ...],
+) -> None:
+    """A write killed before its final link leaves a hidden temporary file, a
+    directory delete killed while removing leaves the hidden renamed tree. The
+    next start removes exactly those (audited) and nothing a person put there,
+    even under a look-alike name; a delete that took effect stays undoable."""
+    import appliance.broker.fileops as fileops
+
+    (share / "Inbox" / ".appliance-tmp-notes").write_text("mine")  # not our form
+    broker = make_broker(tmp_path, share)
+    http = TestClient(create_app(broker))
+    http.headers["Authorization"] = "Bearer " + pair(http, broker)
+    intent = {"verb": verb, "resource": resource, "params": params}
+    plan = http.post("/v1/intents", json={"intents": [intent]}).json()
+    action, claims = stored_action(broker, plan)
+    broker.plans.set_plan(plan["plan_id"], "running")
+
+    def kill(*args: object, **kw: object) -> None:
+        raise _Kill
+
+    for call in kill_at:  # from the first of these calls on, the process is dead
+        monkeypatch.setattr(fileops.os, call, kill)
+    monkeypatch.setattr(fileops, "_unlink_quietly", kill)
+    with pytest.raises(_Kill):
+        broker.execute(broker.tokens.mint(claims), claims, action)
+    monkeypatch.undo()
+    where = share / "Inbox" if verb == "file.write" else share
+    hidden = [p.name for p in where.iterdir() if fileops.LEFTOVER_RE.match(p.name)]
+    assert len(hidden) == 1
+    broker.audit.close()
+    broker.db.close()  # no orderly shutdown: as after a kill
+
+    broker = make_broker(tmp_path, share)
+    try:
+        assert not [p for p in where.iterdir() if fileops.LEFTOVER_RE.match(p.name)]
+        (entry,) = [e for e in broker.audit.entries(0, 10_000) if e["kind"] == "action.interrupted"]
+        folder = "share:docs/Inbox/" if verb == "file.write" else "share:docs/"
+        assert entry["data"]["leftovers_removed"] == [folder + hidden[0]]
+        (done,) = broker.plans.public(plan["plan_id"])["intents"]
+        if verb == "file.write":
+            assert not (share / "Inbox" / "new.txt").exists()
+            assert (share / "Inbox" / ".appliance-tmp-notes").read_text() == "mine"
+        else:
+            assert done["status"] == "done" and done["undoable"]
+            http = TestClient(create_app(broker))
+            http.headers["Authorization"] = "Bearer " + pair(http, broker, "again")
+            undo = http.post(f"/v1/actions/{done['action_id']}/undo").json()
+            broker.approvals.press("approve", source="test")
+            assert wait_done(http, undo["plan_id"])["status"] == "done"
+            assert (share / "Inbox" / "a.pdf").read_bytes() == b"%PDF a"
+            assert (share / "Inbox" / ".appliance-tmp-notes").read_text() == "mine"
+    finally:
+        broker.close()
+
+
 def test_statement_for_another_root_is_refused(http: TestClient, broker: Broker, tmp_path: Path):
     """Even a statement the device key really signed must name the token root
     the executor verifies with; otherwise the chain is broken and nothing runs."""
