@@ -30,6 +30,7 @@ import json
 import logging
 import secrets
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -46,7 +47,7 @@ from appliance.issuer.tokens import (
     mint_plugin,
     verify_plugin_call,
 )
-from appliance.plugins.package import Plugin, PluginStore, normalise_origin
+from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
 from appliance.policy.engine import NET_VERB
@@ -82,6 +83,31 @@ class PluginHost:
     def list(self) -> list[dict[str, Any]]:
         return self.store.list()
 
+    def install(self, source: Path) -> dict[str, Any]:
+        """Check a plugin folder against the pinned publishers and install it (audited)."""
+        try:
+            plugin = self.store.install(source)
+            self.runtime.compile(plugin.sha256, plugin.module)  # refuse a bad module now
+        except ApplianceError as e:
+            self.broker.audit.append(
+                "plugin.install_refused", {"source": str(source), "error": e.to_dict()}
+            )
+            raise
+        self.broker.audit.append("plugin.installed", _ident(plugin))
+        return plugin.public()
+
+    def remove(self, name: str) -> dict[str, Any]:
+        self.store.remove(name)
+        self.broker.audit.append("plugin.removed", {"plugin": name})
+        return {"removed": name}
+
+    def verify(self, what: str) -> dict[str, Any]:
+        """Check an installed plugin (by name) or a folder, without installing it."""
+        source = Path(what)
+        plugin = self.store.get(what) if "/" not in what else load(source, self.store.publishers)
+        self.runtime.compile(plugin.sha256, plugin.module, cache=False)
+        return {**plugin.public(), "status": "ok"}
+
     def grant(self, plugin: Plugin) -> PluginGrant:
         """The manifest's grant, less shares this box does not have."""
         shares = set(self.broker.config.shares)
@@ -103,7 +129,7 @@ class PluginHost:
         m = plugin.manifest
         if verb not in m.verbs:
             raise NotFound(f"plugin {name} has no verb {verb!r} (it has {sorted(m.verbs)})")
-        ident = {"plugin": m.name, "version": m.version, "sha256": plugin.sha256}
+        ident = _ident(plugin)
         run_id = f"run_{secrets.token_hex(8)}"
         grant = self.grant(plugin)
         token, grant_source = mint_plugin(
@@ -178,6 +204,12 @@ class PluginHost:
             "fuel_used": result.fuel_used,
             "plan": plan,
         }
+
+
+def _ident(plugin: Plugin) -> dict[str, str]:
+    """How the audit log names a plugin: name, version and module hash."""
+    m = plugin.manifest
+    return {"plugin": m.name, "version": m.version, "sha256": plugin.sha256}
 
 
 class _Calls:
