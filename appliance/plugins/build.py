@@ -16,9 +16,10 @@ from pathlib import Path
 from appliance.errors import ApplianceError
 
 TOOLCHAIN = Path(__file__).resolve().parents[2] / "plugins"
-# The stub runtime (no garbage collector: a run is short) keeps modules small
-# and instantiation cheap; abort= drops the env.abort import (an abort traps).
-ASC_FLAGS = ("--runtime", "stub", "-O2", "--use", "abort=")
+# The incremental runtime collects garbage, so a long run's temporary strings
+# do not pile up against the memory limit; abort= drops the env.abort import
+# (an abort, e.g. out of memory, traps).
+ASC_FLAGS = ("--runtime", "incremental", "-O2", "--use", "abort=")
 
 
 def compile_plugin(source: Path, out: Path, toolchain: Path = TOOLCHAIN) -> Path:

@@ -58,20 +58,25 @@ export function callRaw(request: string): JSON.Obj {
 
 /** A JSON string literal for `s`. */
 export function quote(s: string): string {
-  let out = '"';
+  const parts = new Array<string>();
+  let start = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
-    if (c == 0x22) out += '\\"';
-    else if (c == 0x5c) out += "\\\\";
-    else if (c < 0x20) out += "\\u" + c.toString(16).padStart(4, "0");
-    else out += String.fromCharCode(c);
+    if (c != 0x22 && c != 0x5c && c >= 0x20) continue;
+    parts.push(s.substring(start, i));
+    parts.push(c == 0x22 ? '\\"' : c == 0x5c ? "\\\\" : "\\u" + c.toString(16).padStart(4, "0"));
+    start = i + 1;
   }
-  return out + '"';
+  parts.push(s.substring(start));
+  return '"' + parts.join("") + '"';
 }
 
+let _quotedToken: string | null = null;
+
 function request(op: string, fields: string): JSON.Obj {
+  if (_quotedToken == null) _quotedToken = quote(capability());
   return callRaw(
-    '{"op":' + quote(op) + ',"token":' + quote(capability()) + (fields.length ? "," + fields : "") + "}",
+    '{"op":' + quote(op) + ',"token":' + <string>_quotedToken + (fields.length ? "," + fields : "") + "}",
   );
 }
 
