@@ -52,6 +52,7 @@ class PluginLimits:
     log_lines: int = 200
     log_line_bytes: int = 1024
     calls: int = 2000  # host calls per run
+    seconds: float = 30.0  # wall clock, checked at each host call (fuel bounds the rest)
     proposals: int = 256  # changes one run may propose (a plan's size)
     http_timeout_s: float = 5.0
     http_response_bytes: int = 64 << 10

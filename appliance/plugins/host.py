@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,6 +228,7 @@ class _Calls:
         self.limits = host.limits
         self.count = 0
         self.proposals: list[Intent] = []
+        self.deadline = time.monotonic() + self.limits.seconds
 
     def __call__(self, raw: bytes) -> bytes:
         self.count += 1
@@ -234,6 +236,11 @@ class _Calls:
             raise PluginStopped(
                 f"the plugin made more than {self.limits.calls} host calls",
                 code="plugin_call_limit",
+            )
+        if time.monotonic() > self.deadline:
+            raise PluginStopped(
+                f"the plugin ran for over {self.limits.seconds:g} s of wall-clock time",
+                code="plugin_time_limit",
             )
         if len(raw) > MAX_CALL_BYTES:
             raise PluginStopped("a host call of over 4 MiB", code="plugin_bad_call")

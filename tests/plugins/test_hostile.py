@@ -248,3 +248,13 @@ def test_a_module_importing_wasi_is_refused(
     assert info.value.code == "plugin_invalid"
     assert "wasi_snapshot_preview1.fd_write" in info.value.reason
     assert PUBLISHER in broker.config.plugin_publishers
+
+
+def test_a_run_past_its_wall_clock_is_stopped(broker: Broker, install) -> None:
+    import dataclasses
+
+    install("hostile")
+    broker.plugins.limits = dataclasses.replace(broker.plugins.limits, seconds=0)
+    err = stopped(broker, "read", "share:docs/Inbox/a.pdf")
+    assert err.code == "plugin_time_limit"
+    assert not entries(broker, "plugin.call")

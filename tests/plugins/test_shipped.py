@@ -203,6 +203,8 @@ def test_organise_by_date_end_to_end(
         plan = run["plan"]
         assert plan["status"] == "pending_approval"
         assert sorted(p.name for p in (photos / "Inbox").iterdir()) == sorted(when)  # not yet
+        shown = client.get("/v1/approvals").json()
+        assert "[plugin organise-by-date 1.0.0 (sha256 " in json.dumps(shown)
         box.press()
         done = client.get(f"/v1/plans/{plan['plan_id']}", params={"wait": 30}).json()
         assert done["status"] == "done", done
