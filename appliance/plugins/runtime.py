@@ -149,8 +149,12 @@ class Runtime:
         try:
             instance = linker.instantiate(store, module)
             func = instance.exports(store).get(verb)
-            if not isinstance(func, wasmtime.Func):
-                raise PluginStopped(f"the module exports no function {verb!r}", code="plugin_trap")
+            ty = func.type(store) if isinstance(func, wasmtime.Func) else None
+            if ty is None or list(ty.params) or list(ty.results):
+                raise PluginStopped(
+                    f"the module exports no function {verb!r} taking and returning nothing",
+                    code="plugin_invalid",
+                )
             func(store)
         except wasmtime.Trap as trap:
             raise _explain(trap, instance_memory(store, instance), limits) from None

@@ -258,3 +258,23 @@ def test_a_run_past_its_wall_clock_is_stopped(broker: Broker, install) -> None:
     err = stopped(broker, "read", "share:docs/Inbox/a.pdf")
     assert err.code == "plugin_time_limit"
     assert not entries(broker, "plugin.call")
+
+
+def test_a_verb_with_the_wrong_signature_is_refused(
+    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str]
+) -> None:
+    import wasmtime
+
+    wasm = wasmtime.wat2wasm(
+        '(module (memory (export "memory") 1) (func (export "leak") (param i32) (result i32)'
+        " local.get 0))"
+    )
+    folder = make_plugin(
+        tmp_path / "s", bytes(wasm), dict(hostile_manifest(), name="sig"), publisher_key[0]
+    )
+    broker.plugins.store.install(folder)
+    with pytest.raises(ApplianceError) as info:
+        broker.plugins.run("laptop", "sig", "leak", None)
+    assert (
+        info.value.code == "plugin_invalid" and "taking and returning nothing" in info.value.reason
+    )
