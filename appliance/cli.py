@@ -229,6 +229,32 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from appliance.plugins import package
+
+    action = args.plugins_command
+    if action == "keygen":
+        print(json.dumps({"publisher_key": package.keygen(args.key)}))
+        return 0
+    if action == "sign":
+        _out(package.sign(args.folder, args.key))
+        return 0
+    if action == "list":
+        _out(_control(args, "plugins.list"))
+    elif action == "install":
+        _out(_control(args, "plugins.install", path=str(args.folder.resolve())))
+    elif action == "remove":
+        _out(_control(args, "plugins.remove", name=args.name))
+    else:  # verify: a folder (resolved) or an installed plugin's name
+        what = args.plugin
+        _out(
+            _control(
+                args, "plugins.verify", name=str(Path(what).resolve()) if "/" in what else what
+            )
+        )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     _out(_control(args, "status"))
     return 0
@@ -421,6 +447,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _state(keys)
     keys.set_defaults(func=cmd_keys)
+
+    plugins = sub.add_parser("plugins", help="WebAssembly plugins (docs/plugins.md)")
+    plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True)
+    p_install = plugins_sub.add_parser(
+        "install", help="check a plugin folder against the pinned publishers and install it"
+    )
+    p_install.add_argument("folder", type=Path)
+    p_list = plugins_sub.add_parser("list", help="installed plugins, each checked again")
+    p_remove = plugins_sub.add_parser("remove", help="uninstall a plugin")
+    p_remove.add_argument("name")
+    p_verify = plugins_sub.add_parser(
+        "verify", help="check an installed plugin (NAME) or a folder (PATH/) without installing"
+    )
+    p_verify.add_argument("plugin")
+    for p in (p_install, p_list, p_remove, p_verify):
+        _state(p)
+    p_keygen = plugins_sub.add_parser("keygen", help="publisher: make a signing key")
+    p_keygen.add_argument("key", type=Path, help="where to write the private key (0600)")
+    p_sign = plugins_sub.add_parser("sign", help="publisher: hash the module, sign the manifest")
+    p_sign.add_argument("folder", type=Path)
+    p_sign.add_argument("--key", type=Path, required=True)
+    plugins.set_defaults(func=cmd_plugins)
 
     status = sub.add_parser("status", help="the running broker's state")
     _state(status)

@@ -43,6 +43,23 @@ class ApprovalSettings:
 
 
 @dataclass(frozen=True)
+class PluginLimits:
+    """What one plugin run may use (see docs/plugins.md)."""
+
+    fuel: int = 200_000_000  # wasm instructions, roughly; then the run stops
+    memory_bytes: int = 32 << 20  # linear memory
+    output_bytes: int = 64 << 10
+    log_lines: int = 200
+    log_line_bytes: int = 1024
+    calls: int = 2000  # host calls per run
+    seconds: float = 30.0  # wall clock, checked at each host call (fuel bounds the rest)
+    proposals: int = 256  # changes one run may propose (a plan's size)
+    http_timeout_s: float = 5.0
+    http_response_bytes: int = 64 << 10
+    token_ttl_s: float = 120.0  # the run's capability
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path
     shares: dict[str, Path] = field(default_factory=dict)
@@ -64,6 +81,10 @@ class Config:
     agent_timeout_s: float = 120.0
     limits: Limits = field(default_factory=Limits)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    # Plugin publishers the owner trusts: name -> Ed25519 public key (base64 of
+    # the 32 raw bytes). A plugin signed by anyone else does not load.
+    plugin_publishers: dict[str, str] = field(default_factory=dict)
+    plugin_limits: PluginLimits = field(default_factory=PluginLimits)
 
     @property
     def db_path(self) -> Path:
@@ -80,6 +101,10 @@ class Config:
     @property
     def snapshots_dir(self) -> Path:
         return self.state_dir / "snapshots"
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.state_dir / "plugins"
 
     @property
     def agent_socket_path(self) -> Path:
@@ -126,4 +151,8 @@ def load_toml(path: Path) -> dict:
         out["limits"] = Limits(**raw["limits"])
     if "approvals" in raw:
         out["approvals"] = ApprovalSettings(**raw["approvals"])
+    if "plugin_publishers" in raw:
+        out["plugin_publishers"] = dict(raw["plugin_publishers"])
+    if "plugin_limits" in raw:
+        out["plugin_limits"] = PluginLimits(**raw["plugin_limits"])
     return out

@@ -54,6 +54,12 @@ class TaskRequest(BaseModel):
     from_content: dict[str, str] | None = None
 
 
+class PluginRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verb: str
+    input: Any = None  # handed to the plugin as JSON
+
+
 class PairingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -233,6 +239,20 @@ def create_app(broker: Broker) -> FastAPI:
             )
         out = broker.submit(client_id, plan.intents)
         return JSONResponse(out, status_code=STATUS_FOR_PLAN.get(out["status"], 200))
+
+    # -------------------------------------------------------------- plugins
+    @app.get("/v1/plugins")
+    def plugins(_: Client) -> dict[str, Any]:
+        return {"plugins": broker.plugins.list()}
+
+    @app.post("/v1/plugins/{name}/run")
+    def run_plugin(name: str, body: PluginRunRequest, client_id: Client) -> JSONResponse:
+        """Run a plugin's verb; the changes it proposes become a plan (in "plan")."""
+        out = broker.plugins.run(client_id, name, body.verb, body.input)
+        plan = out["plan"]
+        return JSONResponse(
+            out, status_code=STATUS_FOR_PLAN.get(plan["status"], 200) if plan else 200
+        )
 
     @app.get("/v1/intents/schema")
     def schema(_: Client) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """What the local control socket can ask of the running broker.
 
 The socket is owner-only (see appliance.approval.control); these ops are what
-`appliance panel|clients|status` use on the box itself.
+`appliance panel|clients|status|plugins` use on the box itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from appliance.broker.service import Broker
@@ -48,6 +49,17 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "clients.revoke":
             broker.revoke_client(str(request.get("client_id", "")))
             return {"revoked": request.get("client_id")}
+        if op == "plugins.list":
+            return {"plugins": broker.plugins.list()}
+        if op in ("plugins.install", "plugins.remove", "plugins.verify"):
+            arg = request.get("path" if op == "plugins.install" else "name")
+            if not isinstance(arg, str) or not arg:
+                raise ApplianceError(f"{op} needs a plugin folder or name")
+            if op == "plugins.install":
+                return broker.plugins.install(Path(arg))
+            return (
+                broker.plugins.remove(arg) if op == "plugins.remove" else broker.plugins.verify(arg)
+            )
         if op == "tokens.revoke_all":
             return {"epoch": broker.revoke_all_tokens()}
         raise ApplianceError(f"unknown control operation {op!r}", code="unknown_op")

@@ -54,6 +54,7 @@ from appliance.issuer.keys import KeyStore, ephemeral_signer
 from appliance.issuer.statement import RENEW_BEFORE_S, make_statement, verify_statement
 from appliance.issuer.tokens import Claims, TokenService
 from appliance.issuer.tpm import DEVICE_KEY_HANDLE
+from appliance.plugins.host import PluginHost
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 
 log = logging.getLogger("appliance.broker")
@@ -121,6 +122,7 @@ class Broker:
         self.plans = PlanStore(self.db)
         self.tasks = TaskStore(self.db)
         self.clients = Clients(self.db, self.keystore.secret("credential_pepper"))
+        self.plugins = PluginHost(self)
         self.panel = panel or VirtualPanel()
         # Serialises "store the plan" against "its approval was decided".
         self._lock = threading.RLock()
@@ -317,11 +319,18 @@ class Broker:
         return Evaluated(intent, resource, params, decision, digest(body))
 
     # ------------------------------------------------------------------ submit
-    def submit(self, requester: str, intents: list[Intent]) -> dict[str, Any]:
-        """Decide a plan as a whole; run it now, queue it for approval, or refuse it."""
+    def submit(
+        self, requester: str, intents: list[Intent], *, via: str | None = None
+    ) -> dict[str, Any]:
+        """Decide a plan as a whole; run it now, queue it for approval, or refuse it.
+
+        ``via`` names what proposed the plan for the requester (a plugin), for
+        the approval's summary."""
         plan_id = _id("plan")
         evaluated = [self._evaluate(i, requester) for i in intents]
         summary = self._summary(requester, evaluated)
+        if via:
+            summary = f"[{via}] {summary}"
         return self._store_and_start(plan_id, "intents", requester, evaluated, summary)
 
     def submit_undo(self, requester: str, action_id: str) -> dict[str, Any]:

@@ -43,11 +43,13 @@ Risk = Literal["low", "medium", "high"]
 RISKS: tuple[Risk, ...] = ("low", "medium", "high")  # in increasing order
 UNDO_VERB = "action.undo"
 PAIR_VERB = "client.pair"
+# An HTTP request a plugin asks the broker to make; ``path`` is the origin.
+NET_VERB = "net.request"
 # Verbs whose resource is a file or folder (share/path).
 FILE_VERBS = frozenset(VERBS) | {UNDO_VERB}
 # Verbs that change files: the derived-content guard applies to these.
 CHANGE_VERBS = WRITE_VERBS | {UNDO_VERB}
-KNOWN_VERBS = FILE_VERBS | {PAIR_VERB}
+KNOWN_VERBS = FILE_VERBS | {PAIR_VERB, NET_VERB}
 
 SCHEMA_FILE = "schema.cedarschema"
 POLICY_GLOB = "*.cedar"
@@ -256,6 +258,10 @@ class PolicyEngine:
             resource = {"type": "Appliance", "id": "this"}
             entities: list[dict[str, Any]] = []
             base: dict[str, Any] = {}
+        elif req.verb == NET_VERB:
+            resource = {"type": "Host", "id": req.path}
+            entities = []
+            base = {"host": req.path}
         else:
             if req.share is not None:
                 share = {"type": "Share", "id": req.share}

@@ -305,7 +305,7 @@ def test_check_command_reports_a_broken_policy(
 
 def test_verbs_match_the_intent_language() -> None:
     # If intents gain a verb, the schema and default policy must learn it too.
-    assert set(VERBS) | {"action.undo", "client.pair"} == KNOWN_VERBS
+    assert set(VERBS) | {"action.undo", "client.pair", "net.request"} == KNOWN_VERBS
     schema = (POLICIES / "schema.cedarschema").read_text()
     for verb in KNOWN_VERBS:
         assert f'"{verb}"' in schema
