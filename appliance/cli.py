@@ -252,6 +252,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from appliance import selftest
+
+    checks = selftest.run(
+        config_path=args.config,
+        state_dir=args.state_dir,
+        hardware=args.hardware,
+        press_timeout_s=args.press_timeout,
+    )
+    print(selftest.as_json(checks) if args.json else selftest.table(checks))
+    return 1 if any(c.result == "fail" for c in checks) else 0
+
+
 # ---------------------------------------------------------------------- desktop commands
 def cmd_pair(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
@@ -435,6 +448,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
     )
     verify.set_defaults(func=cmd_audit)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="check the install (packages, config, policy, models, audit log); "
+        "--hardware: the button, LED, TPM and Hailo too",
+    )
+    selftest.add_argument(
+        "--hardware",
+        action="store_true",
+        help="also blink the LED and wait for a press, check the TPM, the Hailo device and "
+        "that a model file is installed (on the box, with the broker stopped)",
+    )
+    selftest.add_argument("--json", action="store_true", help="machine-readable output")
+    selftest.add_argument(
+        "--config",
+        type=Path,
+        help="the configuration file (default $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)",
+    )
+    selftest.add_argument(
+        "--press-timeout", type=float, default=30.0, help="--hardware: seconds to wait for a press"
+    )
+    _state(selftest)
+    selftest.set_defaults(func=cmd_selftest)
 
     def desktop(p: argparse.ArgumentParser) -> None:
         p.add_argument(
