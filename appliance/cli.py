@@ -79,11 +79,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     switch = Switch(None)  # type: ignore[arg-type]
     started: list[Any] = []
 
+    panels: list[Any] = []  # opened once: the pins stay claimed across retries
+
     def start_broker() -> str | None:
         """Start the broker and its control socket; the reason if it cannot."""
+        from appliance.approval.gpio import make_panel
+
         try:
-            broker = Broker(config)
+            if not panels:
+                panels.append(make_panel(config.panel, dev=config.dev))
+        except Exception as e:  # noqa: BLE001 - no GPIO, pin busy: fail closed, say why
+            return f"the approval panel is unavailable ({type(e).__name__}: {e})"
+        try:
+            broker = Broker(config, panel=panels[0])
         except ApplianceError as e:
+            if hasattr(panels[0], "set_fault"):
+                panels[0].set_fault(e.reason)  # the LED says nothing can run
             return e.reason
         try:
             control = ControlServer(config.control_socket, control_handler(broker)).start()
