@@ -263,6 +263,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_receipt(args: argparse.Namespace) -> int:
+    """Check a signed approval receipt (a JSON file, or an audit entry holding one)."""
+    from appliance.approval.receipts import verify_receipt
+
+    raw = json.loads(args.file.read_text() if str(args.file) != "-" else sys.stdin.read())
+    receipt = raw.get("data", raw) if isinstance(raw, dict) else raw
+    pub = (args.public_key or args.state_dir / "keys" / "device.pub.pem").read_bytes()
+    checked = verify_receipt(receipt, pub, approval_id=args.approval_id, request_digest=args.digest)
+    print(
+        f"ok: approval {checked['approval_id']} of {checked['kind']} {checked['subject_id']} "
+        f"(request digest {checked['digest'][:16]}...) by {checked['gesture']} "
+        f"({checked['decided_by']}), signed by device key {checked['key_id']} "
+        f"[{checked['signer']}]; receipt digest {checked['receipt_digest']}"
+    )
+    return 0
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
     from appliance import selftest
 
@@ -459,6 +476,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
     )
     verify.set_defaults(func=cmd_audit)
+
+    receipt = sub.add_parser("receipt", help="signed approval receipts")
+    receipt_sub = receipt.add_subparsers(dest="receipt_command", required=True)
+    rverify = receipt_sub.add_parser(
+        "verify", help="check a receipt (JSON file or audit entry; - for stdin)"
+    )
+    rverify.add_argument("file", type=Path)
+    rverify.add_argument("--public-key", type=Path, help="device public key PEM")
+    rverify.add_argument("--approval-id", help="the approval it must be for")
+    rverify.add_argument("--digest", help="the request digest it must approve")
+    _state(rverify)
+    rverify.set_defaults(func=cmd_receipt)
 
     selftest = sub.add_parser(
         "selftest",

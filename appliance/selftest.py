@@ -46,6 +46,7 @@ MODULES = (
     "llama_cpp",
     "appliance.broker.service",
     "appliance.api.app",
+    "appliance.approval.gpio",
     "appliance.agent.backends",
 )
 

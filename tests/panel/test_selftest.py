@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,50 @@ def test_hardware_checks_fail_readably_without_hardware(tmp_path: Path) -> None:
     checks = {c.name: c for c in selftest.hardware_checks(config, ask=print, press_timeout_s=0)}
     assert checks["TPM"].result == "fail" and "does not exist" in checks["TPM"].detail
     assert checks["Hailo device"].result == "fail"
+
+
+def test_hardware_selftest_blinks_waits_for_a_press_and_checks_the_tpm(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import threading
+
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    from appliance.issuer import swtpm
+
+    if not swtpm.available():
+        pytest.skip("swtpm is not installed (make test installs it)")
+    factory = MockFactory(pin_class=MockPWMPin)
+    monkeypatch.setattr(Device, "pin_factory", factory)
+    sim = swtpm.Swtpm(tmp_path / "swtpm").start()
+    try:
+        config = Config(state_dir=tmp_path, tpm_tcti=sim.tcti)
+        led_states: list[float] = []
+
+        def person(prompt: str) -> None:
+            assert "press the button" in prompt
+
+            def look_and_press() -> None:
+                time.sleep(0.6)
+                led_states.extend(s.state for s in factory.pin(config.panel.led_pin).states)
+                factory.pin(config.panel.button_pin).drive_low()
+
+            threading.Thread(target=look_and_press).start()
+
+        checks = {c.name: c for c in selftest.hardware_checks(config, ask=person)}
+        assert checks["button and LED"].result == "pass", checks["button and LED"]
+        assert 1.0 in led_states and 0.0 in led_states  # it blinked
+        assert checks["TPM"].result == "pass" and sim.tcti in checks["TPM"].detail
+        assert checks["broker stopped"].result == "pass"
+
+        # Nobody presses: the row fails, with what to check.
+        factory.reset()
+        checks = {
+            c.name: c
+            for c in selftest.hardware_checks(config, ask=lambda _: None, press_timeout_s=0.3)
+        }
+        assert checks["button and LED"].result == "fail"
+        assert "no press" in checks["button and LED"].detail
+    finally:
+        sim.stop()
