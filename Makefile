@@ -3,15 +3,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
-# swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss.
-APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config
+# swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss;
+# device-tree-compiler: dtc/fdtoverlay check the overlays/ sources.
+APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config device-tree-compiler
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint bench setup apt clean
 
 # Debian packages, installed when running as root and something is missing.
 apt:
-	@if ! command -v swtpm >/dev/null || ! pkg-config --exists tss2-esys 2>/dev/null \
+	@if ! command -v swtpm >/dev/null || ! command -v dtc >/dev/null \
+	    || ! pkg-config --exists tss2-esys 2>/dev/null \
 	    || ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \

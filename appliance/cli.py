@@ -294,6 +294,16 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- desktop commands
+def _code(code: str | None) -> str:
+    """The verification code as the box's light shows it: blink counts, and a
+    colour on an RGB light."""
+    from appliance.approval.panel import code_colour
+
+    if not code:
+        return "code ?"
+    return f"code {code} (the light blinks {'-'.join(code)}; an RGB light is {code_colour(code)})"
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
@@ -303,8 +313,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
         args.name,
         timeout=args.timeout,
         on_code=lambda code: print(
-            f"verification code {code}: approve on the box (hold the button, or "
-            "`appliance panel approve` in development) if it shows the same code",
+            f"verification {_code(code)}: approve on the box (hold the button for a second, "
+            "or `appliance panel approve` in development) if it shows the same code; "
+            "a box with a button listens only after a 5-second hold opened its pairing window",
             flush=True,
         ),
     )
@@ -322,7 +333,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     intents = body["intents"] if isinstance(body, dict) else body
     plan = client.submit(intents)
     if plan["status"] == "pending_approval":
-        print(f"waiting for approval on the box: code {plan['code']}", file=sys.stderr)
+        print(f"waiting for approval on the box: {_code(plan['code'])}", file=sys.stderr)
         while plan["status"] not in ("done", "denied", "failed", "expired"):
             plan = client.plan(plan["plan_id"], wait=30)
     _out(plan)
@@ -370,7 +381,7 @@ def cmd_task(args: argparse.Namespace) -> int:
             flush=True,
         )
         if event["event"] == "pending_approval":
-            print(f"approve on the box: code {event.get('code')}", file=sys.stderr, flush=True)
+            print(f"approve on the box: {_code(event.get('code'))}", file=sys.stderr, flush=True)
     task = client.task_status(task["task_id"])
     _out(task)
     return 0 if task["status"] == "done" else 1
@@ -381,7 +392,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
     client = ApplianceClient.from_file(args.credentials)
     plan = client.undo(args.action_id)
-    print(f"undo needs approval on the box: code {plan.get('code')}", file=sys.stderr)
+    print(f"undo needs approval on the box: {_code(plan.get('code'))}", file=sys.stderr)
     while plan["status"] not in ("done", "denied", "failed", "expired"):
         plan = client.plan(plan["plan_id"], wait=30)
     _out(plan)

@@ -43,6 +43,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -192,6 +194,10 @@ def open_devices(settings: PanelSettings, *, pin_factory: Any = None) -> Devices
     chip, pin busy, no pin factory library)."""
     from gpiozero import LED, PWMLED, RGBLED, Button
 
+    if "LG_WD" not in os.environ and not os.access(os.getcwd(), os.W_OK):
+        # lgpio keeps its notification pipes in LG_WD, by default the working
+        # directory, which a hardened service cannot write.
+        os.environ["LG_WD"] = tempfile.gettempdir()
     opened: list[Any] = []
     try:
         button = Button(
