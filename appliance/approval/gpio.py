@@ -421,7 +421,7 @@ class GpioPanel:
             began, self._burst = self._burst, None
             if self._raw != self._down:
                 if self._raw:
-                    self._pressed(began)
+                    actions += self._pressed(began)
                 else:
                     actions += self._released(began, now)
         if self._down and not self._fired:
@@ -434,14 +434,14 @@ class GpioPanel:
                 actions.append(self._open_pairing)
         if self._tap is not None and not self._down and now - self._tap.released > s.double_tap_s:
             self._tap = None
-            actions.append(
-                self._report(
-                    "tap",
-                    "ignored: a tap alone does nothing (hold for a second to approve, "
-                    "tap twice to deny)",
-                )
-            )
+            actions.append(self._report_tap())
         return actions
+
+    def _report_tap(self) -> Callable[[], None]:
+        return self._report(
+            "tap",
+            "ignored: a tap alone does nothing (hold for a second to approve, tap twice to deny)",
+        )
 
     def _hold(self, held: float) -> Callable[[], None]:
         """A hold reached hold_s while the LED showed a request: approve it,
@@ -456,12 +456,17 @@ class GpioPanel:
             )
         return self._press("approve", self._down_digest, held, "hold")
 
-    def _pressed(self, at: float) -> None:
+    def _pressed(self, at: float) -> list[Callable[[], None]]:
         self._down, self._down_at, self._fired = True, at, False
         self._down_digest = self._displayed_digest(at)
         self._second = self._tap is not None and at - self._tap.released <= (
             self.settings.double_tap_s
         )
+        if self._tap is not None and not self._second:
+            # An earlier tap whose window closed just before this press.
+            self._tap = None
+            return [self._report_tap()]
+        return []
 
     def _released(self, at: float, now: float) -> list[Callable[[], None]]:
         self._down = False

@@ -309,3 +309,29 @@ def test_fault_overrides_everything(rig: Rig) -> None:
 def test_fast_settings_are_used() -> None:
     # Guard against the fixtures silently running the slow defaults.
     assert FAST_PANEL.hold_s < PanelSettings().hold_s
+
+
+def test_real_default_double_tap_and_pairing_hold() -> None:
+    """Defaults again: a double tap within half a second denies; a 5 s hold on
+    the idle button opens the 2-minute pairing window."""
+    r = make_rig(PanelSettings(), ApprovalSettings())
+    try:
+        req = r.submit(1)
+        time.sleep(1.1)
+        r.press(0.12)
+        time.sleep(0.25)
+        r.press(0.12)
+        decided = wait_for(lambda: r.rec.decided)
+        assert [(d.approval_id, d.status, d.gesture) for d in decided] == [
+            (req.approval_id, "denied", "double-tap")
+        ]
+        r.down()
+        time.sleep(5.1)
+        assert 119 < (wait_for(lambda: r.queue.pairing_window()) or 0) <= 120
+        r.up()
+        assert r.panel.display()[0] == "pairing"
+        r.queue.close_pairing_window()
+        assert wait_for(lambda: r.panel.display()[0] == "idle")
+    finally:
+        r.queue.close()
+        r.panel.close()
