@@ -121,17 +121,13 @@ def _policy(config: Any) -> Iterator[Check]:
     yield Check("policy", "pass", detail)
 
 
-def _models(*, required: bool) -> Iterator[Check]:
+def _models() -> Iterator[Check]:
     from appliance.agent.errors import ModelError
     from appliance.agent.models import MODELS_DIR, load_manifest, resolve_file, verify
 
     paths = sorted(MODELS_DIR.glob("*.toml")) if MODELS_DIR.is_dir() else []
     if not paths:
-        yield Check(
-            "model manifests",
-            "fail" if required else "skip",
-            f"no model manifests in {MODELS_DIR}",
-        )
+        yield Check("model manifests", "skip", f"no model manifests in {MODELS_DIR}")
         return
     manifests, broken = [], []
     for p in paths:
@@ -143,7 +139,6 @@ def _models(*, required: bool) -> Iterator[Check]:
         yield Check("model manifests", "fail", "; ".join(broken))
     else:
         yield Check("model manifests", "pass", f"{len(manifests)} parse ({MODELS_DIR})")
-    present = 0
     for m in manifests:
         name = f"model {m.name}"
         if m.file.startswith("ollama:"):
@@ -157,15 +152,12 @@ def _models(*, required: bool) -> Iterator[Check]:
         if not path.exists():
             yield Check(name, "skip", f"not installed ({path})")
             continue
-        present += 1
         try:
             verify(m)
         except ModelError as e:
             yield Check(name, "fail", str(e))
         else:
             yield Check(name, "pass", f"sha256 matches ({path})")
-    if required and not present:
-        yield Check("model files", "fail", "no model file is installed")
 
 
 def _audit(config: Any) -> Iterator[Check]:
@@ -198,7 +190,7 @@ def software_checks(config_path: Path | None, state_dir: Path) -> list[Check]:
     checks = list(_imports())
     config, check = load_config(config_path, state_dir)
     checks.append(check)
-    for part in (lambda: _policy(config), lambda: _models(required=False), lambda: _audit(config)):
+    for part in (lambda: _policy(config), _models, lambda: _audit(config)):
         checks.extend(_guarded(part))
     return checks
 
@@ -317,15 +309,36 @@ def _hailo() -> Iterator[Check]:
         yield Check("Hailo runtime", "pass", "hailo_platform imports")
 
 
+def _model_installed(software: list[Check]) -> Iterator[Check]:
+    """On the box a model must be there (the software rows hashed them)."""
+    good = [
+        c.name.removeprefix("model ")
+        for c in software
+        if c.name.startswith("model ") and c.name != "model manifests" and c.result == "pass"
+    ]
+    if good:
+        yield Check("model installed", "pass", ", ".join(good))
+    else:
+        yield Check(
+            "model installed",
+            "fail",
+            "no model file is installed and matches its manifest (see the model rows above)",
+        )
+
+
 def hardware_checks(
-    config: Any, *, ask: Callable[[str], None], press_timeout_s: float = PRESS_TIMEOUT_S
+    config: Any,
+    *,
+    ask: Callable[[str], None],
+    press_timeout_s: float = PRESS_TIMEOUT_S,
+    software: list[Check] | None = None,
 ) -> list[Check]:
     checks = _guarded(lambda: _broker_running(config))
     if checks[-1].result == "pass":
         checks += _guarded(lambda: _panel(config, ask, press_timeout_s))
     checks += _guarded(lambda: _tpm(config))
     checks += _guarded(_hailo)
-    checks += [c for c in _guarded(lambda: _models(required=True)) if c.name == "model files"]
+    checks += _guarded(lambda: _model_installed(software or []))
     return checks
 
 
@@ -345,6 +358,7 @@ def run(
             config,
             ask=ask or (lambda text: print(text, file=sys.stderr, flush=True)),
             press_timeout_s=press_timeout_s,
+            software=checks,
         )
     return checks
 

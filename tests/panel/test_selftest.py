@@ -92,6 +92,10 @@ def test_hardware_checks_fail_readably_without_hardware(tmp_path: Path) -> None:
     checks = {c.name: c for c in selftest.hardware_checks(config, ask=print, press_timeout_s=0)}
     assert checks["TPM"].result == "fail" and "does not exist" in checks["TPM"].detail
     assert checks["Hailo device"].result == "fail"
+    assert checks["model installed"].result == "fail"  # no software rows: nothing hashed
+    ok = selftest.Check("model SmolLM2", "pass", "sha256 matches")
+    rows = selftest.hardware_checks(config, ask=print, press_timeout_s=0, software=[ok])
+    assert {c.name: c.result for c in rows}["model installed"] == "pass"
 
 
 def test_hardware_selftest_blinks_waits_for_a_press_and_checks_the_tpm(
