@@ -27,8 +27,18 @@ def test_production_without_gpio_serves_the_reason(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPIOZERO_")}
     port = _free_port_pair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "up", "--state-dir", str(tmp_path / "state"),
-         "--port", str(port), "--retry-seconds", "60"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "up",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--port",
+            str(port),
+            "--retry-seconds",
+            "60",
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
