@@ -305,9 +305,10 @@ class GpioPanel:
     def show(self, request: ApprovalRequest | None) -> None:
         with self._lock:
             self._shown = request
-            if request is None and self._base == "pending":
+            if request is None and self._base in ("pending", "pairing"):
                 # Decided, nothing next: after its outcome the LED is idle
-                # (the queue indicates "pairing" after this if a window is open).
+                # (the queue indicates "pairing" after this if a window is
+                # still open; it may have closed while a request was shown).
                 self._base, self._base_since = "idle", self._clock()
 
     def indicate(self, state: PanelState) -> None:

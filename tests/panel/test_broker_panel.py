@@ -99,6 +99,7 @@ def test_pairing_needs_the_window_a_long_hold_opens(box: Box) -> None:
     assert credential
     # One pairing per window: it closed once the desktop was paired.
     assert box.broker.approvals.pairing_window() is None
+    assert wait_for(lambda: box.broker.panel.display()[0] == "idle")
     again = box.http.post("/v1/pairings", json={"name": "other"})
     assert again.status_code == 403
     opened = box.audit("approval.pairing_window")
