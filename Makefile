@@ -3,22 +3,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.state
-# swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss.
+# Debian packages, each installed only when what it provides is missing (so a
+# newer Node.js that is already there, which ships its own npm, is kept):
+# swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss;
+# device-tree-compiler: dtc/fdtoverlay check the overlays/ sources;
 # nodejs + npm: the AssemblyScript compiler for plugins (plugins/package-lock.json).
-APT_PACKAGES := python3-venv swtpm swtpm-tools libtss2-dev pkg-config nodejs npm
+NEED = command -v swtpm >/dev/null || echo swtpm swtpm-tools; \
+	pkg-config --exists tss2-esys 2>/dev/null || echo libtss2-dev pkg-config; \
+	command -v dtc >/dev/null || echo device-tree-compiler; \
+	command -v npm >/dev/null || echo nodejs npm; \
+	$(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv;
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: run test lint bench setup apt clean plugins
 
-# Debian packages, installed when running as root and something is missing.
+# Installed when running as root and something is missing.
 apt:
-	@if ! command -v swtpm >/dev/null || ! pkg-config --exists tss2-esys 2>/dev/null \
-	    || ! command -v npm >/dev/null \
-	    || ! $(PY) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+	@missing="$$($(NEED))"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 		else \
-			echo "missing Debian packages; as root: apt-get install $(APT_PACKAGES)" >&2; exit 1; \
+			echo "missing Debian packages; as root: apt-get install" $$missing >&2; exit 1; \
 		fi; \
 	fi
 

@@ -79,11 +79,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     switch = Switch(None)  # type: ignore[arg-type]
     started: list[Any] = []
 
+    panels: list[Any] = []  # opened once: the pins stay claimed across retries
+
     def start_broker() -> str | None:
         """Start the broker and its control socket; the reason if it cannot."""
+        from appliance.approval.gpio import make_panel
+
         try:
-            broker = Broker(config)
+            if not panels:
+                panels.append(make_panel(config.panel, dev=config.dev))
+        except Exception as e:  # noqa: BLE001 - no GPIO, pin busy: fail closed, say why
+            return f"the approval panel is unavailable ({type(e).__name__}: {e})"
+        try:
+            broker = Broker(config, panel=panels[0])
         except ApplianceError as e:
+            if hasattr(panels[0], "set_fault"):
+                panels[0].set_fault(e.reason)  # the LED says nothing can run
             return e.reason
         try:
             control = ControlServer(config.control_socket, control_handler(broker)).start()
@@ -278,7 +289,47 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_receipt(args: argparse.Namespace) -> int:
+    """Check a signed approval receipt (a JSON file, or an audit entry holding one)."""
+    from appliance.approval.receipts import verify_receipt
+
+    raw = json.loads(args.file.read_text() if str(args.file) != "-" else sys.stdin.read())
+    receipt = raw.get("data", raw) if isinstance(raw, dict) else raw
+    pub = (args.public_key or args.state_dir / "keys" / "device.pub.pem").read_bytes()
+    checked = verify_receipt(receipt, pub, approval_id=args.approval_id, request_digest=args.digest)
+    print(
+        f"ok: approval {checked['approval_id']} of {checked['kind']} {checked['subject_id']} "
+        f"(request digest {checked['digest'][:16]}...) by {checked['gesture']} "
+        f"({checked['decided_by']}), signed by device key {checked['key_id']} "
+        f"[{checked['signer']}]; receipt digest {checked['receipt_digest']}"
+    )
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from appliance import selftest
+
+    checks = selftest.run(
+        config_path=args.config,
+        state_dir=args.state_dir,
+        hardware=args.hardware,
+        press_timeout_s=args.press_timeout,
+    )
+    print(selftest.as_json(checks) if args.json else selftest.table(checks))
+    return 1 if any(c.result == "fail" for c in checks) else 0
+
+
 # ---------------------------------------------------------------------- desktop commands
+def _code(code: str | None) -> str:
+    """The verification code as the box's light shows it: blink counts, and a
+    colour on an RGB light."""
+    from appliance.approval.panel import code_colour
+
+    if not code:
+        return "code ?"
+    return f"code {code} (the light blinks {'-'.join(code)}; an RGB light is {code_colour(code)})"
+
+
 def cmd_pair(args: argparse.Namespace) -> int:
     from appliance.client import ApplianceClient
 
@@ -288,8 +339,9 @@ def cmd_pair(args: argparse.Namespace) -> int:
         args.name,
         timeout=args.timeout,
         on_code=lambda code: print(
-            f"verification code {code}: approve on the box (hold the button, or "
-            "`appliance panel approve` in development) if it shows the same code",
+            f"verification {_code(code)}: approve on the box (hold the button for a second, "
+            "or `appliance panel approve` in development) if it shows the same code; "
+            "a box with a button listens only after a 5-second hold opened its pairing window",
             flush=True,
         ),
     )
@@ -307,7 +359,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     intents = body["intents"] if isinstance(body, dict) else body
     plan = client.submit(intents)
     if plan["status"] == "pending_approval":
-        print(f"waiting for approval on the box: code {plan['code']}", file=sys.stderr)
+        print(f"waiting for approval on the box: {_code(plan['code'])}", file=sys.stderr)
         while plan["status"] not in ("done", "denied", "failed", "expired"):
             plan = client.plan(plan["plan_id"], wait=30)
     _out(plan)
@@ -355,7 +407,7 @@ def cmd_task(args: argparse.Namespace) -> int:
             flush=True,
         )
         if event["event"] == "pending_approval":
-            print(f"approve on the box: code {event.get('code')}", file=sys.stderr, flush=True)
+            print(f"approve on the box: {_code(event.get('code'))}", file=sys.stderr, flush=True)
     task = client.task_status(task["task_id"])
     _out(task)
     return 0 if task["status"] == "done" else 1
@@ -366,7 +418,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
     client = ApplianceClient.from_file(args.credentials)
     plan = client.undo(args.action_id)
-    print(f"undo needs approval on the box: code {plan.get('code')}", file=sys.stderr)
+    print(f"undo needs approval on the box: {_code(plan.get('code'))}", file=sys.stderr)
     while plan["status"] not in ("done", "denied", "failed", "expired"):
         plan = client.plan(plan["plan_id"], wait=30)
     _out(plan)
@@ -483,6 +535,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
     )
     verify.set_defaults(func=cmd_audit)
+
+    receipt = sub.add_parser("receipt", help="signed approval receipts")
+    receipt_sub = receipt.add_subparsers(dest="receipt_command", required=True)
+    rverify = receipt_sub.add_parser(
+        "verify", help="check a receipt (JSON file or audit entry; - for stdin)"
+    )
+    rverify.add_argument("file", type=Path)
+    rverify.add_argument("--public-key", type=Path, help="device public key PEM")
+    rverify.add_argument("--approval-id", help="the approval it must be for")
+    rverify.add_argument("--digest", help="the request digest it must approve")
+    _state(rverify)
+    rverify.set_defaults(func=cmd_receipt)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="check the install (packages, config, policy, models, audit log); "
+        "--hardware: the button, LED, TPM and Hailo too",
+    )
+    selftest.add_argument(
+        "--hardware",
+        action="store_true",
+        help="also blink the LED and wait for a press, check the TPM, the Hailo device and "
+        "that a model file is installed (on the box, with the broker stopped)",
+    )
+    selftest.add_argument("--json", action="store_true", help="machine-readable output")
+    selftest.add_argument(
+        "--config",
+        type=Path,
+        help="the configuration file (default $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)",
+    )
+    selftest.add_argument(
+        "--press-timeout", type=float, default=30.0, help="--hardware: seconds to wait for a press"
+    )
+    _state(selftest)
+    selftest.set_defaults(func=cmd_selftest)
 
     def desktop(p: argparse.ArgumentParser) -> None:
         p.add_argument(

@@ -1,6 +1,7 @@
 """Fail closed, but say why: what the LAN API serves when the broker cannot
 start (no TPM, TPM lockout, a broken policy, an audit log that does not
-verify). ``/healthz`` answers 503 with the reason; every other call answers
+verify, no approval panel whose button and light can be opened).
+``/healthz`` answers 503 with the reason; every other call answers
 503 with the same reason; nothing privileged can happen. ``Switch`` lets
 ``appliance up`` swap in the real app once a retry succeeds.
 """
