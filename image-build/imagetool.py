@@ -3,8 +3,9 @@
 
 No loop devices and no mounts: the partition table is written by ``sfdisk``
 into a plain file, FAT partitions are made with ``mkfs.vfat`` and filled with
-``mcopy`` (mtools), ext4 partitions with ``mkfs.ext4 -d``, and each is placed
-with ``dd conv=notrunc``. The check reads the table back (``sfdisk --json``),
+``mcopy`` (mtools), ext4 partitions with ``mkfs.ext4 -d``, each made in
+place at its offset in the file (``mkfs.vfat --offset``, ``mkfs.ext4 -E
+offset=``). The check reads the table back (``sfdisk --json``),
 lists the FAT partitions with ``mdir``/``mtype`` and reads the ext4 root with
 ``debugfs`` at the partition's offset.
 
@@ -25,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 MIB = 1 << 20
@@ -81,19 +81,25 @@ def _sizes(parts: list[dict], stages: dict[str, Path]) -> list[int]:
     return [sizes[p["name"]] for p in parts]
 
 
-def _make_fat(path: Path, mib: int, label: str, stage: Path | None) -> None:
-    _run("mkfs.vfat", "-F", "32" if mib >= 64 else "16", "-n", label[:11].upper(),
-         "-C", str(path), str(mib * 1024))  # fmt: skip
+def _make_fat(image: Path, start_mib: int, mib: int, label: str, stage: Path | None) -> None:
+    """A FAT file system made in place at ``start_mib`` of the image file."""
+    # FAT32 from 64 MiB, with one-sector clusters: mkfs.fat's default cluster
+    # for a 256 MiB partition leaves fewer clusters than FAT32 allows.
+    fat = ["-F", "32", "-s", "1"] if mib >= 64 else ["-F", "16"]
+    _run("mkfs.vfat", *fat, "-n", label[:11].upper(),
+         f"--offset={start_mib * MIB // 512}", str(image), str(mib * 1024))  # fmt: skip
     if stage is not None and any(stage.iterdir()):
         entries = [str(p) for p in sorted(stage.iterdir())]
-        _run("mcopy", "-s", "-p", "-i", str(path), *entries, "::/")
+        _run("mcopy", "-s", "-p", "-i", f"{image}@@{start_mib * MIB}", *entries, "::/")
 
 
-def _make_ext4(path: Path, mib: int, label: str, stage: Path | None) -> None:
-    argv = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0"]
+def _make_ext4(image: Path, start_mib: int, mib: int, label: str, stage: Path | None) -> None:
+    """An ext4 file system made in place (``mkfs.ext4 -E offset``), filled from ``stage``."""
+    argv = ["mkfs.ext4", "-q", "-F", "-L", label,
+            "-E", f"offset={start_mib * MIB},root_owner=0:0"]  # fmt: skip
     if stage is not None:
         argv += ["-d", str(stage)]
-    _run(*argv, str(path), f"{mib}M")
+    _run(*argv, str(image), f"{mib}M")
 
 
 def assemble(layout: Path, stages: dict[str, Path], out: Path) -> None:
@@ -113,23 +119,15 @@ def assemble(layout: Path, stages: dict[str, Path], out: Path) -> None:
         start += size
     _run("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(out), stdin="\n".join(script))
     start = FIRST_MIB
-    with tempfile.TemporaryDirectory() as tmp:
-        for p, size in zip(parts, sizes, strict=True):
-            stage = stages.get(p.get("from", "")) if p.get("from") else None
-            if p.get("from") and stage is None:
-                raise ImageError(f"partition {p['name']}: no staged folder {p['from']!r} given")
-            piece = Path(tmp) / p["name"]
-            if p["fs"] == "fat":
-                _make_fat(piece, size, p["name"], stage)
-            elif p["fs"] == "ext4":
-                _make_ext4(piece, size, p["name"], stage)
-            else:
-                start += size
-                continue
-            _run("dd", f"if={piece}", f"of={out}", "bs=1M", f"seek={start}",
-                 "conv=notrunc,sparse", "status=none")  # fmt: skip
-            piece.unlink()
-            start += size
+    for p, size in zip(parts, sizes, strict=True):
+        stage = stages.get(p.get("from", "")) if p.get("from") else None
+        if p.get("from") and stage is None:
+            raise ImageError(f"partition {p['name']}: no staged folder {p['from']!r} given")
+        if p["fs"] == "fat":
+            _make_fat(out, start, size, p["name"], stage)
+        elif p["fs"] == "ext4":
+            _make_ext4(out, start, size, p["name"], stage)
+        start += size
 
 
 # ---------------------------------------------------------------------- check
