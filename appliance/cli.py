@@ -79,11 +79,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     switch = Switch(None)  # type: ignore[arg-type]
     started: list[Any] = []
 
+    panels: list[Any] = []  # opened once: the pins stay claimed across retries
+
     def start_broker() -> str | None:
         """Start the broker and its control socket; the reason if it cannot."""
+        from appliance.approval.gpio import make_panel
+
         try:
-            broker = Broker(config)
+            if not panels:
+                panels.append(make_panel(config.panel, dev=config.dev))
+        except Exception as e:  # noqa: BLE001 - no GPIO, pin busy: fail closed, say why
+            return f"the approval panel is unavailable ({type(e).__name__}: {e})"
+        try:
+            broker = Broker(config, panel=panels[0])
         except ApplianceError as e:
+            if hasattr(panels[0], "set_fault"):
+                panels[0].set_fault(e.reason)  # the LED says nothing can run
             return e.reason
         try:
             control = ControlServer(config.control_socket, control_handler(broker)).start()
@@ -250,6 +261,36 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"PROBLEM: {problem}")
     print("audit log verifies" if report.ok else "audit log does NOT verify")
     return 0 if report.ok else 1
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    """Check a signed approval receipt (a JSON file, or an audit entry holding one)."""
+    from appliance.approval.receipts import verify_receipt
+
+    raw = json.loads(args.file.read_text() if str(args.file) != "-" else sys.stdin.read())
+    receipt = raw.get("data", raw) if isinstance(raw, dict) else raw
+    pub = (args.public_key or args.state_dir / "keys" / "device.pub.pem").read_bytes()
+    checked = verify_receipt(receipt, pub, approval_id=args.approval_id, request_digest=args.digest)
+    print(
+        f"ok: approval {checked['approval_id']} of {checked['kind']} {checked['subject_id']} "
+        f"(request digest {checked['digest'][:16]}...) by {checked['gesture']} "
+        f"({checked['decided_by']}), signed by device key {checked['key_id']} "
+        f"[{checked['signer']}]; receipt digest {checked['receipt_digest']}"
+    )
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from appliance import selftest
+
+    checks = selftest.run(
+        config_path=args.config,
+        state_dir=args.state_dir,
+        hardware=args.hardware,
+        press_timeout_s=args.press_timeout,
+    )
+    print(selftest.as_json(checks) if args.json else selftest.table(checks))
+    return 1 if any(c.result == "fail" for c in checks) else 0
 
 
 # ---------------------------------------------------------------------- desktop commands
@@ -445,6 +486,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
     )
     verify.set_defaults(func=cmd_audit)
+
+    receipt = sub.add_parser("receipt", help="signed approval receipts")
+    receipt_sub = receipt.add_subparsers(dest="receipt_command", required=True)
+    rverify = receipt_sub.add_parser(
+        "verify", help="check a receipt (JSON file or audit entry; - for stdin)"
+    )
+    rverify.add_argument("file", type=Path)
+    rverify.add_argument("--public-key", type=Path, help="device public key PEM")
+    rverify.add_argument("--approval-id", help="the approval it must be for")
+    rverify.add_argument("--digest", help="the request digest it must approve")
+    _state(rverify)
+    rverify.set_defaults(func=cmd_receipt)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="check the install (packages, config, policy, models, audit log); "
+        "--hardware: the button, LED, TPM and Hailo too",
+    )
+    selftest.add_argument(
+        "--hardware",
+        action="store_true",
+        help="also blink the LED and wait for a press, check the TPM, the Hailo device and "
+        "that a model file is installed (on the box, with the broker stopped)",
+    )
+    selftest.add_argument("--json", action="store_true", help="machine-readable output")
+    selftest.add_argument(
+        "--config",
+        type=Path,
+        help="the configuration file (default $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)",
+    )
+    selftest.add_argument(
+        "--press-timeout", type=float, default=30.0, help="--hardware: seconds to wait for a press"
+    )
+    _state(selftest)
+    selftest.set_defaults(func=cmd_selftest)
 
     def desktop(p: argparse.ArgumentParser) -> None:
         p.add_argument(

@@ -40,6 +40,32 @@ class ApprovalSettings:
     arming_delay_s: float = 1.0  # presses this soon after a request appears are ignored
     queue_size: int = 8  # requests waiting behind the one shown
     per_requester: int = 3  # open requests (shown or waiting) from one requester
+    # Against approval fatigue: this many denied or expired requests from one
+    # requester within lockout_window_s lock it out for lockout_s (0: never).
+    lockout_after: int = 3
+    lockout_window_s: float = 600.0
+    lockout_s: float = 900.0
+    pairing_window_s: float = 120.0  # how long a long hold on the idle button opens pairing
+
+
+@dataclass(frozen=True)
+class PanelSettings:
+    """The physical panel: pins (BCM numbers) and gesture timings.
+
+    ``kind``: "auto" (production: gpio; development: virtual), "gpio" or
+    "virtual". See hardware/pinmap.md for the wiring."""
+
+    kind: str = "auto"
+    button_pin: int = 17  # to GND; the internal pull-up holds it high
+    led_pin: int = 27  # through a resistor to the LED's anode
+    led_pwm: bool = True  # PWMLED (breathing); False: plain on/off LED
+    rgb_pins: tuple[int, int, int] | None = None  # optional RGB LED (R, G, B)
+    rgb_common_anode: bool = False
+    debounce_s: float = 0.03  # a level must hold this long to count
+    hold_s: float = 1.0  # hold at least this long to approve
+    double_tap_s: float = 0.5  # second tap within this of the first's release: deny
+    pairing_hold_s: float = 5.0  # hold this long while idle: open the pairing window
+    outcome_s: float = 2.0  # how long the LED shows approved/denied/expired
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ class Config:
     agent_timeout_s: float = 120.0
     limits: Limits = field(default_factory=Limits)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    panel: PanelSettings = field(default_factory=PanelSettings)
 
     @property
     def db_path(self) -> Path:
@@ -126,4 +153,9 @@ def load_toml(path: Path) -> dict:
         out["limits"] = Limits(**raw["limits"])
     if "approvals" in raw:
         out["approvals"] = ApprovalSettings(**raw["approvals"])
+    if "panel" in raw:
+        panel = dict(raw["panel"])
+        if panel.get("rgb_pins") is not None:
+            panel["rgb_pins"] = tuple(panel["rgb_pins"])
+        out["panel"] = PanelSettings(**panel)
     return out

@@ -60,6 +60,13 @@ class QueueFull(ApplianceError):
     code = "approval_queue_full"
 
 
+class LockedOut(ApplianceError):
+    """A requester sent too many requests that were denied or went unanswered."""
+
+    status = 429
+    code = "locked_out"
+
+
 class Unauthorized(ApplianceError):
     status = 401
     code = "unauthorized"

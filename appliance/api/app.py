@@ -296,8 +296,12 @@ def create_app(broker: Broker) -> FastAPI:
 
     # -------------------------------------------------------------- approvals
     @app.get("/v1/approvals")
-    def approvals(_: Client) -> dict[str, Any]:
-        return {"approvals": broker.approvals.public_list()}
+    def approvals(client_id: Client) -> dict[str, Any]:
+        # "lockout": whether this caller is locked out of approvals, and how long.
+        return {
+            "approvals": broker.approvals.public_list(),
+            "lockout": broker.approvals.lockout(client_id),
+        }
 
     @app.get("/v1/approvals/{approval_id}")
     async def approval(

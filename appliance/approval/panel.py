@@ -17,12 +17,11 @@ Implementations side by side:
 * :class:`VirtualPanel` (here): development only. Nothing physical; the
   owner approves from the CLI (``appliance panel approve``/``deny``) or the
   local page, and it says so loudly.
-* the gpiozero panel (a later part): a ``Button`` whose short press calls
-  ``press("approve")`` and long press ``press("deny")`` from gpiozero's
-  callback thread, and an LED showing the state; tested on gpiozero's
+* :class:`~appliance.approval.gpio.GpioPanel`: a gpiozero ``Button`` (hold
+  to approve, double tap to deny, long hold while idle to open pairing) and
+  an LED showing the state and the verification code; tested on gpiozero's
   ``MockFactory``, run on lgpio on the Pi 5. It is built before the queue
-  and handed the queue's ``press`` through ``attach`` afterwards, as the
-  virtual panel is.
+  and handed the queue through ``connect`` afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +41,17 @@ log = logging.getLogger(__name__)
 
 PanelState = Literal["idle", "pending", "pairing", "approved", "denied", "expired", "fault"]
 PANEL_STATES: tuple[str, ...] = PanelState.__args__  # type: ignore[attr-defined]
+
+# The colours an RGB LED shows a pending request in, one per verification
+# code: easy to name, far apart on the colour wheel.
+CODE_COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta")
+
+
+def code_colour(code: str) -> str:
+    """The colour an RGB panel breathes in for ``code``; the requester sees
+    its name beside the code (number matching with a colour)."""
+    return CODE_COLOURS[int(code) % len(CODE_COLOURS)]
+
 
 # The queue's press method, as a panel holds it.
 PressFn = Callable[..., "PressResult"]
@@ -81,6 +91,7 @@ class VirtualPanel:
         self._state: PanelState = "idle"
         self._history: deque[str] = deque(maxlen=history)
         self._press: PressFn | None = None
+        self._fault: str | None = None
         log.warning(
             "VIRTUAL approval panel in use: this is a development setup with no physical "
             "button; approvals are given from the CLI (`appliance panel approve` / "
@@ -118,6 +129,11 @@ class VirtualPanel:
         with self._lock:
             return list(self._history)
 
+    def set_fault(self, reason: str | None) -> None:
+        """The broker's health: a fault overrides what the LED shows."""
+        with self._lock:
+            self._fault = reason
+
     def attach(self, press: PressFn) -> None:
         """Connect the panel to the queue's ``press`` (the queue is built
         after its panel, because it needs one)."""
@@ -145,10 +161,11 @@ class VirtualPanel:
     def snapshot(self) -> dict[str, Any]:
         """What ``appliance panel show`` prints."""
         with self._lock:
-            shown, state = self._shown, self._state
+            shown, state, fault = self._shown, self._state, self._fault
         return {
             "panel": self.name,
             "virtual": self.virtual,
-            "state": state,
+            "state": "fault" if fault else state,
+            "fault": fault,
             "shown": shown.to_public(position=0) if shown else None,
         }

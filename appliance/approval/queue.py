@@ -12,7 +12,12 @@ the queue makes sure there is only ever one thing a press can mean:
   local page do); a different digest is ignored, so a swap between display
   and press cannot approve the wrong request;
 * silence is a denial: ``timeout_s`` after being shown, a request expires,
-  even if nobody calls anything (a daemon timer thread does it).
+  even if nobody calls anything (a daemon timer thread does it);
+* a requester whose requests were denied or expired ``lockout_after`` times
+  within ``lockout_window_s`` is locked out for ``lockout_s``: its open
+  requests are cancelled and new ones refused (429 ``locked_out``);
+* a pairing window (opened by a long hold on the idle button) is the only
+  time a physical panel accepts pairing requests; it closes by itself.
 
 Every press, accepted or not, is reported through ``on_event`` so the broker
 can audit it. Callbacks run outside the queue's lock.
@@ -32,10 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from appliance.config import ApprovalSettings
-from appliance.errors import ApplianceError, NotFound, QueueFull, Unavailable
+from appliance.errors import ApplianceError, LockedOut, NotFound, QueueFull, Unavailable
 from appliance.intents import verification_code
 
-from .panel import Panel, PanelState
+from .panel import Panel, PanelState, code_colour
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class ApprovalRequest:
     deadline: float | None = None
     status: Status = "waiting"
     decided_by: str | None = None
+    gesture: str | None = None  # how it was decided: "hold", "double-tap", "timeout", "cli"...
 
     @property
     def decided(self) -> bool:
@@ -106,11 +112,13 @@ class ApprovalRequest:
             "state": self.status,
             "position": position,
             "code": self.code,
+            "colour": code_colour(self.code),
             "digest": self.digest,
             "summary": self.summary,
             "requester": self.requester,
             "deadline": self.deadline,
             "decided_by": self.decided_by,
+            "gesture": self.gesture,
         }
         if now is not None and self.deadline is not None and not self.decided:
             out["expires_in_s"] = round(max(0.0, self.deadline - now), 3)
@@ -176,6 +184,11 @@ class ApprovalQueue:
         self._requests: dict[str, ApprovalRequest] = {}
         self._decided_order: deque[str] = deque()
         self._closed = False
+        # Against approval fatigue: per requester, when its requests were
+        # denied or expired (recent ones), and until when it is locked out.
+        self._refusals: dict[str, deque[float]] = {}
+        self._locked: dict[str, float] = {}
+        self._pairing_until: float | None = None
         with self._lock:
             self._tell_panel(_Effects(), None, "idle")
         self._timer = threading.Thread(target=self._run_timer, name="approval-expiry", daemon=True)
@@ -205,6 +218,13 @@ class ApprovalQueue:
                 if self._closed:
                     raise Unavailable("the approval queue is shut down")
                 self._expire_due(effects)
+                left = self._locked_for(requester)
+                if left:
+                    raise LockedOut(
+                        f"{requester} is locked out of approvals for {left:.0f} more seconds: "
+                        f"{self.settings.lockout_after} of its requests were denied or went "
+                        f"unanswered within {self.settings.lockout_window_s / 60:g} minutes"
+                    )
                 if self._shown is not None and len(self._waiting) >= self.settings.queue_size:
                     raise QueueFull(
                         f"{len(self._waiting)} approval requests are already waiting behind the "
@@ -245,12 +265,23 @@ class ApprovalQueue:
             self._dispatch(effects)
         return snapshot
 
-    def press(self, decision: Decision, *, digest: str | None = None, source: str) -> PressResult:
+    def press(
+        self,
+        decision: Decision,
+        *,
+        digest: str | None = None,
+        source: str,
+        held_for: float = 0.0,
+        gesture: str | None = None,
+    ) -> PressResult:
         """A button press (or its virtual twin) for the request shown now.
 
-        Ignored, with a reason, when nothing is shown, when it comes within
-        the arming delay of the request being shown, or when ``digest`` is
-        given and is not the shown request's digest.
+        ``held_for`` is how long ago the gesture began (a hold is reported a
+        second after the finger went down): the arming delay is measured to
+        when it *began*, so a press that started before the request appeared
+        never counts. Ignored, with a reason, when nothing is shown, when it
+        began within the arming delay of the request being shown, or when
+        ``digest`` is given and is not the shown request's digest.
         """
         if decision not in ("approve", "deny"):
             raise ApplianceError(f"decision must be 'approve' or 'deny', not {decision!r}")
@@ -260,14 +291,15 @@ class ApprovalQueue:
                 self._expire_due(effects)
                 shown = self._shown
                 now = self._clock()
+                began = now - max(0.0, held_for)
                 accepted = False
                 if self._closed:
                     reason = "ignored: the approval queue is shut down"
                 elif shown is None or shown.shown_at is None:
                     reason = "ignored: nothing is pending"
-                elif now - shown.shown_at < self.settings.arming_delay_s:
+                elif began - shown.shown_at < self.settings.arming_delay_s:
                     reason = (
-                        f"ignored: pressed {now - shown.shown_at:.2f}s after the request was "
+                        f"ignored: pressed {began - shown.shown_at:.2f}s after the request was "
                         f"shown, within the {self.settings.arming_delay_s:g}s arming delay; "
                         "check what is shown and press again"
                     )
@@ -286,6 +318,8 @@ class ApprovalQueue:
                     "approval.press",
                     {
                         "decision": decision,
+                        "gesture": gesture,
+                        "held_for_s": round(held_for, 3),
                         "source": source,
                         "accepted": accepted,
                         "reason": reason,
@@ -295,11 +329,99 @@ class ApprovalQueue:
                     },
                 )
                 if accepted:
+                    assert shown is not None
+                    shown.gesture = gesture or source
                     status = "approved" if decision == "approve" else "denied"
                     self._decide_shown(status, source, effects)
         finally:
             self._dispatch(effects)
         return result
+
+    def report(self, gesture: str, reason: str, *, source: str) -> None:
+        """A gesture that decides nothing (a tap alone, an ambiguous one),
+        put on the record like an ignored press."""
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._expire_due(effects)
+                shown = self._shown
+                effects.event(
+                    "approval.press",
+                    {
+                        "decision": None,
+                        "gesture": gesture,
+                        "source": source,
+                        "accepted": False,
+                        "reason": reason,
+                        "approval_id": shown.approval_id if shown else None,
+                        "digest": None,
+                        "shown_digest": shown.digest if shown else None,
+                    },
+                )
+        finally:
+            self._dispatch(effects)
+
+    # -- the pairing window ---------------------------------------------------
+
+    def open_pairing_window(self, *, source: str) -> bool:
+        """Open the pairing window for ``pairing_window_s`` (a long hold on the
+        idle button). Refused (False) while a request is shown or waiting:
+        the hold must not be mistaken for an answer to it."""
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._expire_due(effects)
+                if self._closed or self._open():
+                    return False
+                self._pairing_until = self._clock() + self.settings.pairing_window_s
+                self._tell_panel(effects, None, "pairing")
+                effects.event(
+                    "approval.pairing_window",
+                    {"open": True, "seconds": self.settings.pairing_window_s, "source": source},
+                )
+                self._cond.notify_all()
+                return True
+        finally:
+            self._dispatch(effects)
+
+    def pairing_window(self) -> float | None:
+        """Seconds the pairing window stays open, or None when it is closed."""
+        with self._guard():
+            if self._pairing_until is None:
+                return None
+            return max(0.0, self._pairing_until - self._clock())
+
+    def close_pairing_window(self, *, why: str = "closed") -> None:
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._close_pairing(effects, why)
+        finally:
+            self._dispatch(effects)
+
+    # -- lockouts ----------------------------------------------------------------
+
+    def lockouts(self) -> list[dict[str, Any]]:
+        """Requesters locked out now, and for how much longer."""
+        with self._guard():
+            return [
+                {"requester": r, "seconds_left": round(left, 1)}
+                for r in sorted(self._locked)
+                if (left := self._locked_for(r))
+            ]
+
+    def lockout(self, requester: str) -> dict[str, Any] | None:
+        """This requester's lockout, if any (what the API tells a client)."""
+        with self._guard():
+            left = self._locked_for(requester)
+            if not left:
+                return None
+            return {
+                "requester": requester,
+                "seconds_left": round(left, 1),
+                "reason": f"{self.settings.lockout_after} requests denied or unanswered within "
+                f"{self.settings.lockout_window_s / 60:g} minutes",
+            }
 
     def current(self) -> ApprovalRequest | None:
         """The request shown on the panel now, if any (a copy)."""
@@ -444,12 +566,64 @@ class ApprovalQueue:
     def _finish(self, req: ApprovalRequest, status: Status, by: str, effects: _Effects) -> None:
         req.status = status
         req.decided_by = by
+        if status == "expired":
+            req.gesture = "timeout"
         self._decided_order.append(req.approval_id)
         while len(self._decided_order) > KEEP_DECIDED:
             self._requests.pop(self._decided_order.popleft(), None)
         effects.decided.append(dataclasses.replace(req))
         effects.event("approval.decided", req.to_public())
         self._cond.notify_all()
+        if status in ("denied", "expired"):
+            self._count_refusal(req.requester, effects)
+
+    def _count_refusal(self, requester: str, effects: _Effects) -> None:
+        s = self.settings
+        if s.lockout_after <= 0 or self._locked_for(requester):
+            return
+        now = self._clock()
+        recent = self._refusals.setdefault(requester, deque())
+        recent.append(now)
+        while recent and now - recent[0] > s.lockout_window_s:
+            recent.popleft()
+        if len(recent) < s.lockout_after:
+            return
+        del self._refusals[requester]
+        self._locked[requester] = now + s.lockout_s
+        effects.event(
+            "approval.lockout",
+            {
+                "requester": requester,
+                "refusals": s.lockout_after,
+                "window_s": s.lockout_window_s,
+                "lockout_s": s.lockout_s,
+            },
+        )
+        # Its other open requests go too: nothing of it stays on the panel.
+        for other in [r for r in self._waiting if r.requester == requester]:
+            self._waiting.remove(other)
+            self._finish(other, "cancelled", "lockout", effects)
+
+    def _locked_for(self, requester: str) -> float:
+        until = self._locked.get(requester)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._locked[requester]
+            return 0.0
+        return left
+
+    def _close_pairing(self, effects: _Effects, why: str) -> None:
+        if self._pairing_until is None:
+            return
+        self._pairing_until = None
+        effects.event("approval.pairing_window", {"open": False, "why": why})
+        if self._shown is None:
+            try:
+                self.panel.indicate("idle")
+            except Exception:
+                log.exception("approval panel failed to indicate idle")
 
     def _decide_shown(self, status: Status, by: str, effects: _Effects) -> None:
         req = self._shown
@@ -461,6 +635,8 @@ class ApprovalQueue:
             self.panel.indicate(outcome)
         except Exception:
             log.exception("approval panel failed to indicate %s", outcome)
+        if req.kind == "pairing" and status == "approved":
+            self._close_pairing(effects, "a desktop was paired")  # one pairing per window
         # The next in line is shown; its own arming delay and deadline start now.
         while self._waiting:
             nxt = self._waiting.popleft()
@@ -472,10 +648,14 @@ class ApprovalQueue:
             self._finish(nxt, "denied", "panel-fault", effects)
         try:
             self.panel.show(None)
+            if self._pairing_until is not None:
+                self.panel.indicate("pairing")
         except Exception:
             log.exception("approval panel failed to clear")
 
     def _expire_due(self, effects: _Effects) -> None:
+        if self._pairing_until is not None and self._clock() >= self._pairing_until:
+            self._close_pairing(effects, "timed out")
         while (
             self._shown is not None
             and self._shown.deadline is not None
@@ -510,6 +690,8 @@ class ApprovalQueue:
                     sleep = _MAX_TIMER_SLEEP
                     if self._shown is not None and self._shown.deadline is not None:
                         sleep = min(sleep, max(0.0, self._shown.deadline - self._clock()))
+                    if self._pairing_until is not None:
+                        sleep = min(sleep, max(0.0, self._pairing_until - self._clock()))
                     self._cond.wait(timeout=sleep)
             self._dispatch(effects)
 

@@ -23,7 +23,9 @@ from typing import Any
 
 from appliance import __version__
 from appliance.agent.client import AgentClient
-from appliance.approval import ApprovalQueue, ApprovalRequest, Panel, VirtualPanel
+from appliance.approval import ApprovalQueue, ApprovalRequest, Panel
+from appliance.approval.gpio import make_panel
+from appliance.approval.receipts import ReceiptError, sign_receipt, verify_receipt
 from appliance.audit import AuditLog
 from appliance.broker.clients import Clients, check_name
 from appliance.broker.fileops import FileOps
@@ -58,6 +60,14 @@ from appliance.policy import Decision, PolicyEngine, PolicyRequest
 log = logging.getLogger("appliance.broker")
 
 UNDO_VERB = "action.undo"
+HEALTH_INTERVAL_S = 10.0  # how often the panel's fault light is brought up to date
+
+RECEIPTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    approval_id TEXT PRIMARY KEY,
+    receipt TEXT NOT NULL
+);
+"""
 
 
 @dataclass
@@ -120,7 +130,8 @@ class Broker:
         self.plans = PlanStore(self.db)
         self.tasks = TaskStore(self.db)
         self.clients = Clients(self.db, self.keystore.secret("credential_pepper"))
-        self.panel = panel or VirtualPanel()
+        self.panel = panel or make_panel(config.panel, dev=config.dev)
+        self.db.ensure(RECEIPTS_SCHEMA)
         # Serialises "store the plan" against "its approval was decided".
         self._lock = threading.RLock()
         self.approvals = ApprovalQueue(
@@ -129,8 +140,11 @@ class Broker:
             on_event=self._audit_quietly,
             on_decided=self._on_decided,
         )
-        if hasattr(self.panel, "attach"):
+        if hasattr(self.panel, "connect"):
+            self.panel.connect(self.approvals)
+        elif hasattr(self.panel, "attach"):
             self.panel.attach(self.approvals.press)
+        self._stopping = threading.Event()
         self._recover()
         self._check_rollback(boot_count)
         self.audit.append(
@@ -146,6 +160,11 @@ class Broker:
                 "panel": self.panel.name,
             },
         )
+        self._update_fault()
+        self._health_thread = threading.Thread(
+            target=self._watch_health, name="panel-health", daemon=True
+        )
+        self._health_thread.start()
 
     def _check_rollback(self, boot_count: int) -> None:
         """The log's newest checkpoint must come from the previous start (or this
@@ -200,8 +219,30 @@ class Broker:
             )
         self._chain_checked = statement["signature"]
 
+    def _update_fault(self) -> None:
+        """The panel's fault light follows /healthz: on while nothing
+        privileged can run (TPM gone or locked out, audit log closed)."""
+        set_fault = getattr(self.panel, "set_fault", None)
+        if set_fault is None:
+            return
+        problems = self.health()["problems"]
+        set_fault("; ".join(problems) if problems else None)
+
+    def _watch_health(self) -> None:
+        while not self._stopping.wait(HEALTH_INTERVAL_S):
+            try:
+                self._update_fault()
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad check
+                log.exception("health check for the panel failed")
+
     def close(self) -> None:
+        self._stopping.set()
+        if hasattr(self, "_health_thread"):
+            self._health_thread.join(timeout=5)
         self.approvals.close()
+        close_panel = getattr(self.panel, "close", None)
+        if close_panel is not None and not self.panel.virtual:
+            close_panel()
         self.audit.close()
         self.db.close()
         if self._opened is not None:
@@ -532,6 +573,7 @@ class Broker:
                 "digest": request.digest,
                 "status": request.status,
                 "decided_by": request.decided_by,
+                "gesture": request.gesture,
             },
         )
         if request.kind == "pairing":
@@ -566,21 +608,67 @@ class Broker:
         ).start()
 
     def _receipt(self, request: ApprovalRequest) -> dict[str, Any]:
-        """What the press approved, signed by the device key: the audit log can
-        prove which press authorised which action."""
-        body = {
-            "approval_id": request.approval_id,
-            "digest": request.digest,
-            "status": request.status,
-            "decided_by": request.decided_by,
-            "time": time.time(),
-            "key_id": self.signer.key_id,
-        }
-        signature = base64.b64encode(self.signer.sign(canonical_json(body))).decode()
-        receipt = {**body, "signature": signature}
-        receipt["receipt_digest"] = digest(receipt)
+        """What the press approved, signed by the device key (see
+        approval/receipts.py): the audit log can prove which press authorised
+        which action. Stored, so the executor can check it again."""
+        receipt = sign_receipt(
+            self.signer,
+            approval_id=request.approval_id,
+            kind=request.kind,
+            subject_id=request.subject_id,
+            request_digest=request.digest,
+            decided_by=request.decided_by,
+            gesture=request.gesture,
+            signer_label=self.keystore.label,
+        )
         self.audit.append("approval.receipt", receipt)
+        self.db.execute(
+            "INSERT INTO receipts (approval_id, receipt) VALUES (?, ?)",
+            (request.approval_id, canonical_json(receipt).decode()),
+        )
         return receipt
+
+    def approval_receipt(
+        self, approval_id: str, conn: sqlite3.Connection | None = None
+    ) -> dict[str, Any]:
+        """The stored receipt of an approval, checked against the device key."""
+        import json
+
+        sql = "SELECT receipt FROM receipts WHERE approval_id = ?"
+        row = (
+            conn.execute(sql, (approval_id,)).fetchone()
+            if conn
+            else self.db.one(sql, (approval_id,))
+        )
+        if row is None:
+            raise NotFound(f"no receipt for approval {approval_id!r}")
+        return verify_receipt(
+            json.loads(row["receipt"]), self.signer.public_key_pem(), approval_id=approval_id
+        )
+
+    def _check_receipt(
+        self, plan: dict[str, Any], expected: Claims, conn: sqlite3.Connection
+    ) -> None:
+        """An approved plan runs only on its own, intact, signed receipt, and
+        only with tokens that cite it (checked in the spend's transaction, so
+        a refusal leaves the token unspent)."""
+        if plan["approval_id"] is None:
+            if expected.receipt_digest is not None:
+                raise ReceiptError("a plan that needed no approval cites a receipt")
+            return
+        try:
+            receipt = self.approval_receipt(plan["approval_id"], conn)
+        except NotFound:
+            raise ReceiptError(
+                f"plan {plan['plan_id']} has no signed receipt for its approval"
+            ) from None
+        verify_receipt(
+            receipt,
+            self.signer.public_key_pem(),
+            approval_id=plan["approval_id"],
+            request_digest=plan["digest"],
+            receipt_digest_expected=expected.receipt_digest,
+        )
 
     # ------------------------------------------------------------------ execute
     def _run(self, plan_id: str, receipt: dict[str, Any] | None) -> None:
@@ -639,6 +727,7 @@ class Broker:
             raise ExecutionError("a denied intent never runs", code="denied", status=403)
 
         def running(conn: sqlite3.Connection, token_id: str) -> None:
+            self._check_receipt(plan, expected, conn)
             # Spent and "running" land together: after a crash, an action whose
             # token is spent is known to have maybe begun.
             conn.execute(
@@ -647,6 +736,9 @@ class Broker:
             )
 
         self._check_chain()
+        plan = self.plans.plan_row(action["plan_id"])
+        if plan is None:
+            raise ExecutionError("the action's plan is gone", code="not_found", status=404)
         verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
         if action["verb"] == UNDO_VERB:
             original = self.plans.action(action["params"]["action_id"])
@@ -918,6 +1010,20 @@ class Broker:
             raise ApplianceError(
                 "pairing refused: " + " ".join(decision.reasons), code="denied", status=403
             )
+        if not self.panel.virtual and self.approvals.pairing_window() is None:
+            # A physical box listens for pairing only after its owner opened a
+            # window at the box: a LAN device cannot even ask otherwise.
+            self.audit.append(
+                "pairing.refused",
+                {"name": name, "address": address, "reasons": ["the pairing window is closed"]},
+            )
+            raise ApplianceError(
+                "pairing is closed: hold the box's button for "
+                f"{self.config.panel.pairing_hold_s:g} seconds while its light is idle to open "
+                f"a pairing window ({self.config.approvals.pairing_window_s:g} s), then pair again",
+                code="pairing_closed",
+                status=403,
+            )
         # Even a policy that "allows" pairing gets a press: a credential is
         # only ever handed out after a person said yes at the box.
         with self._lock:
@@ -1042,10 +1148,16 @@ class Broker:
             "signer": self.keystore.label,
             "unsafe_signer": self.keystore.unsafe,
             "device_key_id": self.signer.key_id,
-            "panel": {"name": self.panel.name, "virtual": self.panel.virtual},
+            "panel": {
+                "name": self.panel.name,
+                "virtual": self.panel.virtual,
+                **(self.panel.snapshot() if hasattr(self.panel, "snapshot") else {}),
+            },
             "shares": {name: str(path) for name, path in self.config.shares.items()},
             "pending_approval": self.approvals.public(current.approval_id) if current else None,
             "waiting_approvals": max(0, len(self.approvals.list()) - 1),
+            "pairing_window_s": self.approvals.pairing_window(),
+            "lockouts": self.approvals.lockouts(),
             "audit_size": self.audit.size,
             "epoch": self.tokens.epoch(),
         }

@@ -4,6 +4,7 @@ with 75 so the service manager restarts it; restarted, it serves for real."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -49,6 +50,9 @@ def up(state: Path, port: int, tpm_port: int) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Production opens the GPIO panel (and fails closed without it): here
+        # on gpiozero's mock pins, as no GPIO chip exists on this machine.
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin"},
     )
 
 

@@ -3,6 +3,7 @@ kind of bad input tried and refused with nothing left half-done."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -402,10 +403,18 @@ def test_rate_limit(tmp_path: Path, share: Path) -> None:
 
 # ------------------------------------------------------------------ the executor's gate
 def stored_action(broker: Broker, plan: dict) -> tuple[dict, Claims]:
+    """The first action of ``plan`` and the claims the executor expects; a plan
+    waiting for approval gets a signed receipt as if it had been approved."""
     row = broker.plans.plan_row(plan["plan_id"])
     action = broker.plans.action(plan["intents"][0]["action_id"])
     assert row and action
+    receipt_digest = None
+    if row["approval_id"]:
+        request = broker.approvals.get(row["approval_id"])
+        approved = dataclasses.replace(request, status="approved", decided_by="test")
+        receipt_digest = broker._receipt(approved)["receipt_digest"]
     claims = Claims(
+        receipt_digest=receipt_digest,
         action_id=action["action_id"],
         verb=action["verb"],
         resource=action["resource"],

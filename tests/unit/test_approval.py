@@ -71,7 +71,9 @@ def panel() -> VirtualPanel:
 
 def make(panel, rec, clock=None, *, timeout=100.0, arming=1.0, size=8) -> ApprovalQueue:
     q = ApprovalQueue(
-        ApprovalSettings(timeout_s=timeout, arming_delay_s=arming, queue_size=size),
+        ApprovalSettings(
+            timeout_s=timeout, arming_delay_s=arming, queue_size=size, lockout_after=0
+        ),
         panel,
         clock=clock or time.monotonic,
         on_event=rec.on_event,

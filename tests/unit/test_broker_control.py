@@ -60,6 +60,7 @@ def test_socket_cannot_approve_for_a_physical_panel(tmp_path: Path) -> None:
     broker = make(tmp_path, PhysicalPanel())
     handle = control_handler(broker)
     try:
+        assert broker.approvals.open_pairing_window(source="button")  # the long hold
         broker.request_pairing("desk")
         shown = handle({"op": "panel.show"})["pending"]
         with pytest.raises(ApplianceError) as e:

@@ -1,0 +1,139 @@
+"""Signed approval receipts: proof of which press authorised which action.
+
+When a person approves a request, the broker signs a receipt with the device
+key (the TPM's key on the box):
+
+    {"type": "approval-receipt", "approval_id", "kind", "subject_id",
+     "digest" (the request digest the press approved), "status": "approved",
+     "decided_by", "gesture" ("hold", "cli"...), "time", "key_id",
+     "signer", "signature" (base64 DER ECDSA P-256 / SHA-256 over the
+     canonical JSON of every other field)}
+
+and its ``receipt_digest`` (sha256 of the canonical JSON of the receipt,
+signature included) goes into every capability token minted under that
+approval, and into each ``action.done`` audit entry. The executor checks the
+receipt again before it spends a token: signed by the device key, for this
+plan's approval id and digest, and cited by the token. So the audit log
+proves, with the device's public key alone, which press let which action run.
+
+``appliance receipt verify FILE`` checks a receipt saved from the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from appliance.errors import ApplianceError
+from appliance.intents import canonical_json, digest
+from appliance.issuer.keys import Signer
+
+RECEIPT_TYPE = "approval-receipt"
+FIELDS = (
+    "type",
+    "approval_id",
+    "kind",
+    "subject_id",
+    "digest",
+    "status",
+    "decided_by",
+    "gesture",
+    "time",
+    "key_id",
+    "signer",
+)
+
+
+class ReceiptError(ApplianceError):
+    """A receipt that does not prove what it claims."""
+
+    status = 403
+    code = "receipt_refused"
+
+
+def sign_receipt(
+    signer: Signer,
+    *,
+    approval_id: str,
+    kind: str,
+    subject_id: str,
+    request_digest: str,
+    decided_by: str | None,
+    gesture: str | None,
+    signer_label: str,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A receipt for an approved request, signed by ``signer`` (the device key)."""
+    body = {
+        "type": RECEIPT_TYPE,
+        "approval_id": approval_id,
+        "kind": kind,
+        "subject_id": subject_id,
+        "digest": request_digest,
+        "status": "approved",
+        "decided_by": decided_by,
+        "gesture": gesture,
+        "time": time.time() if now is None else now,
+        "key_id": signer.key_id,
+        "signer": signer_label,
+    }
+    signature = base64.b64encode(signer.sign(canonical_json(body))).decode()
+    return {**body, "signature": signature, "receipt_digest": receipt_digest(body, signature)}
+
+
+def receipt_digest(body: dict[str, Any], signature: str) -> str:
+    return digest({**{k: body[k] for k in FIELDS}, "signature": signature})
+
+
+def verify_receipt(
+    receipt: Any,
+    public_key_pem: bytes,
+    *,
+    approval_id: str | None = None,
+    request_digest: str | None = None,
+    receipt_digest_expected: str | None = None,
+) -> dict[str, Any]:
+    """Check ``receipt`` and return it; ReceiptError with the reason otherwise.
+
+    Checked: its shape, the device key's signature over every field, that
+    it records an approval, that its ``receipt_digest`` is its own, and,
+    when given, that it is for ``approval_id`` and ``request_digest`` and is
+    the receipt a token cited (``receipt_digest_expected``)."""
+    if not isinstance(receipt, dict):
+        raise ReceiptError("a receipt is a JSON object")
+    missing = [f for f in (*FIELDS, "signature") if f not in receipt]
+    if missing:
+        raise ReceiptError(f"the receipt lacks {', '.join(missing)}")
+    if receipt["type"] != RECEIPT_TYPE:
+        raise ReceiptError(f"not an approval receipt (type {receipt['type']!r})")
+    body = {k: receipt[k] for k in FIELDS}
+    try:
+        signature = base64.b64decode(receipt["signature"], validate=True)
+        key = serialization.load_pem_public_key(public_key_pem)
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ReceiptError("the device key is not an ECC key")
+        key.verify(signature, canonical_json(body), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, TypeError):
+        raise ReceiptError(
+            "the receipt's signature does not verify with the device key: it was altered, "
+            "or signed by another key"
+        ) from None
+    if receipt["status"] != "approved":
+        raise ReceiptError(f"the receipt records {receipt['status']!r}, not an approval")
+    own = receipt_digest(body, receipt["signature"])
+    if receipt.get("receipt_digest", own) != own:
+        raise ReceiptError("the receipt's receipt_digest is not the digest of the receipt")
+    if approval_id is not None and receipt["approval_id"] != approval_id:
+        raise ReceiptError(
+            f"the receipt is for approval {receipt['approval_id']}, not {approval_id}"
+        )
+    if request_digest is not None and receipt["digest"] != request_digest:
+        raise ReceiptError("the receipt approved another request (its digest differs)")
+    if receipt_digest_expected is not None and own != receipt_digest_expected:
+        raise ReceiptError("the token cites another receipt than this approval's")
+    return {**receipt, "receipt_digest": own}
