@@ -223,7 +223,9 @@ def check(layout: Path, image: Path, boot_files: list[str]) -> list[str]:
         all_part = re.search(r"\[all\][^\[]*boot_partition=(\d+)", auto)
         try_part = re.search(r"\[tryboot\][^\[]*boot_partition=(\d+)", auto)
         if not (all_part and try_part and "tryboot_a_b=1" in auto):
-            raise ImageError("autoboot.txt does not name a boot partition under [all] and [tryboot]")
+            raise ImageError(
+                "autoboot.txt does not name a boot partition under [all] and [tryboot]"
+            )
         boot_name = parts[int(all_part.group(1)) - 1]["name"]
         done.append(
             f"autoboot.txt: boots partition {all_part.group(1)} ({boot_name}), "

@@ -36,7 +36,9 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path, Path]:
         "[rel]\nbasicConstraints=critical,CA:false\nkeyUsage=critical,digitalSignature\n"
         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
     )
-    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.pem", "rel.key", "rel.csr", "rel.pem"))
+    ca_key, ca, key, csr, cert = (
+        directory / n for n in ("ca.key", "ca.pem", "rel.key", "rel.csr", "rel.pem")
+    )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     for argv in (
         ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "30",

@@ -165,7 +165,9 @@ def test_admits_only_the_api_and_mdns_from_the_lan(netns: tuple[str, str]) -> No
         assert chains["input"]["policy"] == "drop" and chains["forward"]["policy"] == "drop"
         after = probe(lan, cases)
         wrong = {c: got for c, got in after.items() if got != CASES[c]}
-        assert not wrong, f"admitted when it should not be (True) or refused when it should pass: {wrong}"
+        assert not wrong, (
+            f"admitted when it should not be (True) or refused when it should pass: {wrong}"
+        )
         # Loading it again replaces the table instead of failing or doubling it.
         ns(box, "nft", "-f", RULESET)
         tables = [t["table"]["name"] for t in json.loads(

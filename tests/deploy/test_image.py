@@ -56,7 +56,9 @@ def test_boot_files_are_the_recipes(image: Path) -> None:
     assert "dtoverlay=tpm-slb9670" in config and "dtparam=spi=on" in config
     cmdline = imagetool.fat_read(image, table["bootA"], "cmdline.txt")
     assert "root=PARTLABEL=rootA" in cmdline and "rauc.slot=A" in cmdline
-    unit = imagetool.ext4_read(image, table["rootA"], "/usr/lib/systemd/system/appliance-agent.service")
+    unit = imagetool.ext4_read(
+        image, table["rootA"], "/usr/lib/systemd/system/appliance-agent.service"
+    )
     assert "PrivateNetwork=yes" in unit
 
 

@@ -46,7 +46,12 @@ def test_verify_catches_a_bad_unit(root: Path, tmp_path: Path) -> None:
     text = (DEPLOY / "systemd/appliance-broker.service").read_text()
     bad.write_text(text.replace("DeviceAllow=/dev/tpmrm0 rw", "DeviceAllow=/dev/tpmrm0 rwz"))
     try:
-        proc = run("systemd-analyze", "verify", f"--root={root}", "/usr/lib/systemd/system/appliance-bad.service")
+        proc = run(
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            "/usr/lib/systemd/system/appliance-bad.service",
+        )
         assert "Invalid device rights" in proc.stderr
     finally:
         bad.unlink()
@@ -66,7 +71,9 @@ def test_exposure_check_sees_a_weak_unit(tmp_path: Path) -> None:
     need("systemd-analyze")
     unit = tmp_path / "appliance-broker.service"
     lines = (DEPLOY / "systemd/appliance-broker.service").read_text().splitlines()
-    keep = [ln for ln in lines if not ln.startswith(("Protect", "Restrict", "SystemCall", "Private"))]
+    keep = [
+        ln for ln in lines if not ln.startswith(("Protect", "Restrict", "SystemCall", "Private"))
+    ]
     unit.write_text("\n".join(keep) + "\n")
     proc = run("systemd-analyze", "security", "--offline=true", unit)
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
@@ -109,7 +116,9 @@ def sysusers(root: Path) -> None:
 def test_agent_answers_only_the_broker_uid(tmp_path: Path) -> None:
     """The uid in agent.env and the broker's agent_uid are the fixed ids sysusers makes."""
     sysusers(tmp_path)
-    passwd = {ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines()}
+    passwd = {
+        ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines()
+    }
     groups = {ln.split(":")[0] for ln in (tmp_path / "etc/group").read_text().splitlines()}
     assert {"tss", "gpio", "hailo", "appliance-broker", "appliance-agent"} <= groups
     assert passwd["appliance-broker"][6].endswith("nologin")
@@ -122,7 +131,9 @@ def test_agent_answers_only_the_broker_uid(tmp_path: Path) -> None:
 def test_tmpfiles_make_private_state(tmp_path: Path) -> None:
     need("systemd-tmpfiles")
     sysusers(tmp_path)
-    proc = run("systemd-tmpfiles", f"--root={tmp_path}", "--create", DEPLOY / "tmpfiles.d/appliance.conf")
+    proc = run(
+        "systemd-tmpfiles", f"--root={tmp_path}", "--create", DEPLOY / "tmpfiles.d/appliance.conf"
+    )
     assert proc.returncode == 0, proc.stderr
     state = tmp_path / "data/appliance/state"
     assert state.stat().st_mode & 0o777 == 0o700
