@@ -86,6 +86,8 @@ def test_agent_has_no_network() -> None:
     assert unit_values(agent, "RestrictAddressFamilies") == ["AF_UNIX"]
     assert unit_values(agent, "IPAddressDeny") == ["any"]
     assert unit_values(agent, "CapabilityBoundingSet") == [""]
+    # Nor can it see the broker's state or the shares.
+    assert "-/data" in unit_values(agent, "InaccessiblePaths")[0].split()
 
 
 def test_devices_only_what_each_needs() -> None:
