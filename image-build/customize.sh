@@ -20,12 +20,24 @@ printf 'appliance @ file:///tmp/appliance/%s --hash=sha256:%s\n' \
     "$(basename "$WHEEL")" "$(sha256sum "$WHEEL" | cut -d' ' -f1)" \
     > "$ROOT/tmp/appliance/appliance.txt"
 
+# pip inside the root sees none of the build host's pip settings; only a CA
+# bundle the host trusts for PyPI (PIP_CERT, e.g. a company proxy's) is passed.
+cert=
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+    cp "$PIP_CERT" "$ROOT/tmp/appliance/ca.pem"
+    cert="PIP_CERT=/tmp/appliance/ca.pem"
+fi
+pip_in_root() {
+    # shellcheck disable=SC2086
+    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root $cert \
+        /opt/appliance/bin/pip install --disable-pip-version-check --no-input -q "$@"
+}
+
 # Its own virtual environment, every package checked against its hash.
+rm -rf "$ROOT/opt/appliance"
 in_root python3 -m venv /opt/appliance
-in_root /opt/appliance/bin/pip install --disable-pip-version-check --no-input -q \
-    --require-hashes -r /tmp/appliance/requirements.txt
-in_root /opt/appliance/bin/pip install --disable-pip-version-check --no-input -q \
-    --require-hashes --no-deps -r /tmp/appliance/appliance.txt
+pip_in_root --require-hashes -r /tmp/appliance/requirements.txt
+pip_in_root --require-hashes --no-deps -r /tmp/appliance/appliance.txt
 ln -sf /opt/appliance/bin/appliance "$ROOT/usr/bin/appliance"
 rm -rf "$ROOT/tmp/appliance"
 

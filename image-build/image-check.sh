@@ -52,6 +52,7 @@ rm -rf "$ROOT"
 mkdir -p "$OUT/pip-cache"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
     --include=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,libtss2-dev,nftables,rauc,openssl,ca-certificates \
+    --customize-hook='mkdir -p "$1/root/.cache/pip"' \
     --customize-hook="sync-in '$OUT/pip-cache' /root/.cache/pip" \
     --customize-hook="sh '$HERE/customize.sh' \"\$1\" '$HERE/requirements-check.txt' '$WHEEL' '$OUT/keys/ca.pem'" \
     --customize-hook="sh '$HERE/check-in-root.sh' \"\$1\" '$OUT'" \

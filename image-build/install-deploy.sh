@@ -23,6 +23,8 @@ inst 0644 "$SRC/deploy/nftables/appliance.nft" /etc/nftables.conf
 for f in "$SRC"/deploy/policies/*.cedar "$SRC"/deploy/policies/*.cedarschema; do
     inst 0644 "$f" "/etc/appliance/policies/$(basename "$f")"
 done
+# The policies' own cases, so `appliance selftest` can run them on the box.
+inst 0644 "$SRC/deploy/policies/tests/cases.json" /etc/appliance/policies/tests/cases.json
 for f in "$SRC"/models/*.toml; do
     inst 0644 "$f" "/usr/share/appliance/models/$(basename "$f")"
 done
