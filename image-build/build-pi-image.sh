@@ -27,8 +27,11 @@ OUT=$(cd "$OUT" && pwd)
 KEY=$OUT/raspberrypi-archive-keyring.gpg
 [ -s "$KEY" ] || { echo "put the Raspberry Pi archive key (raspberrypi.gpg.key, dearmored) at $KEY" >&2; exit 1; }
 
-rm -rf "$OUT/dist"
-"$PY" -m pip wheel -q --no-deps -w "$OUT/dist" "$REPO"
+rm -rf "$OUT/dist" "$OUT/src"
+mkdir -p "$OUT/src"
+tar -C "$REPO" --exclude=./build --exclude=./.venv --exclude=./.git -cf - . | tar -C "$OUT/src" -xf -
+"$PY" -m pip wheel -q --no-deps -w "$OUT/dist" "$OUT/src"
+rm -rf "$OUT/src"
 WHEEL=$(ls "$OUT"/dist/appliance-*.whl)
 
 # Raspberry Pi OS Lite's core, as its own image builds list it, plus what the

@@ -31,8 +31,13 @@ say "qemu-aarch64 registered with binfmt_misc"
 
 # 2. The appliance's wheel, and a throwaway release CA for this run (the real
 #    release key is never here).
-rm -rf "$OUT/dist" "$OUT/keys"
-"$PY" -m pip wheel -q --no-deps -w "$OUT/dist" "$REPO" > /dev/null
+rm -rf "$OUT/dist" "$OUT/keys" "$OUT/src"
+# From a copy without build/ (an earlier root file system) and .venv: the
+# build backend would walk them.
+mkdir -p "$OUT/src"
+tar -C "$REPO" --exclude=./build --exclude=./.venv --exclude=./.git -cf - . | tar -C "$OUT/src" -xf -
+"$PY" -m pip wheel -q --no-deps -w "$OUT/dist" "$OUT/src" > /dev/null
+rm -rf "$OUT/src"
 WHEEL=$(ls "$OUT"/dist/appliance-*.whl)
 mkdir -p "$OUT/keys"
 "$PY" - "$OUT/keys" <<'PY'
