@@ -28,9 +28,8 @@ echo "inside: $version" >> "$R"
 in_root appliance selftest > "$OUT/selftest.txt" 2>&1 || { cat "$OUT/selftest.txt" >&2; fail "appliance selftest"; }
 echo "inside: appliance selftest passed:" >> "$R"
 sed 's/^/    /' "$OUT/selftest.txt" >> "$R"
-# The firewall parses with the target's own nft (no kernel needed for -c).
-in_root nft -c -f /etc/nftables.conf || fail "nft -c /etc/nftables.conf"
-echo "inside: nft -c /etc/nftables.conf parses" >> "$R"
+# (nft -c needs netlink, which qemu-user does not translate: the ruleset is
+# checked with the host's nft in make test.)
 in_root sh -c 'test "$(id -u appliance-broker)" = 940 && test "$(id -u appliance-agent)" = 941' \
     || fail "users not made with their fixed ids"
 echo "inside: users appliance-broker (940), appliance-agent (941)" >> "$R"

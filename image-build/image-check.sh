@@ -53,6 +53,10 @@ say "built $(basename "$WHEEL"); made a throwaway release CA"
 #    (hashes pinned), units enabled; then, inside it under emulation, the
 #    target's own systemd-analyze, `appliance --version` and the self-test.
 ROOT=$OUT/rootfs
+if [ "${IMAGE_CHECK_REUSE_ROOT:-}" = 1 ] && [ -s "$OUT/in-root.txt" ] && [ -x "$ROOT/opt/appliance/bin/appliance" ]; then
+    # Iterating on the image steps: keep the root (and its in-root results) from the last run.
+    say "reusing the root file system of the last run (IMAGE_CHECK_REUSE_ROOT=1)"
+else
 rm -rf "$ROOT"
 mkdir -p "$OUT/pip-cache"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
@@ -65,18 +69,24 @@ mmdebstrap --arch=arm64 --variant=apt --format=directory \
     --customize-hook='rm -rf "$1/root/.cache/pip"' \
     "$SUITE" "$ROOT" > "$OUT/mmdebstrap.log" 2>&1 \
     || { tail -n 30 "$OUT/mmdebstrap.log"; fail "mmdebstrap (log: $OUT/mmdebstrap.log)"; }
+fi
 cat "$OUT/in-root.txt" >> "$REPORT"
 say "arm64 $SUITE root file system built and checked inside ($(du -sm "$ROOT" | cut -f1) MiB)"
 
 # 4. The image: GPT, autoboot + A/B boot and root + data, without loop devices.
+if grep -q " $ROOT/" /proc/mounts; then
+    fail "something is still mounted under $ROOT (an interrupted earlier run?): umount -R -l it"
+fi
 rm -rf "$OUT/stage"
 sh "$HERE/stage.sh" "$ROOT" "$OUT/stage"
 IMG=$OUT/appliance-check-arm64.img
+# (No pipes into tee here: a pipeline's status is tee's, and a failure must stop.)
 "$PY" "$HERE/imagetool.py" assemble --layout "$HERE/layout.json" \
     --stage "autoboot=$OUT/stage/autoboot" --stage "boot=$OUT/stage/boot" \
-    --stage "root=$OUT/stage/root" "$IMG" | tee -a "$REPORT"
-"$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" "$IMG" | tee -a "$REPORT" \
+    --stage "root=$OUT/stage/root" "$IMG" > "$OUT/assemble.txt" || fail "image assembly"
+"$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" "$IMG" >> "$OUT/assemble.txt" \
     || fail "image check"
+tee -a "$REPORT" < "$OUT/assemble.txt"
 xz -T2 -1 -f -k "$IMG"
 (cd "$OUT" && sha256sum "$(basename "$IMG").xz" > "$(basename "$IMG").xz.sha256")
 "$PY" "$HERE/imager-json.py" "$IMG" "$IMG.xz" > "$OUT/os_list_imagingutility.json"
