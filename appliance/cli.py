@@ -425,6 +425,15 @@ def cmd_undo(args: argparse.Namespace) -> int:
     return 0 if plan["status"] == "done" else 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("appliance")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from appliance.client import DEFAULT_CREDENTIALS
 
@@ -433,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the appliance (up) and talk to it: box-side commands use the local "
         "control socket, desktop commands (pair, submit, undo) the LAN API.",
     )
+    parser.add_argument("--version", action="version", version=f"appliance {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the broker")

@@ -58,17 +58,26 @@ class Check:
     detail: str
 
 
+# Installed only with an extra; absent is a skip, broken is a failure.
+OPTIONAL = {"llama_cpp": "the CPU model backend (extra 'cpu'); the Hailo backend needs none"}
+
+
 def _imports() -> Iterator[Check]:
     failed = []
     for name in MODULES:
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if name in OPTIONAL and e.name == name:
+                yield Check(f"import {name}", "skip", f"not installed: {OPTIONAL[name]}")
+            else:
+                failed.append(f"{name} ({type(e).__name__}: {e})")
         except Exception as e:  # noqa: BLE001 - any import failure is the finding
             failed.append(f"{name} ({type(e).__name__}: {e})")
     if failed:
         yield Check("imports", "fail", "cannot import " + "; ".join(failed))
     else:
-        yield Check("imports", "pass", f"{len(MODULES)} packages import")
+        yield Check("imports", "pass", "the required packages import")
 
 
 def load_config(path: Path | None, state_dir: Path) -> tuple[Any, Check]:

@@ -23,3 +23,12 @@ def test_box_commands_say_when_no_broker_runs(tmp_path: Path, capsys) -> None:
 def test_share_flag_needs_name_and_path() -> None:
     with pytest.raises(SystemExit):
         main(["up", "--dev", "--share", "nopath"])
+
+
+def test_version(capsys):
+    from appliance.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("appliance 0.")

@@ -1,0 +1,56 @@
+#!/bin/sh
+# Put the appliance into a Debian-family root file system ROOT (run from the
+# host as an mmdebstrap customize hook; commands inside ROOT run by chroot,
+# under qemu-user when ROOT is arm64). The same steps for the Pi image and
+# for `make image-check`.
+#   customize.sh ROOT REQUIREMENTS WHEEL KEYRING
+# REQUIREMENTS: pip requirements with --hash for every package (pip runs with
+# --require-hashes); WHEEL: the appliance's own wheel, pinned to its sha256
+# here; KEYRING: the release CA certificate RAUC checks bundles against.
+set -eu
+ROOT=$1 REQS=$2 WHEEL=$3 KEYRING=$4
+HERE=$(cd "$(dirname "$0")" && pwd)
+in_root() { chroot "$ROOT" "$@"; }
+
+mkdir -p "$ROOT/tmp/appliance"
+cp "$REQS" "$ROOT/tmp/appliance/requirements.txt"
+cp "$WHEEL" "$ROOT/tmp/appliance/"
+# The appliance itself, pinned to the hash of the wheel built for this image.
+printf 'appliance @ file:///tmp/appliance/%s --hash=sha256:%s\n' \
+    "$(basename "$WHEEL")" "$(sha256sum "$WHEEL" | cut -d' ' -f1)" \
+    > "$ROOT/tmp/appliance/appliance.txt"
+
+# pip inside the root sees none of the build host's pip settings; only a CA
+# bundle the host trusts for PyPI (PIP_CERT, e.g. a company proxy's) is passed.
+cert=
+if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+    cp "$PIP_CERT" "$ROOT/tmp/appliance/ca.pem"
+    cert="PIP_CERT=/tmp/appliance/ca.pem"
+fi
+pip_in_root() {
+    # shellcheck disable=SC2086
+    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root $cert \
+        /opt/appliance/bin/pip install --disable-pip-version-check --no-input -q "$@"
+}
+
+# Its own virtual environment, every package checked against its hash.
+rm -rf "$ROOT/opt/appliance"
+in_root python3 -m venv /opt/appliance
+pip_in_root --require-hashes -r /tmp/appliance/requirements.txt
+pip_in_root --require-hashes --no-deps -r /tmp/appliance/appliance.txt
+ln -sf /opt/appliance/bin/appliance "$ROOT/usr/bin/appliance"
+rm -rf "$ROOT/tmp/appliance"
+
+# Units, users, folders, configuration, firewall, RAUC.
+sh "$HERE/install-deploy.sh" "$ROOT"
+install -D -m 0644 "$KEYRING" "$ROOT/etc/rauc/keyring.pem"
+in_root systemd-sysusers
+in_root systemctl enable appliance-broker.service appliance-agent.service \
+    appliance-pairing-hint.service nftables.service
+# SSH off by default: the owner turns it on at the console if wanted.
+for unit in ssh.service ssh.socket sshswitch.service; do
+    if [ -e "$ROOT/usr/lib/systemd/system/$unit" ] || [ -e "$ROOT/lib/systemd/system/$unit" ]; then
+        in_root systemctl disable "$unit" 2>/dev/null || true
+        in_root systemctl mask "$unit"
+    fi
+done
