@@ -163,11 +163,17 @@ def test_config_is_the_production_config() -> None:
 
 # Calls that start another program. The production broker makes none: the
 # only ones in the package start the development TPM (swtpm) and the
-# development agent, both only in development mode.
+# development agent, both only in development mode, and the plugin authors'
+# compiler (`python -m appliance.plugins.build`), which nothing in the broker
+# imports (checked below).
 SPAWNS = {"Popen", "run", "call", "check_call", "check_output", "system", "spawnv", "spawnl",
           "execv", "execve", "execvp", "execl", "popen", "create_subprocess_exec",
           "create_subprocess_shell"}  # fmt: skip
-DEV_ONLY = {("appliance/issuer/swtpm.py", "start"), ("appliance/cli.py", "start_agent")}
+DEV_ONLY = {
+    ("appliance/issuer/swtpm.py", "start"),
+    ("appliance/cli.py", "start_agent"),
+    ("appliance/plugins/build.py", "compile_plugin"),
+}
 
 
 def test_no_external_program_outside_development() -> None:
@@ -187,6 +193,12 @@ def test_no_external_program_outside_development() -> None:
                 ):
                     found.add((str(path.relative_to(REPO)), fn.name))
     assert found <= DEV_ONLY, f"new external program calls: {found - DEV_ONLY}"
+    importers = [
+        path
+        for path in (REPO / "appliance").rglob("*.py")
+        if path.name != "build.py" and "plugins.build" in path.read_text()
+    ]
+    assert not importers, f"the plugin compiler is reachable from {importers}"
 
 
 def test_production_never_starts_swtpm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
