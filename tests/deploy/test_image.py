@@ -95,3 +95,41 @@ def test_check_refuses_a_root_without_the_units(tmp_path: Path) -> None:
     imagetool.assemble(LAYOUT, {n: stage / n for n in ("autoboot", "boot", "root")}, out)
     with pytest.raises(imagetool.ImageError, match="missing /usr/bin/appliance"):
         imagetool.check(LAYOUT, out, [])
+
+
+def _pinned(path: Path) -> dict[str, int]:
+    """Package name -> how many hashes its pin carries, from a pip-compile file."""
+    import re
+
+    pins: dict[str, int] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        if m := re.match(r"([A-Za-z0-9._-]+)==\S+ \\$", line):
+            name = m.group(1).lower().replace("_", "-")
+            pins[name] = 0
+        elif line.strip().startswith("--hash=sha256:") and name:
+            pins[name] += 1
+    return pins
+
+
+@pytest.mark.parametrize(
+    ("file", "extras"), [("requirements-check.txt", ()), ("requirements-pi.txt", ("pi", "cpu"))]
+)
+def test_image_requirements_pin_every_dependency(file: str, extras: tuple[str, ...]) -> None:
+    """The image installs with --require-hashes from these files alone: a
+    dependency added to pyproject.toml and not pinned here would only show up
+    as a failing self-test inside the image (regenerate: docs/image.md)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((IMAGE_BUILD.parent / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    pins = _pinned(IMAGE_BUILD / file)
+    for req in wanted:
+        name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower().replace("_", "-")  # type: ignore[union-attr]
+        assert pins.get(name, 0) > 0, f"{req} is not pinned with a hash in image-build/{file}"
+    text = (IMAGE_BUILD / file).read_text()
+    # Nothing of the machine that compiled it: the image uses PyPI alone.
+    assert "--extra-index-url" not in text and "--find-links" not in text
