@@ -163,11 +163,12 @@ class Broker:
                 "panel": self.panel.name,
             },
         )
-        self._update_fault()
-        self._health_thread = threading.Thread(
-            target=self._watch_health, name="panel-health", daemon=True
-        )
-        self._health_thread.start()
+        if hasattr(self.panel, "set_fault"):  # a panel with a fault light to drive
+            self._update_fault()
+            self._health_thread = threading.Thread(
+                target=self._watch_health, name="panel-health", daemon=True
+            )
+            self._health_thread.start()
 
     def _check_rollback(self, boot_count: int) -> None:
         """The log's newest checkpoint must come from the previous start (or this
