@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from appliance.agent.backends import Backend
 from appliance.agent.errors import ModelError
 from appliance.agent.jsonout import extract_json, validate
-from appliance.broker.scope import SHARE_NAME, check_name
+from appliance.names import SHARE_NAME, check_name
 from appliance.config import Limits
 from appliance.errors import ApplianceError, ScopeError
 from appliance.intents import VERBS, Plan
