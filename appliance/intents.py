@@ -19,37 +19,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-Verb = Literal[
-    "file.list",
-    "file.stat",
-    "file.read",
-    "file.mkdir",
-    "file.copy",
-    "file.move",
-    "file.rename",
-    "file.write",
-    "file.delete",
+from appliance.verbs import INTENT_VERBS, READ_VERBS, REGISTRY, WRITE_VERBS
+
+# The verbs a plan may name, from the registry (appliance/verbs.py).
+Verb = Literal[INTENT_VERBS]  # type: ignore[valid-type]
+
+VERBS: tuple[str, ...] = INTENT_VERBS
+
+__all__ = [
+    "READ_VERBS",
+    "VERBS",
+    "WRITE_VERBS",
+    "Intent",
+    "Plan",
+    "Provenance",
+    "canonical_json",
+    "digest",
+    "plan_schema",
+    "verification_code",
 ]
-
-VERBS: tuple[str, ...] = Verb.__args__  # type: ignore[attr-defined]
-READ_VERBS = frozenset({"file.list", "file.stat", "file.read"})
-WRITE_VERBS = frozenset(VERBS) - READ_VERBS
-
-# Parameters each verb takes; anything else is refused, so a typo never
-# silently means something else. Values: (type, required).
-VERB_PARAMS: dict[str, dict[str, tuple[type, bool]]] = {
-    "file.list": {},
-    "file.stat": {},
-    "file.read": {"max_bytes": (int, False), "offset": (int, False)},
-    "file.mkdir": {"parents": (bool, False)},
-    "file.copy": {"to": (str, True)},
-    "file.move": {"to": (str, True)},
-    "file.rename": {"name": (str, True)},
-    "file.write": {"content": (str, True), "encoding": (str, False)},
-    "file.delete": {},
-}
-# Parameters that name another resource (and so go through scope resolution).
-RESOURCE_PARAMS = frozenset({"to"})
 
 
 class Provenance(StrEnum):
@@ -76,24 +64,23 @@ class Intent(BaseModel):
 
     @model_validator(mode="after")
     def _check_params(self) -> Intent:
-        spec = VERB_PARAMS[self.verb]
+        spec = REGISTRY[self.verb].params
         unknown = set(self.params) - set(spec)
         if unknown:
             raise ValueError(f"{self.verb} takes no parameter {sorted(unknown)}")
-        for name, (typ, required) in spec.items():
+        for name, param in spec.items():
             if name not in self.params:
-                if required:
+                if param.required:
                     raise ValueError(f"{self.verb} needs params.{name}")
                 continue
             value = self.params[name]
+            typ = param.type
             # bool is an int in Python: refuse it where a number is meant.
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise ValueError(f"params.{name} of {self.verb} must be {typ.__name__}")
-        if self.verb == "file.write" and self.params.get("encoding", "utf-8") not in (
-            "utf-8",
-            "base64",
-        ):
-            raise ValueError("params.encoding must be 'utf-8' or 'base64'")
+            if param.choices and value not in param.choices:
+                shown = " or ".join(repr(c) for c in param.choices)
+                raise ValueError(f"params.{name} must be {shown}")
         fields = {"resource"} | {f"params.{p}" for p in self.params}
         stray = set(self.provenance) - fields
         if stray:

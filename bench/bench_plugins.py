@@ -43,7 +43,7 @@ import wasmtime
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.broker.service import Broker  # noqa: E402
+from appliance.box import open_box  # noqa: E402
 from appliance.config import Config  # noqa: E402
 from appliance.intents import Intent  # noqa: E402
 from appliance.plugins import package  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> int:
     (plugin_dir / "manifest.json").write_text(json.dumps(MANIFEST))
     public = package.keygen(tmp / "key.pem")
     package.sign(plugin_dir, tmp / "key.pem")
-    broker = Broker(
+    broker = open_box(
         Config(
             state_dir=tmp / "state",
             shares={"docs": share},
@@ -101,7 +101,7 @@ def main() -> int:
 
         def run(n: int) -> Callable[[], object]:
             value = {"resource": "share:docs/a.txt", "n": n}
-            return lambda: broker.plugins.run("bench", "bench", "stats", value)
+            return lambda: broker.run_plugin("bench", "bench", "stats", value)
 
         builtin(), run(1)()  # warm up
         b = statistics.median(timed(builtin, runs * 2))

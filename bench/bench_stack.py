@@ -41,7 +41,7 @@ def serve(kind: str, port: int, state: Path) -> None:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
         return
     from appliance.api.app import create_app
-    from appliance.broker.service import Broker
+    from appliance.box import open_box
     from appliance.config import Config, Limits
 
     share = state / "share"
@@ -53,7 +53,7 @@ def serve(kind: str, port: int, state: Path) -> None:
         dev=True,
         limits=Limits(requests_per_second=1e6, burst=1_000_000),
     )
-    broker = Broker(config)
+    broker = open_box(config)
     pairing = broker.clients.new_pairing("bench")
     broker.clients.set_pairing_status(pairing, "approved")
     (state / "credential").write_text(broker.clients.deliver(pairing)["credential"])

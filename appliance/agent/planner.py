@@ -37,10 +37,10 @@ from pydantic import ValidationError
 from appliance.agent.backends import Backend
 from appliance.agent.errors import ModelError
 from appliance.agent.jsonout import extract_json, validate
-from appliance.names import SHARE_NAME, check_name
 from appliance.config import Limits
 from appliance.errors import ApplianceError, ScopeError
 from appliance.intents import VERBS, Plan
+from appliance.names import SHARE_NAME, check_name
 
 # New names the model may make. A folder: starts with a letter or digit, then
 # letters, digits, space, "_" or "-": no dots at all, so never "." or "..",

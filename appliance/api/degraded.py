@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from appliance.api.app import _error
+from appliance.api.errors import error_response
 
 
 def unavailable_app(reason: str) -> ASGIApp:
@@ -22,7 +22,7 @@ def unavailable_app(reason: str) -> ASGIApp:
             body = {"status": "unavailable", "problems": [reason], "code": "unavailable"}
             response = JSONResponse(body, status_code=503)
         else:
-            response = _error(503, "unavailable", f"the appliance cannot serve: {reason}")
+            response = error_response(503, "unavailable", f"the appliance cannot serve: {reason}")
         await response(scope, receive, send)
 
     return app

@@ -8,14 +8,17 @@ from .control import (
     ControlSocketInUse,
     peer_uid,
 )
-from .panel import PANEL_STATES, Panel, PanelState, PressFn, VirtualPanel
-from .queue import (
+from .panel import Panel, VirtualPanel
+from .queue import ApprovalQueue
+from .types import (
     DECIDED,
     KINDS,
-    ApprovalQueue,
+    PANEL_STATES,
     ApprovalRequest,
     Decision,
     Kind,
+    PanelQueue,
+    PanelState,
     PressResult,
     Status,
 )
@@ -33,8 +36,8 @@ __all__ = [
     "Decision",
     "Kind",
     "Panel",
+    "PanelQueue",
     "PanelState",
-    "PressFn",
     "PressResult",
     "Status",
     "VirtualPanel",

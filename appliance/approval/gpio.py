@@ -53,12 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.config import PanelSettings
 
-from .panel import PANEL_STATES, PanelState, code_colour
+from .panel import Panel, VirtualPanel
+from .types import PANEL_STATES, ApprovalRequest, PanelQueue, PanelState, code_colour
 
 if TYPE_CHECKING:
     from gpiozero import LED, PWMLED, RGBLED, Button
-
-    from .queue import ApprovalQueue, ApprovalRequest
 
 log = logging.getLogger(__name__)
 
@@ -233,13 +232,14 @@ class _Tap:
     digest: str | None
 
 
-class GpioPanel:
+class GpioPanel(Panel):
     """A :class:`~appliance.approval.panel.Panel` on gpiozero: a button that
     approves with a hold and denies with a double tap, and an LED that shows
     what is pending. Connect it to the queue with :meth:`connect`."""
 
     name = "gpio"
     virtual = False
+    fault_light = True
 
     def __init__(
         self,
@@ -248,10 +248,10 @@ class GpioPanel:
         pin_factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.settings = settings
         self._clock = clock
         self.devices = open_devices(settings, pin_factory=pin_factory)
-        self._queue: ApprovalQueue | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = False
@@ -287,10 +287,6 @@ class GpioPanel:
             f", RGB LED GPIO{settings.rgb_pins}" if settings.rgb_pins else "",
             type(self.devices.button.pin_factory).__name__,
         )
-
-    def connect(self, queue: ApprovalQueue) -> None:
-        """Send gestures to ``queue`` (built after its panel, which it needs)."""
-        self._queue = queue
 
     def close(self) -> None:
         with self._lock:
@@ -527,7 +523,7 @@ class GpioPanel:
                 source="button",
             )
 
-    def _need_queue(self) -> ApprovalQueue:
+    def _need_queue(self) -> PanelQueue:
         if self._queue is None:
             raise RuntimeError("the gpio panel is not connected to an approval queue")
         return self._queue
@@ -548,11 +544,11 @@ class GpioPanel:
         }
 
 
-def make_panel(settings: PanelSettings, *, dev: bool) -> Any:
+def make_panel(
+    settings: PanelSettings, *, dev: bool, clock: Callable[[], float] = time.monotonic
+) -> Panel:
     """The panel the configuration asks for: ``auto`` is the GPIO panel in
     production and the virtual panel in development."""
-    from .panel import VirtualPanel
-
     kind = settings.kind
     if kind == "auto":
         kind = "virtual" if dev else "gpio"
@@ -564,5 +560,5 @@ def make_panel(settings: PanelSettings, *, dev: bool) -> Any:
             )
         return VirtualPanel()
     if kind == "gpio":
-        return GpioPanel(settings)
+        return GpioPanel(settings, clock=clock)
     raise ValueError(f"panel kind must be auto, gpio or virtual, not {kind!r}")

@@ -3,8 +3,13 @@
 A panel is told two things by the queue: which request is shown
 (:meth:`Panel.show`, ``None`` when nothing is) and what the LED should say
 (:meth:`Panel.indicate`). Presses travel the other way: a panel calls the
-queue's ``press(decision, digest=..., source=...)``; it never decides
+queue it was connected to (:meth:`Panel.connect`); it never decides
 anything itself.
+
+:class:`Panel` is the base of every panel and names every ability one may
+have, with a safe default where a panel lacks it (the way gpiozero's pin
+``Factory`` does): no fault light, nothing to close, no presses from the
+control socket. The broker calls these and never asks which panel it has.
 
 The queue calls ``show``/``indicate`` with its lock held, so they must be
 quick and must not block on the queue from another thread (reading the
@@ -20,60 +25,69 @@ Implementations side by side:
 * :class:`~appliance.approval.gpio.GpioPanel`: a gpiozero ``Button`` (hold
   to approve, double tap to deny, long hold while idle to open pairing) and
   an LED showing the state and the verification code; tested on gpiozero's
-  ``MockFactory``, run on lgpio on the Pi 5. It is built before the queue
-  and handed the queue through ``connect`` afterwards.
+  ``MockFactory``, run on lgpio on the Pi 5.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
-from appliance.errors import Unavailable
+from appliance.errors import ApplianceError, Unavailable
 
-if TYPE_CHECKING:
-    from .queue import ApprovalRequest, PressResult
+from .types import PANEL_STATES, ApprovalRequest, Decision, PanelQueue, PanelState, PressResult
 
 log = logging.getLogger(__name__)
 
-PanelState = Literal["idle", "pending", "pairing", "approved", "denied", "expired", "fault"]
-PANEL_STATES: tuple[str, ...] = PanelState.__args__  # type: ignore[attr-defined]
 
-# The colours an RGB LED shows a pending request in, one per verification
-# code: easy to name, far apart on the colour wheel.
-CODE_COLOURS = ("red", "green", "blue", "yellow", "cyan", "magenta")
+class Panel(ABC):
+    """What the approval queue and the broker need from a panel."""
 
+    name: str = "panel"
+    virtual: bool = True  # True for anything that is not a physical button
+    # A light that can show the broker's faults (TPM gone, audit log closed):
+    # the broker keeps it up to date only when there is one.
+    fault_light: bool = False
 
-def code_colour(code: str) -> str:
-    """The colour an RGB panel breathes in for ``code``; the requester sees
-    its name beside the code (number matching with a colour)."""
-    return CODE_COLOURS[int(code) % len(CODE_COLOURS)]
+    def __init__(self) -> None:
+        self._queue: PanelQueue | None = None
 
+    def connect(self, queue: PanelQueue) -> None:
+        """Send presses to ``queue`` (built after its panel, which it needs)."""
+        self._queue = queue
 
-# The queue's press method, as a panel holds it.
-PressFn = Callable[..., "PressResult"]
-
-
-@runtime_checkable
-class Panel(Protocol):
-    """What the approval queue needs from a panel."""
-
-    name: str
-    virtual: bool  # True for anything that is not a physical button
-
+    @abstractmethod
     def show(self, request: ApprovalRequest | None) -> None:
         """Display ``request`` (the one a press now applies to), or nothing."""
-        ...
 
+    @abstractmethod
     def indicate(self, state: PanelState) -> None:
         """Set the indicator (LED) to ``state``."""
-        ...
+
+    def set_fault(self, reason: str | None) -> None:
+        """Show (or clear) a fault. A panel without a fault light ignores it."""
+        return None
+
+    def press(self, decision: Decision, *, digest: str, source: str = "cli") -> PressResult:
+        """A press from the control socket. Only a virtual panel takes one: on
+        a physical panel the button is the only way to approve."""
+        raise ApplianceError(
+            f"the panel is {self.name!r}: approve with its button", code="not_virtual", status=403
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``appliance panel show`` and the status print."""
+        return {"panel": self.name, "virtual": self.virtual}
+
+    def close(self) -> None:
+        """Release the hardware (nothing to release by default)."""
+        return None
 
 
-class VirtualPanel:
+class VirtualPanel(Panel):
     """A panel with no hardware, for development: approvals come from the CLI.
 
     It remembers what is shown and the LED state it would display, for
@@ -84,13 +98,14 @@ class VirtualPanel:
 
     name = "virtual"
     virtual = True
+    fault_light = True  # shown in its snapshot, as the LED would
 
     def __init__(self, *, history: int = 100) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._shown: ApprovalRequest | None = None
         self._state: PanelState = "idle"
         self._history: deque[str] = deque(maxlen=history)
-        self._press: PressFn | None = None
         self._fault: str | None = None
         log.warning(
             "VIRTUAL approval panel in use: this is a development setup with no physical "
@@ -111,7 +126,42 @@ class VirtualPanel:
             self._state = state
             self._history.append(state)
 
-    # -- what the CLI and tests use ----------------------------------------------
+    def set_fault(self, reason: str | None) -> None:
+        """The broker's health: a fault overrides what the LED shows."""
+        with self._lock:
+            self._fault = reason
+
+    def press(self, decision: Decision, *, digest: str, source: str = "cli") -> PressResult:
+        """Approve or deny the request whose ``digest`` the person was shown.
+
+        The digest is required: the CLI first displays the request (summary,
+        code, digest) and sends back the digest it displayed, so a request
+        swapped in between cannot be approved by mistake.
+        """
+        if self._queue is None:
+            raise Unavailable("the virtual panel is not connected to the approval queue")
+        result = self._queue.press(decision, digest=digest, source=f"virtual-panel:{source}")
+        if result.accepted:
+            log.warning(
+                "approval %s %s through the VIRTUAL panel (source %s), not a physical button",
+                result.approval_id,
+                result.reason,
+                source,
+            )
+        return result
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            shown, state, fault = self._shown, self._state, self._fault
+        return {
+            "panel": self.name,
+            "virtual": self.virtual,
+            "state": "fault" if fault else state,
+            "fault": fault,
+            "shown": shown.to_public(position=0) if shown else None,
+        }
+
+    # -- what tests use ------------------------------------------------------------
 
     @property
     def shown(self) -> ApprovalRequest | None:
@@ -128,44 +178,3 @@ class VirtualPanel:
         """The last states indicated, oldest first."""
         with self._lock:
             return list(self._history)
-
-    def set_fault(self, reason: str | None) -> None:
-        """The broker's health: a fault overrides what the LED shows."""
-        with self._lock:
-            self._fault = reason
-
-    def attach(self, press: PressFn) -> None:
-        """Connect the panel to the queue's ``press`` (the queue is built
-        after its panel, because it needs one)."""
-        self._press = press
-
-    def press(self, decision: str, *, digest: str, source: str = "cli") -> PressResult:
-        """Approve or deny the request whose ``digest`` the person was shown.
-
-        The digest is required: the CLI first displays the request (summary,
-        code, digest) and sends back the digest it displayed, so a request
-        swapped in between cannot be approved by mistake.
-        """
-        if self._press is None:
-            raise Unavailable("the virtual panel is not connected to the approval queue")
-        result = self._press(decision, digest=digest, source=f"virtual-panel:{source}")
-        if result.accepted:
-            log.warning(
-                "approval %s %s through the VIRTUAL panel (source %s), not a physical button",
-                result.approval_id,
-                result.reason,
-                source,
-            )
-        return result
-
-    def snapshot(self) -> dict[str, Any]:
-        """What ``appliance panel show`` prints."""
-        with self._lock:
-            shown, state, fault = self._shown, self._state, self._fault
-        return {
-            "panel": self.name,
-            "virtual": self.virtual,
-            "state": "fault" if fault else state,
-            "fault": fault,
-            "shown": shown.to_public(position=0) if shown else None,
-        }

@@ -33,23 +33,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from appliance.config import ApprovalSettings
 from appliance.errors import ApplianceError, LockedOut, NotFound, QueueFull, Unavailable
 from appliance.intents import verification_code
 
-from .panel import Panel, PanelState, code_colour
+from .panel import Panel
+from .types import KINDS, ApprovalRequest, Decision, PanelState, PressResult, Status
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["plan", "pairing", "undo"]
-Status = Literal["waiting", "pending", "approved", "denied", "expired", "cancelled"]
-Decision = Literal["approve", "deny"]
-
-KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
-DECIDED: frozenset[str] = frozenset({"approved", "denied", "expired", "cancelled"})
 
 # Decided requests stay readable through get() so a requester polling late
 # still learns the outcome; beyond this many the oldest are forgotten.
@@ -60,78 +53,6 @@ SUMMARY_CHARS = 2000
 # ahead is noticed even without a wake-up.
 _MAX_TIMER_SLEEP = 1.0
 _HEX = re.compile(r"(?:[0-9a-f]{2}){4,64}")
-
-
-@dataclass
-class ApprovalRequest:
-    """One thing a person is asked to approve (a plan, a pairing, an undo).
-
-    Times (``created``, ``shown_at``, ``deadline``) are on the queue's clock
-    (monotonic by default), not wall-clock time.
-    """
-
-    approval_id: str
-    kind: str
-    subject_id: str
-    requester: str
-    summary: str
-    digest: str
-    code: str
-    created: float
-    shown_at: float | None = None
-    deadline: float | None = None
-    status: Status = "waiting"
-    decided_by: str | None = None
-    gesture: str | None = None  # how it was decided: "hold", "double-tap", "timeout", "cli"...
-
-    @property
-    def decided(self) -> bool:
-        return self.status in DECIDED
-
-    def to_public(self, *, now: float | None = None, position: int | None = None) -> dict[str, Any]:
-        """The view the API and the CLI show.
-
-        The API's status vocabulary is pending | approved | denied | expired:
-        a request waiting behind the shown one is "pending" with a
-        ``position`` > 0 (0 = shown on the panel now), and a cancelled one is
-        "denied" (nothing may proceed) with ``state`` saying "cancelled".
-        """
-        if self.status in ("waiting", "pending"):
-            status = "pending"
-        elif self.status == "cancelled":
-            status = "denied"
-        else:
-            status = self.status
-        out: dict[str, Any] = {
-            "approval_id": self.approval_id,
-            "kind": self.kind,
-            "subject_id": self.subject_id,
-            "plan_id": self.subject_id if self.kind in ("plan", "undo") else None,
-            "pairing_id": self.subject_id if self.kind == "pairing" else None,
-            "status": status,
-            "state": self.status,
-            "position": position,
-            "code": self.code,
-            "colour": code_colour(self.code),
-            "digest": self.digest,
-            "summary": self.summary,
-            "requester": self.requester,
-            "deadline": self.deadline,
-            "decided_by": self.decided_by,
-            "gesture": self.gesture,
-        }
-        if now is not None and self.deadline is not None and not self.decided:
-            out["expires_in_s"] = round(max(0.0, self.deadline - now), 3)
-        return out
-
-
-@dataclass(frozen=True)
-class PressResult:
-    """What became of one press: ``accepted`` or ignored, and why."""
-
-    accepted: bool
-    approval_id: str | None
-    reason: str
 
 
 class _Effects:
@@ -505,6 +426,16 @@ class ApprovalQueue:
         if self._timer is not threading.current_thread():
             self._timer.join(timeout=5)
 
+    def listen(
+        self,
+        on_event: Callable[[str, dict[str, Any]], None],
+        on_decided: Callable[[ApprovalRequest], None],
+    ) -> None:
+        """Who hears what the queue did (the broker, once it is built around
+        the queue): every event for the audit log, each request once decided."""
+        with self._lock:
+            self._on_event, self._on_decided = on_event, on_decided
+
     def __enter__(self) -> ApprovalQueue:
         return self
 
@@ -555,10 +486,10 @@ class ApprovalQueue:
             self.panel.show(dataclasses.replace(request) if request else None)
             self.panel.indicate(state)
         except Exception as exc:
-            log.exception("approval panel %s failed", getattr(self.panel, "name", "?"))
+            log.exception("approval panel %s failed", self.panel.name)
             effects.event(
                 "approval.panel_fault",
-                {"panel": getattr(self.panel, "name", "?"), "error": repr(exc)[:200]},
+                {"panel": self.panel.name, "error": repr(exc)[:200]},
             )
             return False
         return True

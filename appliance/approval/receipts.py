@@ -22,16 +22,22 @@ proves, with the device's public key alone, which press let which action run.
 from __future__ import annotations
 
 import base64
+import json
+import sqlite3
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.errors import ApplianceError
+from appliance.db import Database
+from appliance.errors import ApplianceError, NotFound
 from appliance.intents import canonical_json, digest
 from appliance.issuer.keys import Signer
+
+from .types import ApprovalRequest
 
 RECEIPT_TYPE = "approval-receipt"
 FIELDS = (
@@ -47,6 +53,12 @@ FIELDS = (
     "key_id",
     "signer",
 )
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    approval_id TEXT PRIMARY KEY,
+    receipt TEXT NOT NULL
+);
+"""
 
 
 class ReceiptError(ApplianceError):
@@ -54,6 +66,28 @@ class ReceiptError(ApplianceError):
 
     status = 403
     code = "receipt_refused"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A signed receipt (every field but ``receipt_digest`` is signed over)."""
+
+    type: str
+    approval_id: str
+    kind: str
+    subject_id: str
+    digest: str  # the request digest the press approved
+    status: str
+    decided_by: str | None
+    gesture: str | None
+    time: float
+    key_id: str
+    signer: str
+    signature: str  # base64 DER ECDSA P-256 / SHA-256
+    receipt_digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def sign_receipt(
@@ -67,7 +101,7 @@ def sign_receipt(
     gesture: str | None,
     signer_label: str,
     now: float | None = None,
-) -> dict[str, Any]:
+) -> Receipt:
     """A receipt for an approved request, signed by ``signer`` (the device key)."""
     body = {
         "type": RECEIPT_TYPE,
@@ -83,7 +117,7 @@ def sign_receipt(
         "signer": signer_label,
     }
     signature = base64.b64encode(signer.sign(canonical_json(body))).decode()
-    return {**body, "signature": signature, "receipt_digest": receipt_digest(body, signature)}
+    return Receipt(**body, signature=signature, receipt_digest=receipt_digest(body, signature))
 
 
 def receipt_digest(body: dict[str, Any], signature: str) -> str:
@@ -91,19 +125,22 @@ def receipt_digest(body: dict[str, Any], signature: str) -> str:
 
 
 def verify_receipt(
-    receipt: Any,
+    receipt: object,
     public_key_pem: bytes,
     *,
     approval_id: str | None = None,
     request_digest: str | None = None,
     receipt_digest_expected: str | None = None,
-) -> dict[str, Any]:
-    """Check ``receipt`` and return it; ReceiptError with the reason otherwise.
+) -> Receipt:
+    """Check ``receipt`` (a :class:`Receipt` or its JSON form) and return it;
+    ReceiptError with the reason otherwise.
 
     Checked: its shape, the device key's signature over every field, that
     it records an approval, that its ``receipt_digest`` is its own, and,
     when given, that it is for ``approval_id`` and ``request_digest`` and is
     the receipt a token cited (``receipt_digest_expected``)."""
+    if isinstance(receipt, Receipt):
+        receipt = receipt.to_dict()
     if not isinstance(receipt, dict):
         raise ReceiptError("a receipt is a JSON object")
     missing = [f for f in (*FIELDS, "signature") if f not in receipt]
@@ -136,4 +173,60 @@ def verify_receipt(
         raise ReceiptError("the receipt approved another request (its digest differs)")
     if receipt_digest_expected is not None and own != receipt_digest_expected:
         raise ReceiptError("the token cites another receipt than this approval's")
-    return {**receipt, "receipt_digest": own}
+    try:
+        return Receipt(**body, signature=receipt["signature"], receipt_digest=own)
+    except TypeError:
+        raise ReceiptError("the receipt's fields have the wrong types") from None
+
+
+class ReceiptStore:
+    """Receipts of this box's approvals, signed by its device key and kept in
+    the database so the executor can check them again."""
+
+    def __init__(self, db: Database, signer: Signer, signer_label: str) -> None:
+        self.db = db
+        self.signer = signer
+        self.signer_label = signer_label
+        db.ensure(SCHEMA)
+
+    def sign(self, request: ApprovalRequest) -> Receipt:
+        """What the press approved, signed (on the TPM on a box) and stored."""
+        receipt = sign_receipt(
+            self.signer,
+            approval_id=request.approval_id,
+            kind=request.kind,
+            subject_id=request.subject_id,
+            request_digest=request.digest,
+            decided_by=request.decided_by,
+            gesture=request.gesture,
+            signer_label=self.signer_label,
+        )
+        self.db.execute(
+            "INSERT INTO receipts (approval_id, receipt) VALUES (?, ?)",
+            (request.approval_id, canonical_json(receipt.to_dict()).decode()),
+        )
+        return receipt
+
+    def load(
+        self,
+        approval_id: str,
+        *,
+        request_digest: str | None = None,
+        conn: sqlite3.Connection | None = None,
+    ) -> Receipt:
+        """The stored receipt of an approval, checked against the device key
+        (and, given one, the request digest it must have approved)."""
+        sql = "SELECT receipt FROM receipts WHERE approval_id = ?"
+        row = (
+            conn.execute(sql, (approval_id,)).fetchone()
+            if conn
+            else self.db.one(sql, (approval_id,))
+        )
+        if row is None:
+            raise NotFound(f"no receipt for approval {approval_id!r}")
+        return verify_receipt(
+            json.loads(row["receipt"]),
+            self.signer.public_key_pem(),
+            approval_id=approval_id,
+            request_digest=request_digest,
+        )

@@ -253,6 +253,16 @@ class AuditLog:
             raise ApplianceError(f"audit kind {kind!r} is reserved for the log itself")
         return self._append(kind, data)
 
+    def append_quietly(self, kind: str, data: dict[str, Any]) -> None:
+        """Record an event that follows an outcome already decided (a failure
+        being reported, a press the queue already handled): if the log cannot
+        take it, that is logged and the caller carries on (a log that failed
+        to write has closed itself, so nothing privileged runs after it)."""
+        try:
+            self.append(kind, data)
+        except ApplianceError:
+            log.exception("could not audit %s", kind)
+
     def _append(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ApplianceError("audit data must be a JSON object")

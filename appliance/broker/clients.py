@@ -132,6 +132,11 @@ class Clients:
             raise Unauthorized(f"client {client_id} was revoked; pair again", code="revoked")
         return client_id
 
+    def display_name(self, client_id: str) -> str:
+        """How a person is shown the client: its paired name and its id."""
+        row = self.db.one("SELECT name FROM clients WHERE client_id = ?", (client_id,))
+        return f"{row['name']} ({client_id})" if row else client_id
+
     def list(self) -> list[dict[str, Any]]:
         rows = self.db.all("SELECT client_id, name, created, revoked FROM clients ORDER BY created")
         return [dict(r) for r in rows]

@@ -30,15 +30,8 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
             if not isinstance(digest, str):
                 raise ApplianceError("a press must name the digest of the request it answers")
             # Only a virtual panel takes presses from the socket: with a physical
-            # panel, the button is the only way to approve.
-            press = getattr(broker.panel, "press", None)
-            if not broker.panel.virtual or press is None:
-                raise ApplianceError(
-                    f"the panel is {broker.panel.name!r}: approve with its button",
-                    code="not_virtual",
-                    status=403,
-                )
-            result = press(decision, digest=digest, source="cli")
+            # panel, the button is the only way to approve (Panel.press refuses).
+            result = broker.panel.press(decision, digest=digest, source="cli")
             return {
                 "accepted": result.accepted,
                 "approval_id": result.approval_id,
@@ -47,7 +40,7 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "clients.list":
             return {"clients": broker.clients.list()}
         if op == "clients.revoke":
-            broker.revoke_client(str(request.get("client_id", "")))
+            broker.pairing.revoke(str(request.get("client_id", "")))
             return {"revoked": request.get("client_id")}
         if op == "plugins.list":
             return {"plugins": broker.plugins.list()}

@@ -1,10 +1,19 @@
-"""Plans and actions as stored in the database, and their public shape."""
+"""Plans and actions as stored in the database, and their public shape.
+
+This module owns the ``plans`` and ``actions`` tables: every read and write
+of them goes through :class:`PlanStore`, which hands out typed rows.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+from appliance.broker.files.undo import UndoRecord
 from appliance.db import Database
 
 SCHEMA = """
@@ -42,7 +51,105 @@ CREATE TABLE IF NOT EXISTS actions (
 CREATE INDEX IF NOT EXISTS actions_plan ON actions(plan_id, idx);
 """
 
-TERMINAL = frozenset({"done", "denied", "failed", "expired"})
+
+class PlanKind(StrEnum):
+    intents = "intents"  # a desktop's, a task's or a plugin's plan
+    undo = "undo"  # undoing earlier actions
+
+
+class PlanStatus(StrEnum):
+    pending_approval = "pending_approval"
+    running = "running"
+    done = "done"
+    denied = "denied"
+    failed = "failed"
+    expired = "expired"
+
+
+TERMINAL = frozenset({PlanStatus.done, PlanStatus.denied, PlanStatus.failed, PlanStatus.expired})
+
+
+class ActionStatus(StrEnum):
+    planned = "planned"
+    refused = "refused"  # its plan was denied
+    running = "running"  # its token is spent: it may have begun
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"  # an earlier action failed, or the plan was not approved
+    interrupted = "interrupted"  # the broker stopped while it ran; nothing took effect
+    undone = "undone"
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    plan_id: str
+    kind: PlanKind
+    requester: str
+    status: PlanStatus
+    digest: str
+    approval_id: str | None
+    code: str | None
+    created: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    action_id: str
+    plan_id: str
+    idx: int
+    verb: str
+    resource: str
+    params: dict[str, Any]
+    provenance: dict[str, str]
+    intent_digest: str
+    decision: str
+    risk: str
+    reasons: list[str]
+    status: ActionStatus
+    result: dict[str, Any] | None
+    snapshot_id: str | None
+    undo: UndoRecord | None
+    token_id: str | None
+    undo_of: str | None
+    undone_by: str | None
+
+    @property
+    def undoable(self) -> bool:
+        return self.undo is not None and self.status is ActionStatus.done and not self.undone_by
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "verb": self.verb,
+            "resource": self.resource,
+            "params": self.params,
+            "decision": self.decision,
+            "risk": self.risk,
+            "reasons": self.reasons,
+            "status": self.status.value,
+            "result": self.result,
+            "snapshot_id": self.snapshot_id,
+            "undoable": self.undoable,
+            "undone_by": self.undone_by,
+            "undo_of": self.undo_of,
+        }
+
+
+@dataclass(frozen=True)
+class NewAction:
+    """An action as the broker decided it, before it is stored."""
+
+    action_id: str
+    verb: str
+    resource: str
+    params: dict[str, Any]
+    provenance: dict[str, str]
+    intent_digest: str
+    decision: str
+    risk: str
+    reasons: tuple[str, ...]
+    undo_of: str | None = None
 
 
 class PlanStore:
@@ -50,33 +157,27 @@ class PlanStore:
         self.db = db
         db.ensure(SCHEMA)
 
-    def plan_row(self, plan_id: str) -> dict[str, Any] | None:
+    # -- reading --------------------------------------------------------------
+
+    def plan_row(self, plan_id: str) -> PlanRow | None:
         row = self.db.one("SELECT * FROM plans WHERE plan_id = ?", (plan_id,))
-        return dict(row) if row else None
+        return _plan(dict(row)) if row else None
 
-    def actions(self, plan_id: str) -> list[dict[str, Any]]:
+    def actions(self, plan_id: str) -> list[ActionRow]:
         rows = self.db.all("SELECT * FROM actions WHERE plan_id = ? ORDER BY idx", (plan_id,))
-        return [_decode(dict(r)) for r in rows]
+        return [_action(dict(r)) for r in rows]
 
-    def action(self, action_id: str) -> dict[str, Any] | None:
+    def action(self, action_id: str) -> ActionRow | None:
         row = self.db.one("SELECT * FROM actions WHERE action_id = ?", (action_id,))
-        return _decode(dict(row)) if row else None
+        return _action(dict(row)) if row else None
 
-    def set_plan(self, plan_id: str, status: str, error: str | None = None) -> None:
-        self.db.execute(
-            "UPDATE plans SET status = ?, error = COALESCE(?, error) WHERE plan_id = ?",
-            (status, error, plan_id),
+    def unfinished(self) -> list[PlanRow]:
+        """Plans a stop interrupted: still waiting for approval, or running."""
+        rows = self.db.all(
+            "SELECT * FROM plans WHERE status IN (?, ?)",
+            (PlanStatus.pending_approval.value, PlanStatus.running.value),
         )
-
-    def set_action(self, action_id: str, **fields: Any) -> None:
-        cols = []
-        args: list[Any] = []
-        for key, value in fields.items():
-            cols.append(f"{key} = ?")
-            is_json = key in ("result", "undo") and value is not None
-            args.append(json.dumps(value) if is_json else value)
-        args.append(action_id)
-        self.db.execute(f"UPDATE actions SET {', '.join(cols)} WHERE action_id = ?", tuple(args))
+        return [_plan(dict(r)) for r in rows]
 
     def public(self, plan_id: str) -> dict[str, Any] | None:
         """The plan as the API answers it."""
@@ -85,38 +186,144 @@ class PlanStore:
             return None
         out: dict[str, Any] = {
             "plan_id": plan_id,
-            "kind": plan["kind"],
-            "status": plan["status"],
-            "approval_id": plan["approval_id"],
-            "code": plan["code"],
-            "digest": plan["digest"],
-            "intents": [public_action(a) for a in self.actions(plan_id)],
+            "kind": plan.kind.value,
+            "status": plan.status.value,
+            "approval_id": plan.approval_id,
+            "code": plan.code,
+            "digest": plan.digest,
+            "intents": [a.public() for a in self.actions(plan_id)],
         }
-        if plan["error"]:
-            out["error"] = plan["error"]
+        if plan.error:
+            out["error"] = plan.error
         return out
 
+    # -- writing --------------------------------------------------------------
 
-def public_action(a: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "action_id": a["action_id"],
-        "verb": a["verb"],
-        "resource": a["resource"],
-        "params": a["params"],
-        "decision": a["decision"],
-        "risk": a["risk"],
-        "reasons": a["reasons"],
-        "status": a["status"],
-        "result": a["result"],
-        "snapshot_id": a["snapshot_id"],
-        "undoable": bool(a["undo"]) and a["status"] == "done" and not a["undone_by"],
-        "undone_by": a["undone_by"],
-        "undo_of": a["undo_of"],
-    }
+    def insert(
+        self,
+        *,
+        plan_id: str,
+        kind: PlanKind,
+        requester: str,
+        status: PlanStatus,
+        digest: str,
+        approval_id: str | None,
+        code: str | None,
+        actions: Iterable[NewAction],
+    ) -> None:
+        first = ActionStatus.refused if status is PlanStatus.denied else ActionStatus.planned
+        # Not fsync'd: the plan's decision is already durable in the audit log.
+        with self.db.tx(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO plans (plan_id, kind, requester, status, digest, approval_id, code,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (plan_id, kind, requester, status, digest, approval_id, code, time.time()),
+            )
+            for idx, a in enumerate(actions):
+                conn.execute(
+                    "INSERT INTO actions (action_id, plan_id, idx, verb, resource, params,"
+                    " provenance, intent_digest, decision, risk, reasons, status, undo_of)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        a.action_id,
+                        plan_id,
+                        idx,
+                        a.verb,
+                        a.resource,
+                        json.dumps(a.params),
+                        json.dumps(a.provenance),
+                        a.intent_digest,
+                        a.decision,
+                        a.risk,
+                        json.dumps(list(a.reasons)),
+                        first,
+                        a.undo_of,
+                    ),
+                )
+
+    def set_plan(self, plan_id: str, status: PlanStatus, error: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE plans SET status = ?, error = COALESCE(?, error) WHERE plan_id = ?",
+            (status, error, plan_id),
+        )
+
+    def end_plan(self, plan_id: str, status: PlanStatus, error: str | None = None) -> None:
+        """The plan will not run (denied, expired, failed before it began):
+        its actions are skipped."""
+        self.set_plan(plan_id, status, error)
+        self.db.execute(
+            "UPDATE actions SET status = ? WHERE plan_id = ?", (ActionStatus.skipped, plan_id)
+        )
+
+    def set_action(
+        self,
+        action_id: str,
+        *,
+        status: ActionStatus | None = None,
+        result: dict[str, Any] | None = None,
+        snapshot_id: str | None = None,
+        undo: UndoRecord | None = None,
+        clear_undo: bool = False,
+        undone_by: str | None = None,
+    ) -> None:
+        """Set the fields given (None leaves a field as it is; ``clear_undo``
+        removes the undo record of an action that took no effect)."""
+        cols: list[str] = []
+        args: list[Any] = []
+        for key, value in (
+            ("status", status),
+            ("result", None if result is None else json.dumps(result)),
+            ("snapshot_id", snapshot_id),
+            ("undo", None if undo is None else json.dumps(undo.to_json())),
+            ("undone_by", undone_by),
+        ):
+            if value is not None:
+                cols.append(f"{key} = ?")
+                args.append(value)
+        if clear_undo:
+            cols.append("undo = NULL")
+        if cols:
+            self.db.execute(
+                f"UPDATE actions SET {', '.join(cols)} WHERE action_id = ?", (*args, action_id)
+            )
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("params", "provenance", "reasons", "result", "undo"):
-        if row.get(key) is not None:
-            row[key] = json.loads(row[key])
-    return row
+def _plan(row: dict[str, Any]) -> PlanRow:
+    return PlanRow(
+        plan_id=row["plan_id"],
+        kind=PlanKind(row["kind"]),
+        requester=row["requester"],
+        status=PlanStatus(row["status"]),
+        digest=row["digest"],
+        approval_id=row["approval_id"],
+        code=row["code"],
+        created=row["created"],
+        error=row["error"],
+    )
+
+
+def _action(row: dict[str, Any]) -> ActionRow:
+    def load(key: str) -> Any:
+        return None if row[key] is None else json.loads(row[key])
+
+    undo = load("undo")
+    return ActionRow(
+        action_id=row["action_id"],
+        plan_id=row["plan_id"],
+        idx=row["idx"],
+        verb=row["verb"],
+        resource=row["resource"],
+        params=load("params"),
+        provenance=load("provenance"),
+        intent_digest=row["intent_digest"],
+        decision=row["decision"],
+        risk=row["risk"],
+        reasons=load("reasons"),
+        status=ActionStatus(row["status"]),
+        result=load("result"),
+        snapshot_id=row["snapshot_id"],
+        undo=None if undo is None else UndoRecord.from_json(undo),
+        token_id=row["token_id"],
+        undo_of=row["undo_of"],
+        undone_by=row["undone_by"],
+    )

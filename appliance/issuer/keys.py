@@ -19,12 +19,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import biscuit_auth as biscuit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+if TYPE_CHECKING:
+    from appliance.issuer.tpm import Tpm
 
 log = logging.getLogger("appliance.keys")
 
@@ -49,6 +52,12 @@ class KeyStore(Protocol):
     unsafe: bool
     boot_count: int
     """How many times a broker has started on these keys (the TPM's boot counter)."""
+
+    @property
+    def tpm(self) -> Tpm | None:
+        """The TPM the keys live in; None for the UNSAFE development store. A
+        privileged action needs it answering (``tpm.check()``)."""
+        ...
 
     def device_signer(self) -> Signer: ...
 
@@ -93,7 +102,7 @@ def key_id(public_pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()[:16]
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def write_secret(path: Path, data: bytes) -> None:
     """Create a file readable by the owner only, atomically and never wider."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -105,7 +114,7 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_secret(path: Path) -> bytes:
+def read_secret(path: Path) -> bytes:
     st = path.lstat()
     if st.st_mode & 0o077:
         mode = st.st_mode & 0o777
@@ -133,6 +142,7 @@ class DevKeyStore:
 
     label = UNSAFE_LABEL
     unsafe = True
+    tpm: Tpm | None = None
 
     def __init__(self, keys_dir: Path):
         self.dir = keys_dir
@@ -156,7 +166,7 @@ class DevKeyStore:
     def _load_device(self) -> ec.EllipticCurvePrivateKey:
         path = self.dir / "device.key"
         if path.exists():
-            key = serialization.load_pem_private_key(_read_secret(path), password=None)
+            key = serialization.load_pem_private_key(read_secret(path), password=None)
             assert isinstance(key, ec.EllipticCurvePrivateKey)
             return key
         key = ec.generate_private_key(ec.SECP256R1())
@@ -165,17 +175,17 @@ class DevKeyStore:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_secret(path, pem)
+        write_secret(path, pem)
         return key
 
     def _load_root(self) -> biscuit.KeyPair:
         path = self.dir / "token-root.key"
         if path.exists():
-            raw = _read_secret(path)
+            raw = read_secret(path)
             private = biscuit.PrivateKey.from_bytes(raw, biscuit.Algorithm.Ed25519)
             return biscuit.KeyPair.from_private_key(private)
         pair = biscuit.KeyPair()
-        _write_secret(path, bytes(pair.private_key.to_bytes()))
+        write_secret(path, bytes(pair.private_key.to_bytes()))
         return pair
 
     def device_signer(self) -> Signer:
@@ -190,7 +200,7 @@ class DevKeyStore:
 
     def _bump_counter(self, name: str) -> int:
         value = self._read_counter(name) + 1
-        _write_secret(self.dir / name, f"{value}\n".encode())  # atomic replace
+        write_secret(self.dir / name, f"{value}\n".encode())  # atomic replace
         return value
 
     def epoch(self) -> int:
@@ -209,9 +219,9 @@ class DevKeyStore:
             raise ValueError(f"bad secret name {name!r}")
         path = self.dir / f"{name}.secret"
         if path.exists():
-            return _read_secret(path)
+            return read_secret(path)
         value = os.urandom(32)
-        _write_secret(path, value)
+        write_secret(path, value)
         return value
 
 

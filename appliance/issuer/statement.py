@@ -23,7 +23,8 @@ from typing import Any
 
 from appliance.errors import TokenError
 from appliance.intents import canonical_json
-from appliance.issuer.keys import Signer, key_id, verify_signature
+from appliance.issuer.keys import KeyStore, Signer, key_id, verify_signature
+from appliance.issuer.tokens import TokenService
 
 STATEMENT_TTL_S = 24 * 3600.0
 RENEW_BEFORE_S = 3600.0
@@ -112,3 +113,62 @@ def verify_statement(
         not_after=int(statement["not_after"]),
         device_key_id=str(statement["device_key_id"]),
     )
+
+
+class BootChain:
+    """This start's chain of authority: the device key vouches (in the boot
+    statement) for the token root that signs every capability.
+
+    The executor calls :meth:`check` before it spends any token; the
+    statement is renewed (one device-key signature) an hour before it
+    expires, and :meth:`revoke_all` moves every earlier token and statement
+    into a dead epoch.
+    """
+
+    def __init__(self, keystore: KeyStore, tokens: TokenService) -> None:
+        self.keystore = keystore
+        self.tokens = tokens
+        self.signer = keystore.device_signer()
+        self.statement = self._new()
+        self._checked = ""  # signature of the statement last checked in full
+
+    def _new(self) -> dict[str, Any]:
+        return make_statement(
+            self.signer,
+            self.tokens.root_public(),
+            epoch=self.tokens.epoch(),
+            boot_count=self.keystore.boot_count,
+            signer_label=self.keystore.label,
+        )
+
+    def check(self) -> None:
+        """The token root is vouched for by the device key, not expired, and of
+        the current epoch; TokenError otherwise."""
+        now = time.time()
+        if self.statement["not_after"] - now < RENEW_BEFORE_S:
+            self.statement = self._new()
+        statement, epoch = self.statement, self.tokens.epoch()
+        if self._checked == statement["signature"]:
+            # Signature and root already checked for this statement: what can
+            # change since is the clock and the epoch.
+            if now >= statement["not_after"]:
+                raise TokenError("the boot statement has expired", code="statement_expired")
+            if statement["epoch"] < epoch:
+                raise TokenError("the boot statement was revoked", code="statement_revoked")
+            return
+        verified = verify_statement(
+            statement, self.signer.public_key_pem(), current_epoch=epoch, now=now
+        )
+        if verified.root_public != self.tokens.root_public():
+            raise TokenError(
+                "the boot statement vouches for another token root than the one in use",
+                code="statement_mismatch",
+            )
+        self._checked = statement["signature"]
+
+    def revoke_all(self) -> int:
+        """Bump the epoch (the TPM's NV counter): every earlier boot statement
+        and capability token is refused from now on; a new statement is signed."""
+        epoch = self.tokens.sync_epoch(self.keystore.bump_epoch())
+        self.statement = self._new()
+        return epoch

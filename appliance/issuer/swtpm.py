@@ -8,18 +8,13 @@ it; the test fixtures start one per test session.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+from appliance.process import die_with_parent
 
 
 def available() -> bool:
@@ -79,7 +74,7 @@ class Swtpm:
             stderr=subprocess.PIPE,
             # If the broker dies (even by SIGKILL), the simulator goes with it,
             # so a restarted broker finds its state directory free.
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -33,6 +33,7 @@ import biscuit_auth as biscuit
 from appliance.db import Database
 from appliance.errors import ApplianceError, TokenError
 from appliance.issuer.keys import UNSAFE_LABEL, KeyStore
+from appliance.verbs import PLUGIN_READ_OPS, PLUGIN_WRITE_OPS
 
 # A Biscuit of ours is ~500 characters; refusing huge inputs before parsing
 # keeps a LAN peer from making the executor chew on megabytes.
@@ -528,8 +529,7 @@ class TokenService:
 # block it might append can add checks but never facts the grant check or the
 # authorizer believe (Datalog scoping), so a token cannot be widened.
 
-PLUGIN_READ_OPS = ("file.list", "file.stat", "file.read")
-PLUGIN_WRITE_OPS = ("file.write", "file.move", "file.mkdir")
+# Which file verbs a plugin may call come from the registry (appliance/verbs.py).
 PLUGIN_HTTP_OP = "http.request"
 
 _PLUGIN_POLICY = """

@@ -23,7 +23,7 @@ from typing import Protocol, cast
 import biscuit_auth as biscuit
 
 from appliance.errors import ApplianceError
-from appliance.issuer.keys import Signer, _read_secret, _write_secret, key_id
+from appliance.issuer.keys import Signer, key_id, read_secret, write_secret
 from appliance.issuer.tpm import BOOT_NV_INDEX, EPOCH_NV_INDEX, Tpm, TpmError
 
 log = logging.getLogger("appliance.keys")
@@ -112,11 +112,11 @@ class TpmKeyStore:
             path = self.dir / f"{name}.sealed"
             try:
                 if path.exists():
-                    value = self.sealer.unseal(_read_secret(path))
+                    value = self.sealer.unseal(read_secret(path))
                 else:
                     value = os.urandom(32)
                     blob = self.sealer.seal(value)
-                    _write_secret(path, blob)  # atomic: a crash leaves no half-written blob
+                    write_secret(path, blob)  # atomic: a crash leaves no half-written blob
             except ApplianceError:
                 raise
             except Exception as e:  # noqa: BLE001 - any sealer failure means: no secret

@@ -60,7 +60,7 @@ from tpm2_pytss import (
 )
 
 from appliance.errors import ApplianceError
-from appliance.issuer.keys import _read_secret, _write_secret, key_id
+from appliance.issuer.keys import key_id, read_secret, write_secret
 from appliance.issuer.tpm import Tpm
 
 log = logging.getLogger("appliance.tpm_seal")
@@ -350,13 +350,13 @@ class PolicySigner:
     def load_or_create(cls, path: Path) -> PolicySigner:
         """The development policy key at ``path`` (created once, mode 0600)."""
         if path.exists():
-            key = serialization.load_pem_private_key(_read_secret(path), password=None)
+            key = serialization.load_pem_private_key(read_secret(path), password=None)
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise SealError(f"{path} is not an ECC policy key")
         else:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             key = ec.generate_private_key(ec.SECP256R1())
-            _write_secret(
+            write_secret(
                 path,
                 key.private_bytes(
                     serialization.Encoding.PEM,

@@ -31,54 +31,70 @@ import logging
 import secrets
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
+from appliance.audit import AuditLog
+from appliance.broker.evaluate import Evaluator
+from appliance.broker.files import FileOps
+from appliance.broker.scope import Shares
+from appliance.config import Config
 from appliance.errors import ApplianceError, ExecutionError, NotFound, ScopeError, TokenError
 from appliance.intents import Intent, canonical_json
 from appliance.issuer.tokens import (
     PLUGIN_HTTP_OP,
-    PLUGIN_READ_OPS,
-    PLUGIN_WRITE_OPS,
     PluginCall,
     PluginGrant,
+    TokenService,
     mint_plugin,
     verify_plugin_call,
 )
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
-from appliance.policy.engine import NET_VERB
-
-if TYPE_CHECKING:
-    from appliance.broker.service import Broker
+from appliance.verbs import NET_VERB, PLUGIN_READ_OPS, PLUGIN_WRITE_OPS, REGISTRY
 
 log = logging.getLogger("appliance.plugins")
 
 MAX_CALL_BYTES = 4 << 20
-# Parameters a plugin may pass per file operation (the intent's own schema
-# then checks their types).
-CALL_PARAMS = {
-    "file.list": (),
-    "file.stat": (),
-    "file.read": ("max_bytes", "offset"),
-    "file.write": ("content", "encoding"),
-    "file.move": ("to",),
-    "file.mkdir": ("parents",),
+# The file operations a plugin may call and the parameters each takes, from
+# the verb registry (the intent's own validation then checks their types).
+CALL_PARAMS: dict[str, tuple[str, ...]] = {
+    op: tuple(REGISTRY[op].params) for op in (*PLUGIN_READ_OPS, *PLUGIN_WRITE_OPS)
 }
 HTTP_METHODS = ("GET", "POST", "PUT")
+
+
+# What a run's proposed changes are handed to: the broker's submit (scope,
+# policy, the approval press), with what proposed them for the summary.
+Submit = Callable[..., dict[str, Any]]
 
 
 class PluginHost:
     """Installed plugins and their runs, on behalf of the broker."""
 
-    def __init__(self, broker: Broker):
-        self.broker = broker
-        self.limits = broker.config.plugin_limits
-        self.store = PluginStore(broker.config.plugins_dir, broker.config.plugin_publishers)
+    def __init__(
+        self,
+        *,
+        config: Config,
+        tokens: TokenService,
+        shares: Shares,
+        files: FileOps,
+        evaluator: Evaluator,
+        audit: AuditLog,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.shares = shares
+        self.files = files
+        self.evaluator = evaluator
+        self.audit = audit
+        self.limits = config.plugin_limits
+        self.store = PluginStore(config.plugins_dir, config.plugin_publishers)
         self.runtime = Runtime()
 
     def list(self) -> list[dict[str, Any]]:
@@ -90,16 +106,16 @@ class PluginHost:
             plugin = self.store.install(source)
             self.runtime.compile(plugin.sha256, plugin.module)  # refuse a bad module now
         except ApplianceError as e:
-            self.broker.audit.append(
+            self.audit.append(
                 "plugin.install_refused", {"source": str(source), "error": e.to_dict()}
             )
             raise
-        self.broker.audit.append("plugin.installed", _ident(plugin))
+        self.audit.append("plugin.installed", _ident(plugin))
         return plugin.public()
 
     def remove(self, name: str) -> dict[str, Any]:
         self.store.remove(name)
-        self.broker.audit.append("plugin.removed", {"plugin": name})
+        self.audit.append("plugin.removed", {"plugin": name})
         return {"removed": name}
 
     def verify(self, what: str) -> dict[str, Any]:
@@ -111,7 +127,7 @@ class PluginHost:
 
     def grant(self, plugin: Plugin) -> PluginGrant:
         """The manifest's grant, less shares this box does not have."""
-        shares = set(self.broker.config.shares)
+        shares = set(self.config.shares)
         g = plugin.manifest.grant
         return PluginGrant(
             read=tuple(s for s in g.read if s in shares),
@@ -119,13 +135,15 @@ class PluginHost:
             hosts=g.hosts,
         )
 
-    def run(self, requester: str, name: str, verb: str, value: Any = None) -> dict[str, Any]:
-        """Run one of a plugin's verbs for ``requester``; propose its changes as a plan."""
-        broker = self.broker
+    def run(
+        self, requester: str, name: str, verb: str, value: Any = None, *, submit: Submit
+    ) -> dict[str, Any]:
+        """Run one of a plugin's verbs for ``requester``; its proposed changes go
+        to ``submit`` as one plan."""
         try:
             plugin = self.store.get(name)
         except ApplianceError as e:
-            broker.audit.append("plugin.refused", {"plugin": name, "error": e.to_dict()})
+            self.audit.append("plugin.refused", {"plugin": name, "error": e.to_dict()})
             raise
         m = plugin.manifest
         if verb not in m.verbs:
@@ -134,7 +152,7 @@ class PluginHost:
         run_id = f"run_{secrets.token_hex(8)}"
         grant = self.grant(plugin)
         token, grant_source = mint_plugin(
-            broker.tokens,
+            self.tokens,
             run_id=run_id,
             plugin=m.name,
             plugin_sha256=plugin.sha256,
@@ -143,7 +161,7 @@ class PluginHost:
             ttl_s=self.limits.token_ttl_s,
         )
         input_ = canonical_json(value)
-        broker.audit.append(
+        self.audit.append(
             "plugin.started",
             {
                 "run_id": run_id,
@@ -166,7 +184,7 @@ class PluginHost:
                 limits=self.limits,
             )
         except PluginStopped as e:
-            broker._audit_quietly(
+            self.audit.append_quietly(
                 "plugin.stopped",
                 {"run_id": run_id, **ident, "verb": verb, "calls": calls.count, **e.to_dict()},
             )
@@ -175,9 +193,9 @@ class PluginHost:
         plan = None
         if calls.proposals:
             via = f"plugin {m.name} {m.version} (sha256 {plugin.sha256[:12]})"
-            plan = broker.submit(requester, calls.proposals, via=via)
+            plan = submit(requester, calls.proposals, via=via)
         output = result.output.decode("utf-8", "replace")
-        broker.audit.append(
+        self.audit.append(
             "plugin.finished",
             {
                 "run_id": run_id,
@@ -220,7 +238,6 @@ class _Calls:
         self, host: PluginHost, plugin: Plugin, run_id: str, requester: str, grant_source: str
     ):
         self.host = host
-        self.broker = host.broker
         self.plugin = plugin
         self.run_id = run_id
         self.requester = requester
@@ -268,7 +285,7 @@ class _Calls:
         return canonical_json({"ok": True, "result": answer})
 
     def _refused(self, op: str, what: str, e: ApplianceError) -> None:
-        self.broker.audit.append(
+        self.host.audit.append(
             "plugin.call_refused",
             {
                 "run_id": self.run_id,
@@ -283,7 +300,7 @@ class _Calls:
 
     def _verify(self, call: PluginCall, token: str) -> None:
         verify_plugin_call(
-            self.broker.tokens,
+            self.host.tokens,
             token,
             run_id=self.run_id,
             plugin_sha256=self.plugin.sha256,
@@ -292,10 +309,10 @@ class _Calls:
         )
 
     def _file(self, op: str, request: dict[str, Any], token: str) -> dict[str, Any]:
-        broker = self.broker
+        host = self.host
         params = {k: request[k] for k in CALL_PARAMS[op] if k in request}
-        target = broker.shares.parse(request.get("resource"))  # lexical: .., NUL, absolute
-        to = broker.shares.parse(params["to"]) if op == "file.move" else target
+        target = host.shares.parse(request.get("resource"))  # lexical: .., NUL, absolute
+        to = host.shares.parse(params["to"]) if op == "file.move" else target
         self._verify(PluginCall(op, share=target.share, to_share=to.share), token)
         write = op in PLUGIN_WRITE_OPS
         provenance = (
@@ -310,7 +327,7 @@ class _Calls:
                 f"its {op} call is not a valid intent: {e.errors()[0]['msg']}",
                 code="plugin_bad_call",
             ) from None
-        evaluated = broker._evaluate(intent, self.requester)  # scope walk + policy
+        evaluated = host.evaluator.evaluate(intent, self.requester)  # scope walk + policy
         decision = evaluated.decision
         if decision.decision == "deny":
             raise ScopeError(" ".join(decision.reasons), code="denied")
@@ -328,8 +345,8 @@ class _Calls:
                 code="needs_approval",
             )
         assert op in PLUGIN_READ_OPS
-        outcome = broker.files.execute(op, broker.shares.parse(evaluated.resource), params)
-        broker.audit.append(
+        outcome = host.files.execute(op, host.shares.parse(evaluated.resource), params)
+        host.audit.append(
             "plugin.call",
             {
                 "run_id": self.run_id,
@@ -361,7 +378,7 @@ class _Calls:
             f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
         )
         self._verify(PluginCall(PLUGIN_HTTP_OP, host=origin), token)
-        decision = self.broker.policy.decide(
+        decision = self.host.evaluator.policy.decide(
             PolicyRequest(verb=NET_VERB, requester=self.requester, share=None, path=origin)
         )
         if decision.decision == "deny":
@@ -392,7 +409,7 @@ class _Calls:
             raise ExecutionError(
                 f"the request to {origin} failed: {e}", code="http_failed"
             ) from None
-        self.broker.audit.append(
+        self.host.audit.append(
             "plugin.http",
             {
                 "run_id": self.run_id,

@@ -35,21 +35,36 @@ from typing import Any, Literal
 import cedarpy
 
 from appliance.errors import PolicyUnavailable
-from appliance.intents import VERBS, WRITE_VERBS
+from appliance.verbs import (
+    CHANGE_VERBS,
+    FILE_VERBS,
+    GROUPS,
+    KNOWN_VERBS,
+    NET_VERB,
+    PAIR_VERB,
+    UNDO_VERB,
+    Group,
+    spec,
+)
 
 DecisionKind = Literal["allow", "approve", "deny"]
 Risk = Literal["low", "medium", "high"]
 
 RISKS: tuple[Risk, ...] = ("low", "medium", "high")  # in increasing order
-UNDO_VERB = "action.undo"
-PAIR_VERB = "client.pair"
-# An HTTP request a plugin asks the broker to make; ``path`` is the origin.
-NET_VERB = "net.request"
-# Verbs whose resource is a file or folder (share/path).
-FILE_VERBS = frozenset(VERBS) | {UNDO_VERB}
-# Verbs that change files: the derived-content guard applies to these.
-CHANGE_VERBS = WRITE_VERBS | {UNDO_VERB}
-KNOWN_VERBS = FILE_VERBS | {PAIR_VERB, NET_VERB}
+# The verb sets come from the registry (appliance/verbs.py): FILE_VERBS have a
+# file or folder as their resource; the derived-content guard applies to
+# CHANGE_VERBS.
+__all__ = [
+    "CHANGE_VERBS",
+    "FILE_VERBS",
+    "KNOWN_VERBS",
+    "NET_VERB",
+    "PAIR_VERB",
+    "UNDO_VERB",
+    "Decision",
+    "PolicyEngine",
+    "PolicyRequest",
+]
 
 SCHEMA_FILE = "schema.cedarschema"
 POLICY_GLOB = "*.cedar"
@@ -175,6 +190,7 @@ class PolicyEngine:
             _validate(path, text, schema)
         if not rules:
             raise PolicyUnavailable(f"the policy files in {directory} contain no policies")
+        _check_registry(schema)
 
         try:
             # Built from the JSON form so each policy's Cedar id is its @id:
@@ -296,6 +312,52 @@ class PolicyEngine:
             for approved in (False, True)
         ]
         return requests, entities
+
+
+def _check_registry(schema: cedarpy.Schema) -> None:
+    """The schema must declare every verb of the registry (appliance/verbs.py)
+    in the action group the registry gives it, so a rule written for
+    ``Action::"change"`` covers exactly the verbs that change files.
+
+    Asked of Cedar itself: one probe rule per group, one request per verb."""
+    probe = cedarpy.PolicySet.from_json_str(
+        json.dumps(
+            {
+                "staticPolicies": {
+                    group.value: {
+                        "effect": "permit",
+                        "principal": {"op": "All"},
+                        "action": {"op": "in", "entity": {"type": "Action", "id": group.value}},
+                        "resource": {"op": "All"},
+                        "conditions": [],
+                    }
+                    for group in GROUPS
+                },
+                "templates": {},
+                "templateLinks": [],
+            }
+        )
+    )
+    for verb in sorted(KNOWN_VERBS):
+        requests, entities = PolicyEngine._cedar_requests(
+            PolicyRequest(verb=verb, requester="probe", share="probe", path="probe")
+        )
+        try:
+            (result,) = cedarpy.is_authorized_batch(requests[:1], probe, entities, schema=schema)
+        except Exception as e:  # noqa: BLE001 - the schema cannot take this verb
+            raise PolicyUnavailable(f"{SCHEMA_FILE} cannot check {verb}: {e}") from None
+        if result.diagnostics.errors:
+            raise PolicyUnavailable(
+                f"{SCHEMA_FILE} does not declare the action {verb!r} as the appliance uses it: "
+                + "; ".join(map(str, result.diagnostics.errors))
+            )
+        found = set(result.diagnostics.reasons)
+        wanted = {spec(verb).group.value} - {Group.none.value}
+        if found != wanted:
+            raise PolicyUnavailable(
+                f"{SCHEMA_FILE} puts {verb!r} in the action group(s) {sorted(found) or 'none'}, "
+                f"but the appliance treats it as {sorted(wanted) or 'none'}"
+            )
 
 
 def _read(path: Path) -> str:

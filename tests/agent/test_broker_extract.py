@@ -37,7 +37,7 @@ def broker_with_agent(tmp_path: Path, planner: Planner):
 
 def test_content_only_names_the_folder(broker_with_agent) -> None:
     broker, share = broker_with_agent
-    task_id = broker.tasks.create("cl_test", "0" * 64)
+    task_id = broker.tasks.tasks.create("cl_test", "0" * 64)
     planned = [
         Intent(verb="file.mkdir", resource="share:docs/2000"),
         *[
@@ -49,7 +49,7 @@ def test_content_only_names_the_folder(broker_with_agent) -> None:
             for n in CONTENTS
         ],
     ]
-    filled = broker._fill_from_content(task_id, planned, {"field": "year", "type": "integer"})
+    filled = broker.tasks.fill_from_content(task_id, planned, {"field": "year", "type": "integer"})
     moves = [i for i in filled if i.verb == "file.move"]
     for move in moves:
         to = broker.shares.parse(move.params["to"])
@@ -64,5 +64,5 @@ def test_content_only_names_the_folder(broker_with_agent) -> None:
     for intent in plan["intents"]:
         assert intent["decision"] == "approve"
     assert (share / "Inbox" / "a.pdf").exists()
-    events = [e["event"] for e in broker.tasks.row(task_id)["events"]]
+    events = [e["event"] for e in broker.tasks.tasks.row(task_id)["events"]]
     assert events.count("extracted") + events.count("extract_skipped") == len(CONTENTS)

@@ -171,7 +171,7 @@ SPAWNS = {"Popen", "run", "call", "check_call", "check_output", "system", "spawn
           "create_subprocess_shell"}  # fmt: skip
 DEV_ONLY = {
     ("appliance/issuer/swtpm.py", "start"),
-    ("appliance/cli.py", "start_agent"),
+    ("appliance/serve.py", "start_agent"),
     ("appliance/plugins/build.py", "compile_plugin"),
 }
 

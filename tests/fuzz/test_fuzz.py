@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.api.app import create_app
+from appliance.box import open_box
 from appliance.broker.scope import Shares
-from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, Limits
 from appliance.errors import ScopeError
 from appliance.intents import VERBS
@@ -75,7 +75,7 @@ def api(tmp_path_factory: pytest.TempPathFactory):
     share = root / "share"
     (share / "Inbox").mkdir(parents=True)
     (share / "Inbox" / "a.pdf").write_bytes(b"%PDF")
-    broker = Broker(
+    broker = open_box(
         Config(
             state_dir=root / "state",
             shares={"docs": share},

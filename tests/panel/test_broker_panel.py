@@ -4,7 +4,7 @@ and signed receipts that tie each action to the press that allowed it."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -18,8 +18,10 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.api.app import create_app
 from appliance.approval.gpio import GpioPanel
-from appliance.approval.receipts import ReceiptError, sign_receipt, verify_receipt
+from appliance.approval.receipts import Receipt, ReceiptError, sign_receipt, verify_receipt
+from appliance.box import open_box
 from appliance.broker.control import control_handler
+from appliance.broker.executor import claims
 from appliance.broker.service import Broker
 from appliance.cli import main
 from appliance.config import ApprovalSettings, Config
@@ -69,7 +71,7 @@ def box(tmp_path: Path) -> Iterator[Box]:
         panel=FAST_PANEL,
     )
     factory = MockFactory(pin_class=MockPWMPin)
-    broker = Broker(config, panel=GpioPanel(FAST_PANEL, pin_factory=factory))
+    broker = open_box(config, panel=GpioPanel(FAST_PANEL, pin_factory=factory))
     yield Box(broker, factory, TestClient(create_app(broker)))
     broker.close()
 
@@ -126,7 +128,8 @@ def test_hold_runs_the_plan_and_the_receipt_proves_which_press(box: Box) -> None
     assert done["receipt_digest"] == receipt["receipt_digest"]
     pem = box.broker.signer.public_key_pem()
     row = box.broker.plans.plan_row(plan["plan_id"])
-    verify_receipt(receipt, pem, approval_id=row["approval_id"], request_digest=row["digest"])
+    assert row is not None
+    verify_receipt(receipt, pem, approval_id=row.approval_id, request_digest=row.digest)
     # Every press is on the record, including the ones that did nothing.
     presses = box.audit("approval.press")
     assert {p["gesture"] for p in presses} >= {"hold"}
@@ -151,7 +154,7 @@ def test_lockout_after_denials_shows_in_the_api_and_status(box: Box) -> None:
 
 
 # ---------------------------------------------------------------------- receipts
-def receipt_for(broker: Broker, **kw: Any) -> dict[str, Any]:
+def receipt_for(broker: Broker, **kw: Any) -> Receipt:
     args = {
         "approval_id": "apr_1",
         "kind": "plan",
@@ -177,8 +180,8 @@ def receipt_for(broker: Broker, **kw: Any) -> dict[str, Any]:
 def test_altered_receipt_refused(box: Box, field: str, value: Any) -> None:
     pem = box.broker.signer.public_key_pem()
     receipt = receipt_for(box.broker)
-    assert verify_receipt(receipt, pem)["approval_id"] == "apr_1"
-    altered = {**copy.deepcopy(receipt), field: value}
+    assert verify_receipt(receipt, pem).approval_id == "apr_1"
+    altered = {**receipt.to_dict(), field: value}
     with pytest.raises(ReceiptError) as e:
         verify_receipt(altered, pem)
     assert "does not verify" in e.value.reason
@@ -208,29 +211,19 @@ def test_receipt_signed_by_another_key_or_for_another_request_refused(
         verify_receipt(genuine, pem, approval_id="apr_9")
 
 
-def approved_plan(box: Box) -> tuple[dict[str, Any], dict[str, Any], Claims]:
-    """A write plan approved (a signed receipt stored) but not run, and the
-    claims the executor expects for its action."""
+def approved_plan(box: Box) -> tuple[str, Receipt, Claims]:
+    """A write plan approved (a signed receipt stored) but not run: its
+    action, the receipt, and the claims the executor expects for it."""
     plan = box.http.post("/v1/intents", json=WRITE).json()
     row = box.broker.plans.plan_row(plan["plan_id"])
-    request = box.broker.approvals.get(row["approval_id"])
-    box.broker.approvals.cancel(row["approval_id"])
-    import dataclasses
-
-    receipt = box.broker._receipt(
+    assert row is not None and row.approval_id is not None
+    request = box.broker.approvals.get(row.approval_id)
+    box.broker.approvals.cancel(row.approval_id)
+    receipt = box.broker.receipts.sign(
         dataclasses.replace(request, status="approved", decided_by="button", gesture="hold")
     )
     action = box.broker.plans.actions(plan["plan_id"])[0]
-    claims = Claims(
-        action_id=action["action_id"],
-        verb=action["verb"],
-        resource=action["resource"],
-        intent_digest=action["intent_digest"],
-        requester=row["requester"],
-        approval_id=row["approval_id"],
-        receipt_digest=receipt["receipt_digest"],
-    )
-    return action, receipt, claims
+    return action.action_id, receipt, claims(row, action, receipt)
 
 
 def test_token_citing_another_requests_receipt_is_refused(box: Box) -> None:
@@ -238,29 +231,23 @@ def test_token_citing_another_requests_receipt_is_refused(box: Box) -> None:
     action_a, receipt_a, claims_a = approved_plan(box)
     action_b, receipt_b, claims_b = approved_plan(box)
     # A token for B's action that cites A's receipt: the claims the executor
-    # rebuilds from B's stored approval do not match.
-    import dataclasses
-
+    # rebuilds from B's stored approval and receipt do not match.
     token = box.broker.tokens.mint(
-        dataclasses.replace(claims_b, receipt_digest=receipt_a["receipt_digest"])
+        dataclasses.replace(claims_b, receipt_digest=receipt_a.receipt_digest)
     )
     with pytest.raises(TokenError) as e:
-        box.broker.execute(token, claims_b, action_b)
+        box.broker.executor.execute(token, action_b)
     assert e.value.code == "token_mismatch"
-    # Expecting A's receipt for B's action: refused against B's stored receipt.
-    wrong = dataclasses.replace(claims_b, receipt_digest=receipt_a["receipt_digest"])
-    with pytest.raises(ReceiptError, match="another receipt"):
-        box.broker.execute(box.broker.tokens.mint(wrong), wrong, action_b)
     # B's stored receipt swapped for A's (someone with the database): refused.
     box.broker.db.execute(
         "UPDATE receipts SET receipt = ? WHERE approval_id = ?",
-        (json.dumps(receipt_a), claims_b.approval_id),
+        (json.dumps(receipt_a.to_dict()), claims_b.approval_id),
     )
     with pytest.raises(ReceiptError, match=f"not {claims_b.approval_id}"):
-        box.broker.execute(box.broker.tokens.mint(claims_b), claims_b, action_b)
+        box.broker.executor.execute(box.broker.tokens.mint(claims_b), action_b)
     # Nothing ran, no token was spent; A's own token still runs A.
     assert box.broker.tokens.spent_count() == 0
-    box.broker.execute(box.broker.tokens.mint(claims_a), claims_a, action_a)
+    box.broker.executor.execute(box.broker.tokens.mint(claims_a), action_a)
 
 
 def test_receipt_verify_command(box: Box, tmp_path: Path, capsys) -> None:
@@ -268,10 +255,10 @@ def test_receipt_verify_command(box: Box, tmp_path: Path, capsys) -> None:
     pem.write_bytes(box.broker.signer.public_key_pem())
     receipt = receipt_for(box.broker)
     good = tmp_path / "r.json"
-    good.write_text(json.dumps(receipt))
+    good.write_text(json.dumps(receipt.to_dict()))
     assert main(["receipt", "verify", str(good), "--public-key", str(pem)]) == 0
     assert "ok: approval apr_1" in capsys.readouterr().out
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**receipt, "digest": "00" * 32}))
+    bad.write_text(json.dumps({**receipt.to_dict(), "digest": "00" * 32}))
     assert main(["receipt", "verify", str(bad), "--public-key", str(pem)]) == 1
     assert "does not verify" in capsys.readouterr().err

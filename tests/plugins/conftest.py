@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from appliance.box import open_box
 from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, PluginLimits
 from appliance.plugins import package
@@ -91,7 +92,7 @@ def broker(
         plugin_publishers={PUBLISHER: publisher_key[1]},
         plugin_limits=LIMITS,
     )
-    b = Broker(config)
+    b = open_box(config)
     yield b
     b.close()
 

@@ -19,7 +19,7 @@ from tests.plugins.conftest import PUBLISHER, entries, hostile_manifest, make_pl
 
 def stopped(broker: Broker, verb: str, value: object = None) -> ApplianceError:
     with pytest.raises(ApplianceError) as info:
-        broker.plugins.run("laptop", "hostile", verb, value)
+        broker.run_plugin("laptop", "hostile", verb, value)
     err = info.value
     assert err.reason.startswith("plugin hostile 6.6.6 (run run_"), err.reason
     assert entries(broker, "plugin.stopped")[-1]["code"] == err.code
@@ -85,7 +85,7 @@ def test_reading_outside_its_shares_is_stopped(
 
 def test_reading_inside_its_grant_works(broker: Broker, install) -> None:
     install("hostile")
-    out = broker.plugins.run("laptop", "hostile", "read", "share:docs/Inbox/a.pdf")
+    out = broker.run_plugin("laptop", "hostile", "read", "share:docs/Inbox/a.pdf")
     assert out["output"] == "%PDF a"
     assert entries(broker, "plugin.call")[-1]["resource"] == "share:docs/Inbox/a.pdf"
 
@@ -124,7 +124,7 @@ def test_a_forged_token_is_refused(broker: Broker, install) -> None:
 
 def test_a_token_from_another_run_is_refused(broker: Broker, install) -> None:
     install("hostile")
-    leaked = broker.plugins.run("laptop", "hostile", "leak")["output"]
+    leaked = broker.run_plugin("laptop", "hostile", "leak")["output"]
     err = stopped(broker, "present", {"token": leaked, "resource": "share:docs/"})
     assert err.code == "token_mismatch"
     assert "another plugin run" in err.reason
@@ -224,7 +224,7 @@ def test_a_plugin_tampered_after_install_does_not_run(
     installed = broker.config.plugins_dir / "hostile"
     (installed / "plugin.wasm").write_bytes(modules["hostile"] + b"\x00")
     with pytest.raises(PluginRefused) as info:
-        broker.plugins.run("laptop", "hostile", "leak", None)
+        broker.run_plugin("laptop", "hostile", "leak", None)
     assert info.value.code == "plugin_tampered"
     assert entries(broker, "plugin.refused")[-1]["error"]["code"] == "plugin_tampered"
     assert broker.plugins.list()[0]["status"] == "refused"
@@ -244,7 +244,7 @@ def test_a_module_importing_wasi_is_refused(
     folder = make_plugin(tmp_path / "w", bytes(wasm), manifest, publisher_key[0])
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.plugins.run("laptop", "wasi", "leak", None)
+        broker.run_plugin("laptop", "wasi", "leak", None)
     assert info.value.code == "plugin_invalid"
     assert "wasi_snapshot_preview1.fd_write" in info.value.reason
     assert PUBLISHER in broker.config.plugin_publishers
@@ -274,7 +274,7 @@ def test_a_verb_with_the_wrong_signature_is_refused(
     )
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.plugins.run("laptop", "sig", "leak", None)
+        broker.run_plugin("laptop", "sig", "leak", None)
     assert (
         info.value.code == "plugin_invalid" and "taking and returning nothing" in info.value.reason
     )

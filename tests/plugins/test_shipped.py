@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from appliance.api.app import create_app
+from appliance.box import open_box
 from appliance.broker.service import Broker
 from tests.e2e.conftest import Box
 from tests.plugins.conftest import PUBLISHER, SOURCES, entries, make_plugin
@@ -61,7 +62,7 @@ def notify_manifest(origin: str) -> dict:
 
 def test_ha_notify_calls_its_allow_listed_endpoint(broker: Broker, install, hub: Hub) -> None:
     install("ha-notify", notify_manifest(hub.origin))
-    out = broker.plugins.run(
+    out = broker.run_plugin(
         "laptop",
         "ha-notify",
         "notify",
@@ -88,7 +89,7 @@ def test_ha_notify_cannot_reach_another_port(broker: Broker, install, hub: Hub) 
     other = Hub()
     try:
         with pytest.raises(Exception) as info:
-            broker.plugins.run(
+            broker.run_plugin(
                 "laptop", "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
             )
         assert getattr(info.value, "code", "") == "capability_refused"
@@ -112,7 +113,7 @@ def test_owner_policy_can_forbid_a_listed_host(
         'forbid (principal, action == Action::"net.request", resource)'
         f' when {{ context.host == "{hub.origin}" }};\n'
     )
-    b = Broker(
+    b = open_box(
         Config(
             state_dir=tmp_path / "state",
             shares=shares,
@@ -128,7 +129,7 @@ def test_owner_policy_can_forbid_a_listed_host(
         )
         b.plugins.install(folder)
         with pytest.raises(Exception) as info:
-            b.plugins.run(
+            b.run_plugin(
                 "laptop", "ha-notify", "notify", {"folder": "share:docs/", "url": hub.origin}
             )
         assert info.value.code == "denied" and "The hub is off limits." in info.value.reason

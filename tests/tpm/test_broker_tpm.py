@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from appliance.api.app import create_app
+from appliance.box import open_box
 from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config
 from appliance.errors import TokenError
@@ -29,7 +30,7 @@ def make(tmp_path: Path, tcti: str) -> tuple[Broker, TestClient, Path]:
         tpm_tcti=tcti,
         approvals=ApprovalSettings(timeout_s=30, arming_delay_s=0),
     )
-    broker = Broker(config)
+    broker = open_box(config)
     http = TestClient(create_app(broker))
     pairing = broker.clients.new_pairing("desk")
     broker.clients.set_pairing_status(pairing, "approved")

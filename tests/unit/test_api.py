@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from appliance.api.app import create_app
+from appliance.box import open_box
+from appliance.broker.executor import claims
 from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, Limits
 from appliance.errors import TokenError
@@ -42,7 +44,7 @@ def make_broker(tmp_path: Path, share: Path, **kw: object) -> Broker:
         approvals=approvals,
         **kw,
     )  # type: ignore[arg-type]
-    return Broker(config)
+    return open_box(config)
 
 
 @pytest.fixture
@@ -337,7 +339,7 @@ def test_unpaired_forged_and_revoked_clients_refused(http: TestClient, broker: B
     client_id = good.split()[1].split(".")[0]
     forged = f"Bearer {client_id}.{'A' * 43}"
     assert anon.get("/v1/audit", headers={"Authorization": forged}).status_code == 401
-    broker.revoke_client(client_id)
+    broker.pairing.revoke(client_id)
     r = http.get("/v1/audit")
     assert r.status_code == 401 and r.json()["code"] == "revoked"
 
@@ -402,27 +404,18 @@ def test_rate_limit(tmp_path: Path, share: Path) -> None:
 
 
 # ------------------------------------------------------------------ the executor's gate
-def stored_action(broker: Broker, plan: dict) -> tuple[dict, Claims]:
+def stored_action(broker: Broker, plan: dict) -> tuple[str, Claims]:
     """The first action of ``plan`` and the claims the executor expects; a plan
     waiting for approval gets a signed receipt as if it had been approved."""
     row = broker.plans.plan_row(plan["plan_id"])
     action = broker.plans.action(plan["intents"][0]["action_id"])
     assert row and action
-    receipt_digest = None
-    if row["approval_id"]:
-        request = broker.approvals.get(row["approval_id"])
+    receipt = None
+    if row.approval_id:
+        request = broker.approvals.get(row.approval_id)
         approved = dataclasses.replace(request, status="approved", decided_by="test")
-        receipt_digest = broker._receipt(approved)["receipt_digest"]
-    claims = Claims(
-        receipt_digest=receipt_digest,
-        action_id=action["action_id"],
-        verb=action["verb"],
-        resource=action["resource"],
-        intent_digest=action["intent_digest"],
-        requester=row["requester"],
-        approval_id=row["approval_id"],
-    )
-    return action, claims
+        receipt = broker.receipts.sign(approved)
+    return action.action_id, claims(row, action, receipt)
 
 
 def test_executor_refuses_replay_mismatch_and_forgery(
@@ -434,9 +427,9 @@ def test_executor_refuses_replay_mismatch_and_forgery(
     ).json()
     action, claims = stored_action(broker, plan)
     token = broker.tokens.mint(claims)
-    broker.execute(token, claims, action)
+    broker.executor.execute(token, action)
     with pytest.raises(TokenError) as e:
-        broker.execute(token, claims, action)
+        broker.executor.execute(token, action)
     assert e.value.code == "token_replayed"
 
     # A token for a read cannot be used for a delete of the same file.
@@ -447,17 +440,17 @@ def test_executor_refuses_replay_mismatch_and_forgery(
     del_action, del_claims = stored_action(broker, delete)
     read_token = broker.tokens.mint(claims)
     with pytest.raises(TokenError) as e:
-        broker.execute(read_token, del_claims, del_action)
+        broker.executor.execute(read_token, del_action)
     assert e.value.code == "token_mismatch"
     # A token signed by another root key is a forgery.
     other = TokenService(DevKeyStore(tmp_path / "other-keys"), broker.db)
     with pytest.raises(TokenError) as e:
-        broker.execute(other.mint(del_claims), del_claims, del_action)
+        broker.executor.execute(other.mint(del_claims), del_action)
     assert e.value.code == "token_forged"
     # An expired one is refused too.
     past = TokenService(broker.keystore, broker.db, ttl_s=1, clock=lambda: time.time() - 60)
     with pytest.raises(TokenError) as e:
-        broker.execute(past.mint(del_claims), del_claims, del_action)
+        broker.executor.execute(past.mint(del_claims), del_action)
     assert e.value.code == "token_expired"
     assert (share / "Inbox" / "a.pdf").exists()
 
@@ -473,7 +466,7 @@ def test_revoke_all_refuses_earlier_tokens(http: TestClient, broker: Broker) -> 
     epoch = broker.revoke_all_tokens()
     assert epoch == old_statement["epoch"] + 1 == broker.keystore.epoch()
     with pytest.raises(TokenError) as e:
-        broker.execute(token, claims, action)
+        broker.executor.execute(token, action)
     assert e.value.code == "token_revoked"
     # The earlier boot statement is refused too; the new one is current.
     with pytest.raises(TokenError) as e:
@@ -486,7 +479,7 @@ def test_revoke_all_refuses_earlier_tokens(http: TestClient, broker: Broker) -> 
         == epoch
     )
     # A fresh token under the new epoch runs.
-    assert broker.execute(broker.tokens.mint(claims), claims, action)["type"] == "file"
+    assert broker.executor.execute(broker.tokens.mint(claims), action)["type"] == "file"
 
 
 def test_forged_or_resigned_statement_refused(http: TestClient, broker: Broker, tmp_path: Path):
@@ -507,7 +500,7 @@ def test_forged_or_resigned_statement_refused(http: TestClient, broker: Broker, 
         verify_statement(resigned, pem)
     assert e.value.code == "statement_forged"
     # The executor refuses to act on a chain that does not hold.
-    broker.statement = forged
+    broker.chain.statement = forged
     plan = http.post(
         "/v1/intents",
         json={"intents": [{"verb": "file.stat", "resource": "share:docs/Inbox/a.pdf"}]},
@@ -684,7 +677,7 @@ class _Kill(BaseException):
 def test_interrupted_move_is_settled_at_restart(
     tmp_path: Path, share: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    import appliance.broker.fileops as fileops
+    from appliance.broker.files import moving
 
     broker = make_broker(tmp_path, share)
     http = TestClient(create_app(broker))
@@ -708,11 +701,11 @@ def test_interrupted_move_is_settled_at_restart(
         raise _Kill
 
     if when == "between link and unlink":
-        monkeypatch.setattr(fileops.os, "unlink", kill)
+        monkeypatch.setattr(os, "unlink", kill)
     else:
-        monkeypatch.setattr(fileops, "_settle", kill)
+        monkeypatch.setattr(moving, "settle", kill)
     with pytest.raises(_Kill):
-        broker.execute(broker.tokens.mint(claims), claims, action)
+        broker.executor.execute(broker.tokens.mint(claims), action)
     monkeypatch.undo()
     assert (share / "a.pdf").exists()
     broker.audit.close()
@@ -764,7 +757,7 @@ def test_crash_leftovers_are_swept_at_restart(
     directory delete killed while removing leaves the hidden renamed tree. The
     next start removes exactly those (audited) and nothing a person put there,
     even under a look-alike name; a delete that took effect stays undoable."""
-    import appliance.broker.fileops as fileops
+    from appliance.broker.files import base, fsutil
 
     (share / "Inbox" / ".appliance-tmp-notes").write_text("mine")  # not our form
     broker = make_broker(tmp_path, share)
@@ -779,20 +772,20 @@ def test_crash_leftovers_are_swept_at_restart(
         raise _Kill
 
     for call in kill_at:  # from the first of these calls on, the process is dead
-        monkeypatch.setattr(fileops.os, call, kill)
-    monkeypatch.setattr(fileops, "_unlink_quietly", kill)
+        monkeypatch.setattr(os, call, kill)
+    monkeypatch.setattr(base, "unlink_quietly", kill)
     with pytest.raises(_Kill):
-        broker.execute(broker.tokens.mint(claims), claims, action)
+        broker.executor.execute(broker.tokens.mint(claims), action)
     monkeypatch.undo()
     where = share / "Inbox" if verb == "file.write" else share
-    hidden = [p.name for p in where.iterdir() if fileops.LEFTOVER_RE.match(p.name)]
+    hidden = [p.name for p in where.iterdir() if fsutil.LEFTOVER_RE.match(p.name)]
     assert len(hidden) == 1
     broker.audit.close()
     broker.db.close()  # no orderly shutdown: as after a kill
 
     broker = make_broker(tmp_path, share)
     try:
-        assert not [p for p in where.iterdir() if fileops.LEFTOVER_RE.match(p.name)]
+        assert not [p for p in where.iterdir() if fsutil.LEFTOVER_RE.match(p.name)]
         (entry,) = [e for e in broker.audit.entries(0, 10_000) if e["kind"] == "action.interrupted"]
         folder = "share:docs/Inbox/" if verb == "file.write" else "share:docs/"
         assert entry["data"]["leftovers_removed"] == [folder + hidden[0]]
@@ -817,7 +810,7 @@ def test_statement_for_another_root_is_refused(http: TestClient, broker: Broker,
     """Even a statement the device key really signed must name the token root
     the executor verifies with; otherwise the chain is broken and nothing runs."""
     other_root = DevKeyStore(tmp_path / "other-keys").token_root().public_key
-    broker.statement = make_statement(
+    broker.chain.statement = make_statement(
         broker.signer,
         bytes(other_root.to_bytes()),
         epoch=broker.tokens.epoch(),

@@ -447,7 +447,7 @@ def test_virtual_panel_is_loud_and_is_a_panel(caplog):
 def test_virtual_panel_press_goes_through_the_queue(panel, rec, clock, caplog):
     q = make(panel, rec, clock)
     try:
-        panel.attach(q.press)
+        panel.connect(q)
         a = submit(q, 1)
         snap = panel.snapshot()
         assert snap["virtual"] and snap["state"] == "pending"

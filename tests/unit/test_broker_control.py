@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from appliance.approval import ApprovalRequest
+from appliance.approval import ApprovalRequest, Panel, PanelState
+from appliance.box import open_box
 from appliance.broker.control import control_handler
 from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config
 from appliance.errors import ApplianceError
 
 
-class PhysicalPanel:
-    """A panel that is not virtual (the seam the gpiozero panel will fill)."""
+class PhysicalPanel(Panel):
+    """A panel that is not virtual, with the base's defaults for the rest."""
 
     name = "gpio"
     virtual = False
@@ -22,11 +23,11 @@ class PhysicalPanel:
     def show(self, request: ApprovalRequest | None) -> None:
         pass
 
-    def indicate(self, state: str) -> None:
+    def indicate(self, state: PanelState) -> None:
         pass
 
 
-def make(tmp_path: Path, panel: object | None = None) -> Broker:
+def make(tmp_path: Path, panel: Panel | None = None) -> Broker:
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     config = Config(
@@ -36,14 +37,14 @@ def make(tmp_path: Path, panel: object | None = None) -> Broker:
         keystore="dev",
         approvals=ApprovalSettings(timeout_s=30, arming_delay_s=0),
     )
-    return Broker(config, panel=panel)  # type: ignore[arg-type]
+    return open_box(config, panel=panel)
 
 
 def test_press_needs_the_shown_digest(tmp_path: Path) -> None:
     broker = make(tmp_path)
     handle = control_handler(broker)
     try:
-        broker.request_pairing("desk")
+        broker.pairing.request("desk")
         shown = handle({"op": "panel.show"})["pending"]
         with pytest.raises(ApplianceError, match="digest"):
             handle({"op": "panel.press", "decision": "approve"})
@@ -61,7 +62,7 @@ def test_socket_cannot_approve_for_a_physical_panel(tmp_path: Path) -> None:
     handle = control_handler(broker)
     try:
         assert broker.approvals.open_pairing_window(source="button")  # the long hold
-        broker.request_pairing("desk")
+        broker.pairing.request("desk")
         shown = handle({"op": "panel.show"})["pending"]
         with pytest.raises(ApplianceError) as e:
             handle({"op": "panel.press", "decision": "approve", "digest": shown["digest"]})

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from appliance.broker import fileops as fileops_mod
-from appliance.broker.fileops import FileOps, Outcome
+from appliance.broker.files import FileOps, Outcome, UndoRecord
+from appliance.broker.files import moving as fileops_mod
 from appliance.broker.scope import ShareConfigError, Shares, Target
 from appliance.broker.snapshots import SnapshotError, SnapshotStore, manifest_id
 from appliance.config import Limits
@@ -53,7 +53,8 @@ class Env:
 
     def undo(self, outcome: Outcome) -> dict:
         # Undo records go through SQLite as JSON: prove they survive that.
-        return self.ops.undo(json.loads(json.dumps(outcome.undo)))
+        assert outcome.undo is not None
+        return self.ops.undo(UndoRecord.from_json(json.loads(json.dumps(outcome.undo.to_json()))))
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_read_refuses_special_files(env: Env) -> None:
 def test_mkdir_and_undo(env: Env) -> None:
     before = tree(env.docs)
     o = env.run("file.mkdir", "share:docs/new")
-    assert (env.docs / "new").is_dir() and o.undo == {
+    assert (env.docs / "new").is_dir() and o.undo.to_json() == {
         "verb": "file.mkdir",
         "created": ["share:docs/new"],
     }
@@ -404,7 +405,7 @@ def test_rename_and_undo(env: Env) -> None:
     before = tree(env.docs, times=True)
     o = env.run("file.rename", "share:docs/sub/b.bin", name="renamed.bin")
     assert (env.docs / "sub" / "renamed.bin").read_bytes() == b"\x00\xffbeta"
-    assert o.undo["to"] == "share:docs/sub/renamed.bin"
+    assert o.undo.dest == "share:docs/sub/renamed.bin"
     env.undo(o)
     assert tree(env.docs, times=True) == before
     o = env.run("file.rename", "share:docs/sub", name="sub2")
@@ -546,17 +547,21 @@ def test_delete_with_parent_swapped_for_symlink_stays_inside(
 def test_undo_records_are_checked(env: Env) -> None:
     o = env.run("file.delete", "share:docs/a.txt")
     with pytest.raises(ExecutionError, match="malformed"):
-        env.ops.undo({"verb": "file.delete"})
+        env.ops.undo(UndoRecord.from_json({"verb": "file.delete"}))
     with pytest.raises(ScopeError):
-        env.ops.undo({**o.undo, "target": "share:docs/../../etc/x"})
+        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "target": "share:docs/../../etc/x"}))
     with pytest.raises(ExecutionError, match="disagree"):
-        env.ops.undo({**o.undo, "target": "share:photos/a.txt"})
+        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "target": "share:photos/a.txt"}))
     with pytest.raises(SnapshotError, match="malformed"):
-        env.ops.undo({**o.undo, "snapshot_id": "../../x"})
+        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "snapshot_id": "../../x"}))
     with pytest.raises(ExecutionError, match="no undo"):
-        env.ops.undo({"verb": "file.read"})
+        env.ops.undo(UndoRecord.from_json({"verb": "file.read"}))
     with pytest.raises(ExecutionError, match="malformed"):
-        env.ops.undo({"verb": "file.mkdir", "created": ["share:docs/x", "share:photos/y"]})
+        env.ops.undo(
+            UndoRecord.from_json(
+                {"verb": "file.mkdir", "created": ["share:docs/x", "share:photos/y"]}
+            )
+        )
     assert not (env.docs / "a.txt").exists()
 
 

@@ -67,7 +67,7 @@ def test_bad_task_bodies(setup, body: dict) -> None:
 def test_listing_has_names_only(setup) -> None:
     broker, _, share = setup
     (share / "Inbox" / "secret.txt").write_text("the content must never reach the planner")
-    listing = broker.listing()
+    listing = broker.tasks.listing()
     assert listing == {"docs": ["Inbox/", "Inbox/2021-invoice.pdf", "Inbox/secret.txt"]}
 
 

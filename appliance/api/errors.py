@@ -1,0 +1,63 @@
+"""Every error the LAN API answers is JSON ``{"code", "reason"}`` with a
+4xx/5xx status, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from appliance.errors import ApplianceError
+
+log = logging.getLogger("appliance.api")
+
+
+def error_response(status: int, code: str, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"code": code, "reason": reason, **extra}, status_code=status)
+
+
+async def _appliance_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApplianceError)
+    return error_response(exc.status, exc.code, exc.reason)
+
+
+async def _invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    details = [
+        {
+            "where": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+            "problem": e.get("msg", ""),
+        }
+        for e in errors
+    ]
+    first = details[0] if details else {"where": "", "problem": "invalid"}
+    return error_response(
+        422, "invalid_request", f"{first['where'] or 'body'}: {first['problem']}", errors=details
+    )
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _crash(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error", exc_info=exc)
+    return error_response(500, "internal", "internal error; the broker's log has the details")
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApplianceError, _appliance_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _crash)

@@ -1,0 +1,1 @@
+"""The LAN API's routes, one module per part of the contract."""

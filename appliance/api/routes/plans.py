@@ -1,0 +1,71 @@
+"""Plans of intents: submit, read (waiting for the end), undo; actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from appliance.api.deps import BrokerDep, Client, Wait, wait_for
+from appliance.broker.plans import TERMINAL
+from appliance.errors import ApplianceError, NotFound
+from appliance.intents import Plan, plan_schema
+
+router = APIRouter()
+
+STATUS_FOR_PLAN = {
+    "done": 200,
+    "pending_approval": 202,
+    "denied": 403,
+    "failed": 200,
+    "expired": 200,
+    "running": 202,
+}
+
+
+def plan_response(plan: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(plan, status_code=STATUS_FOR_PLAN.get(plan["status"], 200))
+
+
+@router.post("/v1/intents")
+def submit(plan: Plan, client_id: Client, broker: BrokerDep) -> JSONResponse:
+    limit = broker.config.limits.intents_per_plan
+    if len(plan.intents) > limit:
+        raise ApplianceError(
+            f"a plan holds at most {limit} intents", code="plan_too_large", status=422
+        )
+    return plan_response(broker.submit(client_id, plan.intents))
+
+
+@router.get("/v1/intents/schema")
+def schema(_: Client) -> dict[str, Any]:
+    return plan_schema()
+
+
+@router.get("/v1/plans/{plan_id}")
+async def get_plan(plan_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -> dict[str, Any]:
+    return await wait_for(
+        lambda: broker.plans.public(plan_id),
+        wait,
+        lambda p: p["status"] in TERMINAL,
+        f"no plan {plan_id!r}",
+    )
+
+
+@router.post("/v1/plans/{plan_id}/undo")
+def undo_plan(plan_id: str, client_id: Client, broker: BrokerDep) -> JSONResponse:
+    return plan_response(broker.submit_plan_undo(client_id, plan_id))
+
+
+@router.get("/v1/actions/{action_id}")
+def action(action_id: str, _: Client, broker: BrokerDep) -> dict[str, Any]:
+    row = broker.plans.action(action_id)
+    if row is None:
+        raise NotFound(f"no action {action_id!r}")
+    return {**row.public(), "plan_id": row.plan_id}
+
+
+@router.post("/v1/actions/{action_id}/undo")
+def undo(action_id: str, client_id: Client, broker: BrokerDep) -> JSONResponse:
+    return plan_response(broker.submit_undo(client_id, action_id))

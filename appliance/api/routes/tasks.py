@@ -1,0 +1,69 @@
+"""Tasks in plain words: the box's model plans them, then they take the path
+of any plan; progress by polling or as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from appliance.api.deps import BrokerDep, Client, Wait, wait_for
+from appliance.broker.tasks import TERMINAL
+from appliance.errors import NotFound
+
+router = APIRouter()
+
+SSE_MAX_S = 600.0  # an event stream ends after this, whatever the task's state
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    # Optional: each move's destination folder is this value, read from inside
+    # the file by the quarantined extractor (e.g. {"field": "year", "type": "integer"}).
+    from_content: dict[str, str] | None = None
+
+
+@router.post("/v1/tasks", status_code=202)
+def task(body: TaskRequest, client_id: Client, broker: BrokerDep) -> dict[str, Any]:
+    """Free text: the box's model plans it, then it takes the path of any plan."""
+    return broker.tasks.start(client_id, body.text, body.from_content)
+
+
+@router.get("/v1/tasks/{task_id}")
+async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -> dict[str, Any]:
+    def get() -> dict[str, Any] | None:
+        try:
+            return broker.tasks.public(task_id)
+        except NotFound:
+            return None
+
+    return await wait_for(get, wait, lambda t: t["status"] in TERMINAL, f"no task {task_id!r}")
+
+
+@router.get("/v1/tasks/{task_id}/events")
+async def task_events(task_id: str, _: Client, broker: BrokerDep) -> StreamingResponse:
+    """Server-sent events: each step of the task as it happens, until it ends."""
+    first = await run_in_threadpool(broker.tasks.public, task_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        sent = 0
+        task = first
+        deadline = time.monotonic() + SSE_MAX_S
+        while True:
+            for event in task["events"][sent:]:
+                yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n".encode()
+            sent = len(task["events"])
+            if task["status"] in TERMINAL or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.1)
+            task = await run_in_threadpool(broker.tasks.public, task_id)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")

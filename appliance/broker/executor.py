@@ -1,0 +1,209 @@
+"""The executor: the only code that acts on the shares.
+
+For each action of a decided plan, in order: the claims are built from the
+stored, decided action (never from a token or a request), a capability token
+is minted for exactly them, and :meth:`Executor.execute` then
+
+1. checks the chain of authority (the boot statement vouches for the token
+   root, is not expired, is of the current epoch);
+2. checks the approval's signed receipt (a plan that waited for a press runs
+   only on its own, intact receipt, and only with tokens that cite it);
+3. verifies the token against the claims and records it as spent, with the
+   action marked running in the same transaction (a second use is a replay);
+4. acts (a move, rename or delete stores its undo record before it changes
+   anything), stores the result and the undo record;
+5. appends ``action.done``.
+
+A failure stops the rest of the plan; what ran stays undoable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from appliance.approval.receipts import Receipt, ReceiptError, ReceiptStore
+from appliance.audit import AuditLog
+from appliance.broker.files import FileOps, UndoRecord
+from appliance.broker.plans import ActionRow, ActionStatus, PlanRow, PlanStatus, PlanStore
+from appliance.broker.scope import Shares
+from appliance.errors import ApplianceError, ExecutionError, NotFound
+from appliance.intents import digest
+from appliance.issuer.statement import BootChain
+from appliance.issuer.tokens import Claims, TokenService
+from appliance.verbs import UNDO_VERB
+
+log = logging.getLogger("appliance.broker")
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        chain: BootChain,
+        tokens: TokenService,
+        shares: Shares,
+        files: FileOps,
+        plans: PlanStore,
+        receipts: ReceiptStore,
+        audit: AuditLog,
+    ) -> None:
+        self.chain = chain
+        self.tokens = tokens
+        self.shares = shares
+        self.files = files
+        self.plans = plans
+        self.receipts = receipts
+        self.audit = audit
+
+    def run_plan(self, plan_id: str) -> None:
+        """Run a plan's actions in order; a failure stops the rest."""
+        plan = self.plans.plan_row(plan_id)
+        if plan is None:
+            log.error("plan %s vanished before it could run", plan_id)
+            return
+        if plan.status is not PlanStatus.running:
+            self.plans.set_plan(plan_id, PlanStatus.running)
+        failed: str | None = None
+        receipt: Receipt | None = None
+        for action in self.plans.actions(plan_id):
+            if failed:
+                self.plans.set_action(action.action_id, status=ActionStatus.skipped)
+                continue
+            try:
+                receipt = receipt or self._receipt(plan)
+                token = self.tokens.mint(claims(plan, action, receipt))
+                self.execute(token, action.action_id)
+                continue
+            except ApplianceError as e:
+                error = e.to_dict()
+            except Exception as e:  # noqa: BLE001 - an executor bug must not leave the plan running
+                log.exception("action %s crashed", action.action_id)
+                error = {"code": "internal", "reason": f"internal error: {type(e).__name__}"}
+            failed = f"{action.verb} {action.resource}: {error['reason']}"
+            self.plans.set_action(
+                action.action_id, status=ActionStatus.failed, result={"error": error}
+            )
+            self.audit.append_quietly(
+                "action.failed",
+                {
+                    "plan_id": plan_id,
+                    "action_id": action.action_id,
+                    "intent_digest": action.intent_digest,
+                    "error": error,
+                },
+            )
+        self.plans.set_plan(plan_id, PlanStatus.failed if failed else PlanStatus.done, failed)
+
+    def _receipt(self, plan: PlanRow) -> Receipt | None:
+        """An approved plan's own, intact, signed receipt (None: no approval)."""
+        if plan.approval_id is None:
+            return None
+        try:
+            return self.receipts.load(plan.approval_id, request_digest=plan.digest)
+        except NotFound:
+            raise ReceiptError(
+                f"plan {plan.plan_id} has no signed receipt for its approval"
+            ) from None
+
+    def execute(self, token: str, action_id: str) -> dict[str, Any]:
+        """Verify the capability for ``action_id``, spend it, act, audit.
+
+        The expected claims are rebuilt from the stored action, so a token
+        for anything else (another action, resource, requester, approval or
+        receipt) is refused and stays unspent."""
+        action = self.plans.action(action_id)
+        if action is None:
+            raise NotFound(f"no action {action_id!r}")
+        if action.decision == "deny":
+            raise ExecutionError("a denied intent never runs", code="denied", status=403)
+        plan = self.plans.plan_row(action.plan_id)
+        if plan is None:
+            raise ExecutionError("the action's plan is gone", code="not_found", status=404)
+        self.chain.check()
+        expected = claims(plan, action, self._receipt(plan))
+
+        def running(conn: sqlite3.Connection, token_id: str) -> None:
+            # Spent and "running" land together: after a crash, an action whose
+            # token is spent is known to have maybe begun.
+            conn.execute(
+                "UPDATE actions SET status = ?, token_id = ? WHERE action_id = ?",
+                (ActionStatus.running, token_id, action_id),
+            )
+
+        verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
+        result, snapshot_id, undo = self._act(action)
+        self.plans.set_action(
+            action_id,
+            status=ActionStatus.done,
+            result=result,
+            snapshot_id=snapshot_id,
+            undo=undo,
+        )
+        self.audit.append(
+            "action.done",
+            {
+                "plan_id": action.plan_id,
+                "action_id": action_id,
+                "verb": action.verb,
+                "resource": action.resource,
+                "intent_digest": action.intent_digest,
+                "token_id": verified.token_id,
+                "approval_id": expected.approval_id,
+                "receipt_digest": expected.receipt_digest,
+                "snapshot_id": snapshot_id,
+                "result": audited(result),
+            },
+        )
+        return result
+
+    def _act(self, action: ActionRow) -> tuple[dict[str, Any], str | None, UndoRecord | None]:
+        """Do the action; its result, the snapshot it took, how to undo it."""
+        if action.verb == UNDO_VERB:
+            original = self.plans.action(action.params["action_id"])
+            if original is None or original.undone_by or original.undo is None:
+                raise ExecutionError("the action is gone or already undone", code="not_undoable")
+            result = self.files.undo(original.undo)
+            self.plans.set_action(
+                original.action_id, undone_by=action.action_id, status=ActionStatus.undone
+            )
+            # Undoing a write or copy saves the removed file first.
+            return result, result.get("snapshot_id"), None
+        # Parsed again from the stored, canonical form; the file actions walk
+        # the path with O_NOFOLLOW themselves when they act.
+        params: dict[str, Any] = dict(action.params)
+        if "to" in params:
+            params["to"] = self.shares.parse(params["to"])
+
+        def record(snapshot_id: str, undo: UndoRecord) -> None:
+            # How to undo it is on record before the change begins.
+            self.plans.set_action(action.action_id, snapshot_id=snapshot_id, undo=undo)
+
+        outcome = self.files.execute(
+            action.verb, self.shares.parse(action.resource), params, before_change=record
+        )
+        return outcome.result, outcome.snapshot_id, outcome.undo
+
+
+def claims(plan: PlanRow, action: ActionRow, receipt: Receipt | None) -> Claims:
+    """What a token for ``action`` must say: the stored, decided action, its
+    plan's requester and approval, and the approval's signed receipt."""
+    return Claims(
+        action_id=action.action_id,
+        verb=action.verb,
+        resource=action.resource,
+        intent_digest=action.intent_digest,
+        requester=plan.requester,
+        approval_id=plan.approval_id,
+        receipt_digest=receipt.receipt_digest if receipt else None,
+    )
+
+
+def audited(result: dict[str, Any]) -> dict[str, Any]:
+    """Results go to the audit log without file contents: a hash stands in."""
+    if "content" not in result:
+        return result
+    out = dict(result)
+    out["content_sha256"] = digest(out.pop("content"))
+    return out

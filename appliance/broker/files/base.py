@@ -1,0 +1,186 @@
+"""What every file action shares: the state (shares, snapshot store,
+limits, one lock), the undo record a change stores before it begins, the
+identity check, and the temp-file-then-link that lands every new file.
+
+The verbs themselves are in reading.py, creating.py, moving.py and
+deleting.py, each registering its handlers for the verbs of the registry
+(appliance/verbs.py); ops.py puts them together.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from appliance.broker.files.fsutil import (
+    renameat2_noreplace,
+    settle,
+    tmp_name,
+    unlink_quietly,
+    write_all,
+)
+from appliance.broker.files.trees import Tree, walk_tree
+from appliance.broker.files.undo import UndoRecord
+from appliance.broker.scope import (
+    ShareConfigError,
+    Shares,
+    Target,
+    kind_of,
+    lstat_at,
+)
+from appliance.broker.snapshots import SnapshotError, SnapshotStore
+from appliance.config import Limits
+from appliance.errors import ExecutionError
+from appliance.verbs import INTENT_VERBS
+
+
+@dataclass
+class Outcome:
+    """What an action did: its JSON result, the snapshot taken first, the undo record."""
+
+    result: dict[str, Any]
+    snapshot_id: str | None = None
+    undo: UndoRecord | None = None
+
+
+# How to record an action's undo before it changes anything.
+BeforeChange = Callable[[str, UndoRecord], None]
+Handler = TypeVar("Handler", bound=Callable[..., Outcome])
+# One handler per file verb of the registry (appliance/verbs.py); ops.py checks.
+HANDLERS: dict[str, Callable[..., Outcome]] = {}
+
+
+def handles(verb: str) -> Callable[[Handler], Handler]:
+    if verb not in INTENT_VERBS:
+        raise RuntimeError(f"{verb!r} is not a verb of the registry (appliance/verbs.py)")
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS[verb] = handler
+        return handler
+
+    return register
+
+
+class FileActions:
+    """The state and steps the file verbs share."""
+
+    def __init__(
+        self,
+        shares: Shares,
+        snapshots: SnapshotStore,
+        limits: Limits,
+        *,
+        snapshot_bytes: int = 1 << 30,
+        snapshot_entries: int = 100_000,
+    ):
+        self.shares = shares
+        self.snapshots = snapshots
+        self.limits = limits
+        # Largest tree (bytes, entries) a move/delete may snapshot: past this
+        # the action is refused rather than done without a way back.
+        self.snapshot_bytes = snapshot_bytes
+        self.snapshot_entries = snapshot_entries
+        store = snapshots.directory.resolve()
+        for name in shares.names:
+            root = shares.root(name)
+            if store == root or root in store.parents or store in root.parents:
+                # A store inside a share would let share users read or forge
+                # snapshots; a share inside the store would be odder still.
+                raise ShareConfigError(f"snapshot store {store} overlaps share {name} ({root})")
+        # One mutation at a time: the checks each verb makes (free names,
+        # unchanged inodes) are only meaningful if the broker is not racing itself.
+        self._lock = threading.RLock()
+        self._before_change: BeforeChange | None = None
+
+    def _saved(self, snapshot_id: str, undo: UndoRecord) -> None:
+        if self._before_change is not None:
+            self._before_change(snapshot_id, undo)
+
+    def _walk(self, dir_fd: int, name: str, target: Target, *, store: bool) -> Tree:
+        """The manifest of ``name`` (stored, or only hashed), within the
+        limits of what an action may snapshot."""
+        return walk_tree(
+            dir_fd,
+            name,
+            target,
+            self.snapshots,
+            store=store,
+            max_bytes=self.snapshot_bytes,
+            max_entries=self.snapshot_entries,
+        )
+
+    def _check_same(
+        self, dir_fd: int, name: str, ident: tuple[str, int, int, int], target: Target
+    ) -> None:
+        """Refuse if ``name`` is no longer the exact file that was snapshotted."""
+        st = lstat_at(dir_fd, name)
+        if st is None or (kind_of(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns) != ident:
+            raise ExecutionError(f"{target.canonical} changed during the action; nothing was done")
+
+    def _materialize(
+        self,
+        dir_fd: int,
+        name: str,
+        target: Target,
+        chunks: Any,
+        mode: int,
+        *,
+        mtime_ns: int | None = None,
+        expect_sha: str | None = None,
+    ) -> str:
+        """Create ``name`` with the given bytes: temp file, fsync, link into place.
+
+        The name appears complete or not at all, and ``link()`` refuses an
+        existing name, so nothing is ever overwritten.
+        """
+        tmp = tmp_name()
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+        try:
+            h = hashlib.sha256()
+            try:
+                for chunk in chunks:
+                    h.update(chunk)
+                    write_all(fd, chunk)
+                sha = h.hexdigest()
+                if expect_sha is not None and sha != expect_sha:
+                    raise SnapshotError(f"snapshot blob {expect_sha} is damaged; not restoring it")
+                os.fchmod(fd, mode & 0o777)
+                if mtime_ns is not None:
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._link_into_place(dir_fd, tmp, name, target)
+        except BaseException:
+            unlink_quietly(dir_fd, tmp)
+            raise
+        unlink_quietly(dir_fd, tmp)
+        settle(dir_fd)
+        return sha
+
+    def _link_into_place(self, dir_fd: int, tmp: str, name: str, target: Target) -> None:
+        try:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            raise ExecutionError(f"{target.canonical} already exists; never overwriting") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            # File systems without hard links (exFAT sticks): the atomic
+            # no-replace rename gives the same guarantee.
+            try:
+                renameat2_noreplace(dir_fd, tmp, dir_fd, name)
+            except FileExistsError:
+                raise ExecutionError(
+                    f"{target.canonical} already exists; never overwriting"
+                ) from None

@@ -1,0 +1,118 @@
+"""Pairing: how a desktop gets a credential, and how it loses it.
+
+A desktop asks (``POST /v1/pairings``); the request goes on the panel like
+any approval, and only a press there lets the credential be fetched, once
+(``GET /v1/pairings/{id}``). On a physical box the owner must first open a
+pairing window with a long hold on the idle button, so a LAN device cannot
+even ask otherwise. The client store (``clients.py``) keeps the credentials.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from appliance.approval import ApprovalQueue, ApprovalRequest, Panel
+from appliance.audit import AuditLog
+from appliance.broker.clients import Clients, check_name
+from appliance.config import Config
+from appliance.errors import ApplianceError
+from appliance.intents import digest
+from appliance.policy import PolicyEngine, PolicyRequest
+from appliance.verbs import PAIR_VERB
+
+
+class Pairing:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        clients: Clients,
+        policy: PolicyEngine,
+        approvals: ApprovalQueue,
+        panel: Panel,
+        audit: AuditLog,
+        lock: threading.RLock,
+    ) -> None:
+        self.config = config
+        self.clients = clients
+        self.policy = policy
+        self.approvals = approvals
+        self.panel = panel
+        self.audit = audit
+        # Shared with the broker: a pairing is stored with its approval before
+        # that approval's decision can be handled.
+        self._lock = lock
+
+    def request(self, name: str, address: str = "local") -> dict[str, Any]:
+        """A desktop asks to pair. ``address`` (the caller's IP) is the requester,
+        so one LAN device cannot fill the approval queue under many names."""
+        name = check_name(name)
+        decision = self.policy.decide(
+            PolicyRequest(verb=PAIR_VERB, requester=f"unpaired:{address}", share=None, path="")
+        )
+        if decision.decision == "deny":
+            self._refused(name, address, list(decision.reasons))
+            raise ApplianceError(
+                "pairing refused: " + " ".join(decision.reasons), code="denied", status=403
+            )
+        if not self.panel.virtual and self.approvals.pairing_window() is None:
+            # A physical box listens for pairing only after its owner opened a
+            # window at the box: a LAN device cannot even ask otherwise.
+            self._refused(name, address, ["the pairing window is closed"])
+            raise ApplianceError(
+                "pairing is closed: hold the box's button for "
+                f"{self.config.panel.pairing_hold_s:g} seconds while its light is idle to open "
+                f"a pairing window ({self.config.approvals.pairing_window_s:g} s), then pair again",
+                code="pairing_closed",
+                status=403,
+            )
+        # Even a policy that "allows" pairing gets a press: a credential is
+        # only ever handed out after a person said yes at the box.
+        with self._lock:
+            pairing_id = self.clients.new_pairing(name)
+            try:
+                approval = self.approvals.submit(
+                    kind="pairing",
+                    subject_id=pairing_id,
+                    requester=f"unpaired:{address}",
+                    summary=f"A desktop named {name!r} at {address} asks to pair",
+                    digest=digest({"pairing_id": pairing_id, "name": name}),
+                )
+            except ApplianceError:
+                self.clients.drop_pairing(pairing_id)
+                raise
+            self.clients.attach_approval(pairing_id, approval.approval_id, approval.code)
+            self.audit.append(
+                "pairing.requested",
+                {
+                    "pairing_id": pairing_id,
+                    "name": name,
+                    "address": address,
+                    "approval_id": approval.approval_id,
+                },
+            )
+        return {
+            "pairing_id": pairing_id,
+            "code": approval.code,
+            "approval_id": approval.approval_id,
+        }
+
+    def _refused(self, name: str, address: str, reasons: list[str]) -> None:
+        self.audit.append("pairing.refused", {"name": name, "address": address, "reasons": reasons})
+
+    def decided(self, request: ApprovalRequest) -> None:
+        self.clients.set_pairing_status(request.subject_id, request.status)
+
+    def result(self, pairing_id: str) -> dict[str, Any]:
+        """The credential of an approved pairing, exactly once; else its status."""
+        out = self.clients.deliver(pairing_id)
+        if "credential" in out:
+            self.audit.append(
+                "client.paired", {"pairing_id": pairing_id, "client_id": out["client_id"]}
+            )
+        return out
+
+    def revoke(self, client_id: str) -> None:
+        self.clients.revoke(client_id)
+        self.audit.append("client.revoked", {"client_id": client_id})

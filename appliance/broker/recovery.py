@@ -1,0 +1,79 @@
+"""After a crash or a restart, before anything new may run.
+
+Approvals live in memory, so a plan still waiting for one expires. An action
+that was running is settled: its token stays spent, and the executor's
+ordering means no file was lost. A move, rename or delete recorded its undo
+before it changed anything, so it is brought to exactly "before" or exactly
+"after"; after counts as done and stays undoable. The hidden names an
+interrupted action can leave beside its targets are swept. Each settled
+action is recorded in ``action.interrupted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from appliance.audit import AuditLog
+from appliance.broker.files import FileOps
+from appliance.broker.plans import ActionRow, ActionStatus, PlanStatus, PlanStore
+from appliance.broker.scope import Shares, Target
+from appliance.errors import ApplianceError
+from appliance.verbs import UNDO_VERB
+
+
+def recover(plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog) -> None:
+    for plan in plans.unfinished():
+        if plan.status is PlanStatus.pending_approval:
+            plans.end_plan(plan.plan_id, PlanStatus.expired, "the broker restarted before approval")
+            audit.append("plan.expired", {"plan_id": plan.plan_id, "reason": "restart"})
+            continue
+        for action in plans.actions(plan.plan_id):
+            if action.status is ActionStatus.running:
+                _settle(plans, files, shares, audit, action)
+            elif action.status is ActionStatus.planned:
+                plans.set_action(action.action_id, status=ActionStatus.skipped)
+        plans.set_plan(plan.plan_id, PlanStatus.failed, "the broker stopped while the plan ran")
+
+
+def _settle(
+    plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog, action: ActionRow
+) -> None:
+    undo = action.undo
+    took = undo is not None and action.verb != UNDO_VERB and files.settle_interrupted(undo)
+    if took:
+        plans.set_action(
+            action.action_id,
+            status=ActionStatus.done,
+            result={"recovered": "the action had taken effect when the broker stopped"},
+        )
+    else:
+        plans.set_action(action.action_id, status=ActionStatus.interrupted, clear_undo=True)
+    leftovers = files.sweep_leftovers(_touched(plans, shares, action))
+    audit.append(
+        "action.interrupted",
+        {
+            "plan_id": action.plan_id,
+            "action_id": action.action_id,
+            "verb": action.verb,
+            "resource": action.resource,
+            "token_id": action.token_id,
+            "snapshot_id": action.snapshot_id,
+            "took_effect": took,
+            "leftovers_removed": leftovers,
+        },
+    )
+
+
+def _touched(plans: PlanStore, shares: Shares, action: ActionRow) -> list[Target]:
+    """The targets an action (or the action an undo reverses) worked on."""
+    if action.verb == UNDO_VERB:
+        original = plans.action(str(action.params.get("action_id", "")))
+        if original is None:
+            return []
+        action = original
+    found = []
+    for resource in (action.resource, action.params.get("to")):
+        if isinstance(resource, str):
+            with contextlib.suppress(ApplianceError):
+                found.append(shares.parse(resource))
+    return found
