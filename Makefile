@@ -25,7 +25,7 @@ NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support debian-archive-keyring
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench setup apt clean plugins image-check
+.PHONY: run test lint typecheck bench setup apt clean plugins image-check
 
 # Installed when running as root and something is missing.
 apt:
@@ -64,8 +64,12 @@ run: setup
 	mkdir -p $(STATE)/shares/docs
 	$(BIN)/appliance up --dev --state-dir $(STATE) --share docs=$(STATE)/shares/docs
 
-test: setup
+# The type checker and the linter first (seconds), then the suite.
+test: setup typecheck lint
 	$(BIN)/python -m pytest
+
+typecheck: setup
+	$(BIN)/mypy
 
 lint: setup
 	$(BIN)/ruff check appliance tests bench

@@ -39,6 +39,8 @@ def _verify_for(url: str, pinned: str | None) -> ssl.SSLContext | bool:
         return True
     if not pinned:
         raise ValueError("an https URL needs the device's certificate fingerprint to pin")
+    if not parsed.hostname:
+        raise ValueError(f"{url!r} names no host")
     pem = ssl.get_server_certificate((parsed.hostname, parsed.port or 443)).encode()
     seen = cert_fingerprint(pem)
     if seen.replace(":", "").upper() != pinned.replace(":", "").upper():

@@ -266,6 +266,7 @@ class LlamaCppBackend:
             seed=self.seed,
             stop=list(self.manifest.stop) or None,
         )
+        assert isinstance(out, dict)  # not streamed: one response
         text = out["choices"][0]["text"]
         return _Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
 
@@ -284,7 +285,8 @@ class LlamaCppBackend:
             return _checked(self._raw, system, user, json_schema, examples)
 
     def close(self) -> None:
-        llm, self._llm = getattr(self, "_llm", None), None
+        # Gone from the backend once closed (and absent if the load failed).
+        llm = self.__dict__.pop("_llm", None)
         self._states.clear()
         if llm is not None:
             llm.close()

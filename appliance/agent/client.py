@@ -95,7 +95,9 @@ class AgentClient:
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
             raise failed("the model agent's answer has no ok field")
         if not answer["ok"]:
-            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+            error = answer.get("error")
+            if not isinstance(error, dict):
+                error = {}
             code = str(error.get("code", "?"))[:64]
             reason = str(error.get("reason", "no reason given"))[:500]
             err = failed(f"the model agent could not do it ({code}): {reason}")

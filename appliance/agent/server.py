@@ -145,10 +145,16 @@ class AgentServer:
         op = request.get("op")
         try:
             if op == "plan":
-                result = self.planner.plan(request.get("text"), request.get("listing"))
+                text, listing = request.get("text"), request.get("listing")
+                if not isinstance(text, str) or not isinstance(listing, dict):
+                    return _error("bad_request", "a plan needs its text and a listing")
+                result = self.planner.plan(text, listing)
                 return {"ok": True, "result": result.to_dict()}
             if op == "extract":
-                values = self.planner.extract(request.get("content"), request.get("fields"))
+                content, fields = request.get("content"), request.get("fields")
+                if not isinstance(content, str) or not isinstance(fields, dict):
+                    return _error("bad_request", "an extraction needs content and fields")
+                values = self.planner.extract(content, fields)
                 return {"ok": True, "result": values}
             if op == "health":
                 backend = self.planner.backend

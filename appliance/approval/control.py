@@ -195,7 +195,7 @@ class ControlServer:
     def _serve(self) -> None:
         assert self._sock is not None
         while not self._stopping.is_set():
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+            ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
             if self._wake_r in ready:
                 return
             try:

@@ -25,6 +25,7 @@ can audit it. Callbacks run outside the queue's lock.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import logging
 import re
@@ -252,7 +253,7 @@ class ApprovalQueue:
                 if accepted:
                     assert shown is not None
                     shown.gesture = gesture or source
-                    status = "approved" if decision == "approve" else "denied"
+                    status: Status = "approved" if decision == "approve" else "denied"
                     self._decide_shown(status, source, effects)
         finally:
             self._dispatch(effects)
@@ -322,7 +323,7 @@ class ApprovalQueue:
 
     # -- lockouts ----------------------------------------------------------------
 
-    def lockouts(self) -> list[dict[str, Any]]:
+    def lockouts(self) -> builtins.list[dict[str, Any]]:
         """Requesters locked out now, and for how much longer."""
         with self._guard():
             return [
@@ -354,7 +355,7 @@ class ApprovalQueue:
         with self._guard():
             return dataclasses.replace(self._get(approval_id))
 
-    def list(self) -> list[ApprovalRequest]:
+    def list(self) -> builtins.list[ApprovalRequest]:
         """Open requests: the shown one first, then the waiting ones in order."""
         with self._guard():
             return [dataclasses.replace(r) for r in self._open()]
@@ -364,7 +365,7 @@ class ApprovalQueue:
         with self._guard():
             return self._public(self._get(approval_id))
 
-    def public_list(self) -> list[dict[str, Any]]:
+    def public_list(self) -> builtins.list[dict[str, Any]]:
         """The public view of every open request, shown one first."""
         with self._guard():
             return [self._public(r) for r in self._open()]
@@ -453,7 +454,7 @@ class ApprovalQueue:
             raise NotFound(f"no approval request {approval_id!r} (unknown or long forgotten)")
         return req
 
-    def _open(self) -> list[ApprovalRequest]:
+    def _open(self) -> builtins.list[ApprovalRequest]:
         return ([self._shown] if self._shown else []) + list(self._waiting)
 
     def _public(self, req: ApprovalRequest) -> dict[str, Any]:

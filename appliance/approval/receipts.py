@@ -117,7 +117,7 @@ def sign_receipt(
         "signer": signer_label,
     }
     signature = base64.b64encode(signer.sign(canonical_json(body))).decode()
-    return Receipt(**body, signature=signature, receipt_digest=receipt_digest(body, signature))
+    return _receipt(body, signature, receipt_digest(body, signature))
 
 
 def receipt_digest(body: dict[str, Any], signature: str) -> str:
@@ -173,10 +173,35 @@ def verify_receipt(
         raise ReceiptError("the receipt approved another request (its digest differs)")
     if receipt_digest_expected is not None and own != receipt_digest_expected:
         raise ReceiptError("the token cites another receipt than this approval's")
-    try:
-        return Receipt(**body, signature=receipt["signature"], receipt_digest=own)
-    except TypeError:
-        raise ReceiptError("the receipt's fields have the wrong types") from None
+    return _receipt(body, receipt["signature"], own)
+
+
+def _receipt(body: dict[str, Any], signature: object, own: str) -> Receipt:
+    """The typed receipt of a body whose signature verified."""
+    text = ("type", "approval_id", "kind", "subject_id", "digest", "status", "key_id", "signer")
+    optional = ("decided_by", "gesture")
+    if (
+        not all(isinstance(body[k], str) for k in text)
+        or not all(body[k] is None or isinstance(body[k], str) for k in optional)
+        or not isinstance(body["time"], int | float)
+        or not isinstance(signature, str)
+    ):
+        raise ReceiptError("the receipt's fields have the wrong types")
+    return Receipt(
+        type=body["type"],
+        approval_id=body["approval_id"],
+        kind=body["kind"],
+        subject_id=body["subject_id"],
+        digest=body["digest"],
+        status=body["status"],
+        decided_by=body["decided_by"],
+        gesture=body["gesture"],
+        time=float(body["time"]),
+        key_id=body["key_id"],
+        signer=body["signer"],
+        signature=signature,
+        receipt_digest=own,
+    )
 
 
 class ReceiptStore:

@@ -445,7 +445,7 @@ class AuditLog:
             # them outside the lock races with nothing.
             fd = self._efd
         raw = os.pread(fd, hi - lo, lo)
-        out = []
+        out: list[dict[str, Any]] = []
         for line, h in zip(raw.split(b"\n")[:-1], hashes, strict=True):
             if leaf_hash(line) != h:  # changed under us on disk: say so, do not serve it
                 raise AuditTampered(f"audit entry {start + len(out)} changed on disk")

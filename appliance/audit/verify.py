@@ -177,6 +177,11 @@ def _parse_checkpoint(raw: bytes | dict[str, Any]) -> tuple[dict[str, Any] | Non
     return cp, ""
 
 
+# Keys whose checkpoints count: key id -> (key, the entry that vouched for it;
+# -1 for the device key). A session key may sign trees that include its entry.
+_Keys = dict[str, tuple[ec.EllipticCurvePublicKey, int]]
+
+
 def check_log(
     entry_lines: list[bytes],
     checkpoint_lines: list[bytes],
@@ -193,15 +198,34 @@ def check_log(
     then only checked for form, key id and order; when something is wrong,
     run again with ``all_signatures=True`` to say where.
     """
-    problems: list[str] = []
-    warnings: list[str] = []
-    key = _load_public_key(public_key_pem)
-    expected_kid = key_id(public_key_pem)
-    # Keys whose checkpoints count: the device key, and each session key the
-    # device key vouched for in an entry (usable from the checkpoint covering it).
-    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]] = {expected_kid: (key, -1)}
+    keys: _Keys = {key_id(public_key_pem): (_load_public_key(public_key_pem), -1)}
+    tree, problems = _check_entries(entry_lines, public_key_pem, keys)
+    checkpoints, found, unsafe = _check_checkpoints(
+        checkpoint_lines, keys, key_id(public_key_pem), all_signatures
+    )
+    problems += found
+    problems += _check_roots(checkpoints, tree)
+    top = max(checkpoints, key=lambda c: c.size, default=None)
+    if top is not None and top.size > tree.size:
+        n = tree.size
+        problems.append(
+            f"The log holds {n} entries but the checkpoint on line {top.line} was signed over "
+            f"{top.size}: {_span(n, top.size - 1)} {_are(n, top.size - 1)} missing "
+            "(the log was truncated)."
+        )
+    found, warnings = _check_unsigned(tree.size, top, bool(checkpoint_lines))
+    problems += found
+    # A checkpoint saved earlier outside the box: the log must extend it.
+    if trusted_checkpoint is not None:
+        problems += _check_trusted(trusted_checkpoint, keys, tree, top)
+    return CheckResult(problems, warnings, tree, checkpoints, unsafe)
 
-    # 1. Entries: each line a JSON object whose index is its position.
+
+def _check_entries(
+    entry_lines: list[bytes], public_key_pem: bytes, keys: _Keys
+) -> tuple[MerkleTree, list[str]]:
+    """Each line a JSON object whose index is its position; the tree of them.
+    Session keys the device key vouched for are added to ``keys``."""
     tree = MerkleTree()
     sequence: list[str] = []
     for pos, line in enumerate(entry_lines):
@@ -232,15 +256,20 @@ def check_log(
                 )
             else:
                 keys.setdefault(session[0], (session[1], pos))
-    problems += _capped(sequence, "entries out of sequence or damaged")
-    n = tree.size
+    return tree, _capped(sequence, "entries out of sequence or damaged")
 
-    # 2. Checkpoints: well formed, signed by our key, sizes never going back.
+
+def _check_checkpoints(
+    checkpoint_lines: list[bytes], keys: _Keys, device_kid: str, all_signatures: bool
+) -> tuple[list[_Checkpoint], list[str], bool]:
+    """Well formed, signed by a key that counts, sizes and boot counts never
+    going back. Returns the good ones, the problems, and whether a
+    development key signed."""
+    problems: list[str] = []
     checkpoints: list[_Checkpoint] = []
     last_line = len(checkpoint_lines)
     unsafe = False
-    high = 0
-    boot_high = 0
+    high = boot_high = 0
     for i, raw in enumerate(checkpoint_lines, start=1):
         cp, why = _parse_checkpoint(raw)
         if cp is None:
@@ -250,21 +279,18 @@ def check_log(
         if cp_key is None:
             problems.append(
                 f"The checkpoint on line {i} (tree size {cp['tree_size']}) names key "
-                f"{cp['key_id']!r}, neither the device key {expected_kid!r} nor a session key "
+                f"{cp['key_id']!r}, neither the device key {device_kid!r} nor a session key "
                 "it vouched for."
             )
             continue
-        signed = False
-        if all_signatures or i == last_line:
-            if not _signature_ok(cp_key, cp):
-                problems.append(
-                    f"The checkpoint on line {i} (tree size {cp['tree_size']}) has a signature "
-                    "that does not verify with the device's public key (forged or altered)."
-                )
-                continue
-            signed = True
-        if cp["signer"] == UNSAFE_LABEL:
-            unsafe = True
+        signed = all_signatures or i == last_line
+        if signed and not _signature_ok(cp_key, cp):
+            problems.append(
+                f"The checkpoint on line {i} (tree size {cp['tree_size']}) has a signature "
+                "that does not verify with the device's public key (forged or altered)."
+            )
+            continue
+        unsafe = unsafe or cp["signer"] == UNSAFE_LABEL
         if cp["tree_size"] < high:
             problems.append(
                 f"The checkpoint on line {i} has tree size {cp['tree_size']}, smaller than the "
@@ -280,79 +306,73 @@ def check_log(
         checkpoints.append(
             _Checkpoint(i, cp["tree_size"], bytes.fromhex(cp["root_hash"]), cp["signer"], signed)
         )
+    return checkpoints, problems, unsafe
 
-    # 3. Each checkpoint's root against the entries. The first mismatch pins
-    # the change between the last checkpoint that still matches and it.
+
+def _check_roots(checkpoints: list[_Checkpoint], tree: MerkleTree) -> list[str]:
+    """Each signed checkpoint's root against the entries. The first mismatch
+    pins the change between the last checkpoint that still matches and it."""
     good_sizes = [0]
     mismatches: list[tuple[_Checkpoint, int]] = []
     for cp in checkpoints:
         # An unchecked signature proves nothing, so neither does its root.
-        if cp.size > n or not cp.signed:
+        if cp.size > tree.size or not cp.signed:
             continue
         if tree.root(cp.size) == cp.root:
             good_sizes.append(cp.size)
         else:
             below = max(s for s in good_sizes if s < cp.size) if cp.size else 0
             mismatches.append((cp, below))
-    if mismatches:
-        cp, below = mismatches[0]
-        span = _span(below, cp.size - 1)
-        what = (
-            "it was edited or replaced"
-            if below == cp.size - 1
-            else "one of them was edited, inserted, deleted or moved"
-        )
-        problems.append(
-            f"{span[0].upper()}{span[1:]} do{'es' if below == cp.size - 1 else ''} not match the "
-            f"checkpoint on line {cp.line} (tree size {cp.size}), while the first {below} "
-            f"entries do: {what}."
-        )
-        if len(mismatches) > 1:
-            problems.append(f"{len(mismatches) - 1} later checkpoints do not match either.")
+    if not mismatches:
+        return []
+    cp, below = mismatches[0]
+    span = _span(below, cp.size - 1)
+    what = (
+        "it was edited or replaced"
+        if below == cp.size - 1
+        else "one of them was edited, inserted, deleted or moved"
+    )
+    problems = [
+        f"{span[0].upper()}{span[1:]} do{'es' if below == cp.size - 1 else ''} not match the "
+        f"checkpoint on line {cp.line} (tree size {cp.size}), while the first {below} "
+        f"entries do: {what}."
+    ]
+    if len(mismatches) > 1:
+        problems.append(f"{len(mismatches) - 1} later checkpoints do not match either.")
+    return problems
 
-    top = max(checkpoints, key=lambda c: c.size, default=None)
-    if top is not None and top.size > n:
-        problems.append(
-            f"The log holds {n} entries but the checkpoint on line {top.line} was signed over "
-            f"{top.size}: {_span(n, top.size - 1)} {_are(n, top.size - 1)} missing "
-            "(the log was truncated)."
-        )
 
-    # 4. Entries no checkpoint covers. A new log signs a checkpoint of size 0
-    # before its first entry, and a crash leaves at most one batch unsigned.
+def _check_unsigned(
+    n: int, top: _Checkpoint | None, has_checkpoints: bool
+) -> tuple[list[str], list[str]]:
+    """Entries no checkpoint covers (problems, warnings). A new log signs a
+    checkpoint of size 0 before its first entry, and a crash leaves at most
+    one batch unsigned."""
     signed_size = top.size if top is not None else 0
-    if n > signed_size:
-        tail = n - signed_size
-        span = _span(signed_size, n - 1)
-        if top is None and not checkpoint_lines:
-            problems.append(
-                f"The log holds {n} entries but no checkpoint at all: the checkpoints were "
-                "deleted, so nothing proves a single entry."
-            )
-        elif tail > MAX_BATCH:
-            problems.append(
-                f"{span[0].upper()}{span[1:]} ({tail} entries) are covered by no signed "
-                f"checkpoint; a crash leaves at most {MAX_BATCH} unsigned, so they were added "
-                "behind the broker's back."
-            )
-        else:
-            warnings.append(
-                f"{span[0].upper()}{span[1:]} {_are(signed_size, n - 1)} not yet covered by a "
-                f"signed checkpoint, so nothing proves {'it' if tail == 1 else 'them'} yet: a "
-                "crash between the two fsyncs of a batch, or a write in flight. The broker "
-                "signs them at its next start and records that it did."
-            )
-
-    # 5. A checkpoint saved earlier outside the box: the log must extend it.
-    if trusted_checkpoint is not None:
-        problems += _check_trusted(trusted_checkpoint, keys, tree, top)
-
-    return CheckResult(problems, warnings, tree, checkpoints, unsafe)
+    if n <= signed_size:
+        return [], []
+    tail = n - signed_size
+    span = _span(signed_size, n - 1)
+    if top is None and not has_checkpoints:
+        return [
+            f"The log holds {n} entries but no checkpoint at all: the checkpoints were "
+            "deleted, so nothing proves a single entry."
+        ], []
+    if tail > MAX_BATCH:
+        return [
+            f"{span[0].upper()}{span[1:]} ({tail} entries) are covered by no signed "
+            f"checkpoint; a crash leaves at most {MAX_BATCH} unsigned, so they were added "
+            "behind the broker's back."
+        ], []
+    return [], [
+        f"{span[0].upper()}{span[1:]} {_are(signed_size, n - 1)} not yet covered by a "
+        f"signed checkpoint, so nothing proves {'it' if tail == 1 else 'them'} yet: a "
+        "crash between the two fsyncs of a batch, or a write in flight. The broker "
+        "signs them at its next start and records that it did."
+    ]
 
 
-def _key_for(
-    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]], cp: dict[str, Any]
-) -> ec.EllipticCurvePublicKey | None:
+def _key_for(keys: _Keys, cp: dict[str, Any]) -> ec.EllipticCurvePublicKey | None:
     """The key a checkpoint names, if it may sign a tree of that size."""
     found = keys.get(cp["key_id"])
     if found is None or found[1] >= cp["tree_size"]:
@@ -395,7 +415,7 @@ def session_key(
 
 def _check_trusted(
     trusted: dict[str, Any],
-    keys: dict[str, tuple[ec.EllipticCurvePublicKey, int]],
+    keys: _Keys,
     tree: MerkleTree,
     top: _Checkpoint | None,
 ) -> list[str]:

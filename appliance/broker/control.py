@@ -20,8 +20,8 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "status":
             return broker.status()
         if op == "panel.show":
-            queue = broker.approvals.public_list()
-            return {"pending": queue[0] if queue else None, "waiting": queue[1:]}
+            shown = broker.approvals.public_list()
+            return {"pending": shown[0] if shown else None, "waiting": shown[1:]}
         if op == "panel.press":
             decision = request.get("decision")
             if decision not in ("approve", "deny"):

@@ -199,7 +199,7 @@ class Shares:
         """The real path of a share's root directory."""
         return self._roots[share]
 
-    def parse(self, resource: str) -> Target:
+    def parse(self, resource: object) -> Target:
         """Lexically check ``share:NAME[/a/b...]`` and return its :class:`Target`.
 
         The share root may be written ``share:NAME`` or ``share:NAME/``; its

@@ -33,7 +33,7 @@ from appliance.broker.plans import PlanStore
 from appliance.broker.scope import Shares, Target
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound
-from appliance.intents import Intent
+from appliance.intents import Intent, Provenance
 
 log = logging.getLogger("appliance.broker")
 
@@ -292,14 +292,14 @@ class TaskRunner:
                     verb="file.move",
                     resource=src.canonical,
                     params={"to": folder_target.child(dest.parts[-1]).canonical},
-                    provenance={"params.to": "content"},
+                    provenance={"params.to": Provenance.content},
                 )
             )
             self.tasks.update(
                 task_id, "extracted", detail={"resource": src.canonical, "folder": folder}
             )
         mkdirs = [
-            Intent(verb="file.mkdir", resource=name, provenance={"resource": "content"})
+            Intent(verb="file.mkdir", resource=name, provenance={"resource": Provenance.content})
             for name, target in sorted(folders.items())
             if self.shares.inspect(target) is None
         ]

@@ -54,8 +54,8 @@ from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
 from appliance.errors import ApplianceError
 from appliance.issuer.keys import key_id
+from appliance.issuer.pcr_policy import pcr_selection, read_pcrs
 from appliance.issuer.tpm import Tpm, TpmError
-from appliance.issuer.tpm_seal import pcr_selection, read_pcrs
 
 log = logging.getLogger("appliance.attestation")
 

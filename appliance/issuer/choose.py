@@ -22,17 +22,17 @@ from appliance.errors import Unavailable
 from appliance.issuer import swtpm
 from appliance.issuer.attestation import provision
 from appliance.issuer.keys import DevKeyStore, KeyStore
-from appliance.issuer.tpm import Tpm, TpmError
-from appliance.issuer.tpm_keys import TpmKeyStore
-from appliance.issuer.tpm_seal import (
+from appliance.issuer.pcr_policy import (
     MEASUREMENT_PCR,
     PolicySigner,
-    Sealer,
     SignedPolicy,
     measure_at_start,
     measure_installed_appliance,
     read_pcrs,
 )
+from appliance.issuer.tpm import Tpm, TpmError
+from appliance.issuer.tpm_keys import TpmKeyStore
+from appliance.issuer.tpm_seal import Sealer
 
 log = logging.getLogger("appliance.keys")
 

@@ -27,13 +27,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import biscuit_auth as biscuit
 
 from appliance.db import Database
 from appliance.errors import ApplianceError, TokenError
 from appliance.issuer.keys import UNSAFE_LABEL, KeyStore
-from appliance.verbs import PLUGIN_READ_OPS, PLUGIN_WRITE_OPS
 
 # A Biscuit of ours is ~500 characters; refusing huge inputs before parsing
 # keeps a LAN peer from making the executor chew on megabytes.
@@ -157,7 +157,7 @@ class _Checked:
     revocation_ids: tuple[str, ...]
 
 
-def _utc(ts: float) -> dt.datetime:
+def utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
 
@@ -188,12 +188,24 @@ class TokenService:
         self._public = self._root.public_key
         self._last_prune = -math.inf
         self._policy = biscuit.AuthorizerBuilder(_POLICY)
-        self._limits = self._policy.limits()
+        # biscuit-python 0.4.0's type stubs lag its library (limits, set_limits,
+        # merging a builder exist).
+        self._limits = self._policy.limits()  # type: ignore[attr-defined]
         self._limits.max_time = AUTHORIZER_MAX_TIME
         self._meta_rule = biscuit.Rule(_META_RULE)
         db.ensure(_DDL)
 
     # -- minting -----------------------------------------------------------
+
+    @property
+    def authorizer_limits(self) -> Any:
+        """The run-time limits every authorizer of this service gets (the
+        library's AuthorizerLimits, which its type stubs do not declare)."""
+        return self._limits
+
+    def sign(self, builder: biscuit.BiscuitBuilder) -> biscuit.Biscuit:
+        """Sign an authority block with the token root (it never leaves memory)."""
+        return builder.build(self._root.private_key)
 
     def mint(self, claims: Claims) -> str:
         """Sign a token for exactly ``claims``; returns url-safe base64."""
@@ -210,7 +222,7 @@ class TokenService:
             "token_id": secrets.token_hex(16),
             "epoch": self.epoch(),
             "signer": self.keystore.label,
-            "expires": _utc(expires),
+            "expires": utc(expires),
         }
         lines = [
             "token_id({token_id});",
@@ -227,7 +239,7 @@ class TokenService:
                 lines.append(f"{fact}({{{name}}});")
                 params[name] = value
         builder = biscuit.BiscuitBuilder("\n".join(lines), params)
-        return builder.build(self._root.private_key).to_base64()
+        return self.sign(builder).to_base64()
 
     # -- verification --------------------------------------------------------
 
@@ -248,14 +260,14 @@ class TokenService:
 
     def _verify(self, token: str, expected: Claims) -> _Checked:
         """Signature, claims and expiry; no database access (cheap to measure alone)."""
-        parsed = self._parse(token)
+        parsed = self.parse(token)
         now = self.clock()
         # Merging the pre-parsed policy and parsing only the facts halves the
         # cost of building the authorizer (see bench/bench_tokens.py).
         builder = biscuit.AuthorizerBuilder()
-        builder.merge(self._policy)
+        builder.merge(self._policy)  # type: ignore[arg-type]
         builder.add_code(*self._expected_facts(expected, now))
-        builder.set_limits(self._limits)
+        builder.set_limits(self._limits)  # type: ignore[attr-defined]
         authorizer: biscuit.Authorizer | None = None
         try:
             authorizer = builder.build(parsed)
@@ -281,7 +293,9 @@ class TokenService:
             revocation_ids=tuple(parsed.revocation_ids),
         )
 
-    def _parse(self, token: str) -> biscuit.Biscuit:
+    def parse(self, token: str) -> biscuit.Biscuit:
+        """The token, its signature checked against this box's root (TokenError:
+        malformed, or forged)."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenError("token is empty, not text, or too long", code="token_malformed")
         try:
@@ -302,7 +316,7 @@ class TokenService:
 
     def _expected_facts(self, expected: Claims, now: float) -> tuple[str, dict[str, object]]:
         """The per-request authorizer facts: the clock and what the executor expects."""
-        params: dict[str, object] = {"now": _utc(now), "signer": self.keystore.label}
+        params: dict[str, object] = {"now": utc(now), "signer": self.keystore.label}
         lines = ["time({now});", 'want("signer", {signer});']
         for name, fact in _FIELD_FACT.items():
             value = getattr(expected, name)
@@ -465,7 +479,7 @@ class TokenService:
 
     def revocation_ids(self, token: str) -> tuple[str, ...]:
         """The revocation ids of a token signed by our root (to revoke it before use)."""
-        return tuple(self._parse(token).revocation_ids)
+        return tuple(self.parse(token).revocation_ids)
 
     def revoke(self, revocation_id: str) -> None:
         """Refuse, from now on, every token carrying this revocation id."""
@@ -518,171 +532,3 @@ class TokenService:
         """The current epoch; tokens minted in an earlier one are refused."""
         row = self.db.one("SELECT value FROM token_state WHERE key = 'epoch'")
         return int(row[0]) if row else 0
-
-
-# -- plugin capabilities -------------------------------------------------------
-#
-# A plugin run gets one token: the broker mints it from the same root (the
-# authority block names the run, the plugin's hash and the requester), then
-# *attenuates* it with a block holding the plugin's grant and one check that
-# every call must pass. The plugin only ever sees the attenuated token. A
-# block it might append can add checks but never facts the grant check or the
-# authorizer believe (Datalog scoping), so a token cannot be widened.
-
-# Which file verbs a plugin may call come from the registry (appliance/verbs.py).
-PLUGIN_HTTP_OP = "http.request"
-
-_PLUGIN_POLICY = """
-check if plugin_sha256($h), want_sha256($h);
-allow if plugin_run($r), want_run($r);
-"""
-_PLUGIN_META = biscuit.Rule(
-    "meta($id, $epoch, $run) <- token_id($id), epoch($epoch), plugin_run($run)"
-)
-
-
-def _set(values: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
-
-
-_GRANT_CHECK = (
-    f"check if op($o), {_set(PLUGIN_READ_OPS)}.contains($o), share($s), grant_read($s)"
-    f" or op($o), {_set(PLUGIN_WRITE_OPS)}.contains($o), share($s), grant_write($s),"
-    " to_share($t), grant_write($t)"
-    f' or op("{PLUGIN_HTTP_OP}"), host($h), grant_host($h);'
-)
-
-
-@dataclass(frozen=True)
-class PluginGrant:
-    """What a plugin may touch: shares to read, shares to change, HTTP origins."""
-
-    read: tuple[str, ...] = ()
-    write: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PluginCall:
-    """One host call as the authorizer sees it (the broker fills it in, never the plugin)."""
-
-    op: str
-    share: str = ""
-    to_share: str = ""  # a move's destination share; the share itself otherwise
-    host: str = ""  # an HTTP call's origin, e.g. "http://127.0.0.1:8123"
-
-
-def mint_plugin(
-    tokens: TokenService,
-    *,
-    run_id: str,
-    plugin: str,
-    plugin_sha256: str,
-    requester: str,
-    grant: PluginGrant,
-    ttl_s: float,
-) -> tuple[str, str]:
-    """A token for one plugin run, attenuated to ``grant`` before anyone sees it.
-
-    Returns the token and its grant block's source: a call's token must carry
-    exactly that block, so the bare authority token (wider) is refused even if
-    it ever left the broker."""
-    expires = math.ceil(tokens.clock() + ttl_s)
-    authority = biscuit.BiscuitBuilder(
-        "token_id({token_id}); epoch({epoch}); signer({signer}); expires({expires});"
-        "plugin_run({run}); plugin({plugin}); plugin_sha256({sha}); requester({requester});"
-        "check if time($t), $t < {expires};",
-        {
-            "token_id": secrets.token_hex(16),
-            "epoch": tokens.epoch(),
-            "signer": tokens.keystore.label,
-            "expires": _utc(expires),
-            "run": run_id,
-            "plugin": plugin,
-            "sha": plugin_sha256,
-            "requester": requester,
-        },
-    ).build(tokens._root.private_key)
-    block = biscuit.BlockBuilder("")
-    for fact, values in (
-        ("grant_read", grant.read),
-        ("grant_write", grant.write),
-        ("grant_host", grant.hosts),
-    ):
-        for value in values:
-            block.add_fact(biscuit.Fact(f"{fact}({{v}})", {"v": value}))
-    block.add_code(_GRANT_CHECK)
-    token = authority.append(block)
-    return token.to_base64(), token.block_source(1)
-
-
-def verify_plugin_call(
-    tokens: TokenService,
-    token: str,
-    *,
-    run_id: str,
-    plugin_sha256: str,
-    grant_source: str,
-    call: PluginCall,
-) -> None:
-    """Refuse (TokenError) unless ``token`` is this run's and its grant covers ``call``."""
-    parsed = tokens._parse(token)
-    if parsed.block_count() < 2 or parsed.block_source(1) != grant_source:
-        raise TokenError(
-            "token does not carry this plugin's grant block (unattenuated or re-attenuated)",
-            code="capability_refused",
-        )
-    now = tokens.clock()
-    builder = biscuit.AuthorizerBuilder(_PLUGIN_POLICY)
-    builder.add_code(
-        "time({now}); want_run({run}); want_sha256({sha});"
-        "op({op}); share({share}); to_share({to_share}); host({host});",
-        {
-            "now": _utc(now),
-            "run": run_id,
-            "sha": plugin_sha256,
-            "op": call.op,
-            "share": call.share,
-            "to_share": call.to_share or call.share,
-            "host": call.host,
-        },
-    )
-    builder.set_limits(tokens._limits)
-    authorizer: biscuit.Authorizer | None = None
-    try:
-        authorizer = builder.build(parsed)
-        rows = authorizer.query(_PLUGIN_META)
-        authorizer.authorize()
-    except Exception as exc:  # noqa: BLE001 -- every library error is a refusal
-        raise _explain_plugin(exc, authorizer, run_id, call, now) from None
-    if len(rows) != 1:
-        raise TokenError("token is not a plugin run's capability", code="token_malformed")
-    epoch = int(rows[0].terms[1])
-    if epoch < tokens.epoch():
-        raise TokenError(f"token is from revoked epoch {epoch}", code="token_revoked")
-
-
-def _explain_plugin(
-    exc: Exception, authorizer: biscuit.Authorizer | None, run_id: str, call: PluginCall, now: float
-) -> TokenError:
-    if authorizer is None or not isinstance(exc, biscuit.AuthorizationError):
-        return TokenError(f"token could not be evaluated: {exc}", code="token_malformed")
-    try:
-        runs = [f.terms[0] for f in authorizer.query(biscuit.Rule("v($x) <- plugin_run($x)"))]
-        expiries = [f.terms[0] for f in authorizer.query(biscuit.Rule("v($x) <- expires($x)"))]
-    except Exception:  # noqa: BLE001 -- the refusal stands even if explaining fails
-        runs, expiries = [], []
-    if runs != [run_id]:
-        shown = ", ".join(map(repr, runs)) or "none"
-        return TokenError(
-            f"token belongs to another plugin run ({shown}), not {run_id!r}",
-            code="token_mismatch",
-        )
-    if any(int(x.timestamp()) <= int(now) for x in expiries):
-        return TokenError("token expired", code="token_expired")
-    what = call.host if call.op == PLUGIN_HTTP_OP else f"share {call.share!r}"
-    if call.to_share and call.to_share != call.share:
-        what += f" to share {call.to_share!r}"
-    return TokenError(
-        f"the plugin's capability does not grant {call.op} on {what}", code="capability_refused"
-    )

@@ -44,15 +44,15 @@ from appliance.broker.files import FileOps
 from appliance.broker.scope import Shares
 from appliance.config import Config
 from appliance.errors import ApplianceError, ExecutionError, NotFound, ScopeError, TokenError
-from appliance.intents import Intent, canonical_json
-from appliance.issuer.tokens import (
+from appliance.intents import Intent, Provenance, canonical_json
+from appliance.issuer.plugin_tokens import (
     PLUGIN_HTTP_OP,
     PluginCall,
     PluginGrant,
-    TokenService,
     mint_plugin,
     verify_plugin_call,
 )
+from appliance.issuer.tokens import TokenService
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
@@ -316,7 +316,9 @@ class _Calls:
         self._verify(PluginCall(op, share=target.share, to_share=to.share), token)
         write = op in PLUGIN_WRITE_OPS
         provenance = (
-            {"resource": "content", **{f"params.{k}": "content" for k in params}} if write else {}
+            {f: Provenance.content for f in ("resource", *(f"params.{k}" for k in params))}
+            if write
+            else {}
         )
         try:
             intent = Intent(

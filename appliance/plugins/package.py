@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from appliance.errors import ApplianceError, NotFound
-from appliance.issuer.tokens import PluginGrant
+from appliance.issuer.plugin_tokens import PluginGrant
 
 MODULE = "plugin.wasm"
 MANIFEST = "manifest.json"

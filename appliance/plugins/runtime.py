@@ -150,7 +150,7 @@ class Runtime:
             instance = linker.instantiate(store, module)
             func = instance.exports(store).get(verb)
             ty = func.type(store) if isinstance(func, wasmtime.Func) else None
-            if ty is None or list(ty.params) or list(ty.results):
+            if not isinstance(func, wasmtime.Func) or ty is None or ty.params or ty.results:
                 raise PluginStopped(
                     f"the module exports no function {verb!r} taking and returning nothing",
                     code="plugin_invalid",

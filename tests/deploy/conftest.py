@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.tools import require
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -16,9 +16,8 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 
 def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (make apt installs them)")
+    """The deploy tools `make apt` installs; missing ones fail the test."""
+    require(*tools)
 
 
 def run(*argv: str | Path, **kw) -> subprocess.CompletedProcess[str]:

@@ -77,6 +77,24 @@ class Rig:
         return self.queue.submit("plan", f"plan_{n}", requester, f"plan {n}", f"{n:02x}" * 32)
 
 
+class SteppedClock:
+    """Monotonic time a test can move forward. The approval queue and the
+    panel both read it (``open_box(..., clock=...)``), so an arming delay or a
+    lockout passes without sleeping, while presses keep their real timing."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return time.monotonic() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += seconds
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

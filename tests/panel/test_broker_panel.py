@@ -29,7 +29,7 @@ from appliance.errors import TokenError
 from appliance.issuer.keys import DevKeyStore
 from appliance.issuer.tokens import Claims
 
-from .conftest import FAST_PANEL, wait_for
+from .conftest import FAST_PANEL, SteppedClock, wait_for
 
 APPROVALS = ApprovalSettings(
     timeout_s=30, arming_delay_s=0.3, pairing_window_s=5, lockout_after=3, lockout_s=60
@@ -42,6 +42,11 @@ class Box:
     broker: Broker
     factory: MockFactory
     http: TestClient
+    clock: SteppedClock
+
+    def armed(self) -> None:
+        """Let the arming delay pass on the box's clock (no sleeping)."""
+        self.clock.advance(APPROVALS.arming_delay_s + 0.05)
 
     def hold(self, seconds: float) -> None:
         pin = self.factory.pin(FAST_PANEL.button_pin)
@@ -71,8 +76,10 @@ def box(tmp_path: Path) -> Iterator[Box]:
         panel=FAST_PANEL,
     )
     factory = MockFactory(pin_class=MockPWMPin)
-    broker = open_box(config, panel=GpioPanel(FAST_PANEL, pin_factory=factory))
-    yield Box(broker, factory, TestClient(create_app(broker)))
+    clock = SteppedClock()
+    panel = GpioPanel(FAST_PANEL, pin_factory=factory, clock=clock)
+    broker = open_box(config, panel=panel, clock=clock)
+    yield Box(broker, factory, TestClient(create_app(broker)), clock)
     broker.close()
 
 
@@ -81,7 +88,7 @@ def pair(box: Box) -> str:
     wait_for(lambda: box.broker.approvals.pairing_window())
     r = box.http.post("/v1/pairings", json={"name": "laptop"})
     assert r.status_code == 202, r.text
-    time.sleep(APPROVALS.arming_delay_s + 0.05)
+    box.armed()
     box.hold(0.4)
     r = wait_for(
         lambda: (
@@ -112,7 +119,7 @@ def test_pairing_needs_the_window_a_long_hold_opens(box: Box) -> None:
 def submit_and_hold(box: Box) -> dict[str, Any]:
     plan = box.http.post("/v1/intents", json=WRITE).json()
     assert plan["status"] == "pending_approval", plan
-    time.sleep(APPROVALS.arming_delay_s + 0.05)
+    box.armed()
     box.hold(0.4)
     return box.http.get(f"/v1/plans/{plan['plan_id']}", params={"wait": 5}).json()
 
@@ -139,7 +146,7 @@ def test_lockout_after_denials_shows_in_the_api_and_status(box: Box) -> None:
     box.http.headers["Authorization"] = "Bearer " + pair(box)
     for _ in range(3):
         plan = box.http.post("/v1/intents", json=WRITE).json()
-        time.sleep(APPROVALS.arming_delay_s + 0.05)
+        box.armed()
         box.double_tap()
         done = box.http.get(f"/v1/plans/{plan['plan_id']}", params={"wait": 5}).json()
         assert done["status"] == "denied", done

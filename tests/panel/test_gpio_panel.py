@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from appliance.approval.gpio import RGB, led_level, pending_cycle_s
+from appliance.approval.led import RGB, led_level, pending_cycle_s
 from appliance.approval.types import code_colour
 from appliance.config import ApprovalSettings, PanelSettings
 from appliance.errors import LockedOut

@@ -5,21 +5,15 @@ the configuration's defaults."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from appliance.config import PanelSettings
+from tests.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ROOT / "overlays"
 
-needs_dtc = pytest.mark.skipif(
-    not shutil.which("dtc") or not shutil.which("fdtoverlay"),
-    reason="device-tree-compiler is not installed (make test installs it)",
-)
 
 # A stub of the Pi 5's tree: the RP1 GPIO node under its label, as the
 # firmware's bcm2712-rpi-5-b.dtb has it (compiled with symbols).
@@ -45,8 +39,8 @@ def run(*argv: str | Path) -> str:
     return done.stdout
 
 
-@needs_dtc
 def test_panel_overlay_compiles_and_applies(tmp_path: Path) -> None:
+    require("dtc", "fdtoverlay", package="device-tree-compiler")
     dtbo = tmp_path / "appliance-panel.dtbo"
     run("dtc", "-@", "-q", "-I", "dts", "-O", "dtb", "-o", dtbo,
         OVERLAYS / "appliance-panel-overlay.dts")  # fmt: skip

@@ -14,6 +14,7 @@ from appliance.audit import AuditLog
 from appliance.cli import main
 from appliance.config import Config
 from appliance.issuer.keys import DevKeyStore
+from tests.tools import require
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
@@ -108,8 +109,7 @@ def test_hardware_selftest_blinks_waits_for_a_press_and_checks_the_tpm(
 
     from appliance.issuer import swtpm
 
-    if not swtpm.available():
-        pytest.skip("swtpm is not installed (make test installs it)")
+    require("swtpm", package="swtpm")
     factory = MockFactory(pin_class=MockPWMPin)
     monkeypatch.setattr(Device, "pin_factory", factory)
     sim = swtpm.Swtpm(tmp_path / "swtpm").start()

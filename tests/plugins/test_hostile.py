@@ -135,7 +135,12 @@ def test_a_widened_token_is_refused(broker: Broker, install) -> None:
     grant changes nothing the grant check believes."""
     install("hostile")
     plugin = broker.plugins.store.get("hostile")
-    from appliance.issuer.tokens import PluginCall, PluginGrant, mint_plugin, verify_plugin_call
+    from appliance.issuer.plugin_tokens import (
+        PluginCall,
+        PluginGrant,
+        mint_plugin,
+        verify_plugin_call,
+    )
 
     token, source = mint_plugin(
         broker.tokens,

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.issuer import swtpm
 from appliance.issuer.swtpm import Swtpm
 from appliance.issuer.tpm import Tpm
-
-if not swtpm.available():
-    pytest.skip("swtpm is not installed (make test installs it)", allow_module_level=True)
+from tests.tools import require
 
 
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[Swtpm]:
+    require("swtpm", package="swtpm")
     sim = Swtpm(tmp_path / "swtpm").start()
     yield sim
     sim.stop()

@@ -24,8 +24,8 @@ from appliance.issuer.attestation import (
     verify_quote,
 )
 from appliance.issuer.keys import key_id
+from appliance.issuer.pcr_policy import expected_pcr_value, extend_measurement
 from appliance.issuer.tpm import DEVICE_KEY_HANDLE, Tpm
-from appliance.issuer.tpm_seal import expected_pcr_value, extend_measurement
 
 NONCE = b"desktop-nonce-0123456789abcdef"
 

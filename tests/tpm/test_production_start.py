@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 
-from appliance.issuer.swtpm import Swtpm, _free_port_pair
-from appliance.issuer.tpm_seal import (
+from appliance.issuer.pcr_policy import (
     MEASUREMENT_PCR,
     PolicySigner,
     expected_pcr_value,
     measure_installed_appliance,
 )
+from appliance.issuer.swtpm import Swtpm, _free_port_pair
 
 
 def publish_policy(keys: Path, tmp_path: Path) -> None:

@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 from tpm2_pytss import TPM2_CAP, TPM2_HT, TPMA_SESSION
 
-from appliance.issuer.swtpm import Swtpm
-from appliance.issuer.tpm import Tpm, TpmError
-from appliance.issuer.tpm_seal import (
+from appliance.issuer.pcr_policy import (
     MEASUREMENT_PCR,
-    REASON_AUTH,
-    REASON_PCR,
-    REASON_SIGNER,
     PolicySigner,
-    Sealer,
     SealError,
     SignedPolicy,
     expected_pcr_value,
@@ -34,6 +28,9 @@ from appliance.issuer.tpm_seal import (
     read_pcrs,
     software_pcr_policy_digest,
 )
+from appliance.issuer.swtpm import Swtpm
+from appliance.issuer.tpm import Tpm, TpmError
+from appliance.issuer.tpm_seal import REASON_AUTH, REASON_PCR, REASON_SIGNER, Sealer
 
 AUTH = b"machine-auth-value-0123456789abc"
 SECRET = b"the credential pepper: 0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -453,7 +450,7 @@ def test_publisher_tool_signs_the_policy_the_box_will_measure(tmp_path: Path) ->
     """The publisher measures the built tree; the box measures its installed
     package; both give the same PCR value, so the signed policy fits."""
     import appliance
-    from appliance.issuer.tpm_seal import main, measure_installed_appliance
+    from appliance.issuer.pcr_policy import main, measure_installed_appliance
 
     package = Path(appliance.__file__).resolve().parent
     out = tmp_path / "pcr-policy.json"

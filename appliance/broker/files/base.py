@@ -184,3 +184,9 @@ class FileActions:
                 raise ExecutionError(
                     f"{target.canonical} already exists; never overwriting"
                 ) from None
+
+    def _to(self, params: dict[str, Any]) -> Target:
+        dest = params.get("to")
+        if not isinstance(dest, Target):
+            raise ExecutionError("params.to must be a resolved target")
+        return dest

@@ -37,7 +37,7 @@ if hasattr(_libc, "renameat2"):
 elif platform.machine() in _SYS_RENAMEAT2:
     _nr = _SYS_RENAMEAT2[platform.machine()]
 
-    def _renameat2_fn(a: int, b: bytes, c: int, d: bytes, f: int) -> int:  # type: ignore[misc]
+    def _renameat2_fn(a: int, b: bytes, c: int, d: bytes, f: int) -> int:
         return _libc.syscall(_nr, a, b, c, d, ctypes.c_uint(f))
 else:  # pragma: no cover - exotic platforms
     _renameat2_fn = None

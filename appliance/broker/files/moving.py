@@ -31,12 +31,6 @@ from appliance.errors import ApplianceError, ExecutionError, ScopeError
 
 
 class Moving(FileActions):
-    def _to(self, params: dict[str, Any]) -> Target:
-        dest = params.get("to")
-        if not isinstance(dest, Target):
-            raise ExecutionError("params.to must be a resolved target")
-        return dest
-
     @handles("file.move")
     def _move(self, target: Target, params: dict[str, Any]) -> Outcome:
         return self._relocate("file.move", target, self._to(params))

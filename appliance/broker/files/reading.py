@@ -52,14 +52,15 @@ class Reading(FileActions):
 
     @handles("file.stat")
     def _stat(self, target: Target, params: dict[str, Any]) -> Outcome:
+        st: os.stat_result | None
         if target.is_root:
             with self.shares.open_dir(target) as fd:
                 st = os.fstat(fd)
         else:
             with self.shares.open_parent(target) as (fd, name):
                 st = lstat_at(fd, name)
-            if st is None:
-                raise ExecutionError(f"{target.canonical} does not exist")
+        if st is None:
+            raise ExecutionError(f"{target.canonical} does not exist")
         kind = kind_of(st.st_mode)
         return Outcome(
             {

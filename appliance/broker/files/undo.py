@@ -66,12 +66,17 @@ class UndoRecord:
             )
             if not ok:
                 raise ExecutionError(f"malformed undo record (no {key})")
+        need = _NEEDS[spec.undo]
+
+        def field(key: str) -> str:
+            return str(raw[key]) if key in need else ""
+
         return cls(
             verb=verb,
-            target=raw.get("target", ""),
-            source=raw.get("from", ""),
-            dest=raw.get("to", ""),
-            snapshot_id=raw.get("snapshot_id", ""),
-            sha256=raw.get("sha256", ""),
-            created=tuple(raw.get("created", ())),
+            target=field("target"),
+            source=field("from"),
+            dest=field("to"),
+            snapshot_id=field("snapshot_id"),
+            sha256=field("sha256"),
+            created=tuple(raw["created"]) if "created" in need else (),
         )
