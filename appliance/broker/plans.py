@@ -94,10 +94,10 @@ class PlanRow:
 
 
 @dataclass(frozen=True)
-class ActionRow:
+class NewAction:
+    """An action as the broker decided it, before it is stored."""
+
     action_id: str
-    plan_id: str
-    idx: int
     verb: str
     resource: str
     params: dict[str, Any]
@@ -105,13 +105,21 @@ class ActionRow:
     intent_digest: str
     decision: str
     risk: str
-    reasons: list[str]
+    reasons: tuple[str, ...]
+    undo_of: str | None  # the action an action.undo reverses
+
+
+@dataclass(frozen=True)
+class ActionRow(NewAction):
+    """A stored action: its decision, and what became of it."""
+
+    plan_id: str
+    idx: int
     status: ActionStatus
     result: dict[str, Any] | None
     snapshot_id: str | None
     undo: UndoRecord | None
     token_id: str | None
-    undo_of: str | None
     undone_by: str | None
 
     @property
@@ -126,7 +134,7 @@ class ActionRow:
             "params": self.params,
             "decision": self.decision,
             "risk": self.risk,
-            "reasons": self.reasons,
+            "reasons": list(self.reasons),
             "status": self.status.value,
             "result": self.result,
             "snapshot_id": self.snapshot_id,
@@ -134,22 +142,6 @@ class ActionRow:
             "undone_by": self.undone_by,
             "undo_of": self.undo_of,
         }
-
-
-@dataclass(frozen=True)
-class NewAction:
-    """An action as the broker decided it, before it is stored."""
-
-    action_id: str
-    verb: str
-    resource: str
-    params: dict[str, Any]
-    provenance: dict[str, str]
-    intent_digest: str
-    decision: str
-    risk: str
-    reasons: tuple[str, ...]
-    undo_of: str | None = None
 
 
 class PlanStore:
@@ -318,7 +310,7 @@ def _action(row: dict[str, Any]) -> ActionRow:
         intent_digest=row["intent_digest"],
         decision=row["decision"],
         risk=row["risk"],
-        reasons=load("reasons"),
+        reasons=tuple(load("reasons")),
         status=ActionStatus(row["status"]),
         result=load("result"),
         snapshot_id=row["snapshot_id"],
