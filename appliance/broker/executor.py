@@ -127,10 +127,7 @@ class Executor:
         def running(conn: sqlite3.Connection, token_id: str) -> None:
             # Spent and "running" land together: after a crash, an action whose
             # token is spent is known to have maybe begun.
-            conn.execute(
-                "UPDATE actions SET status = ?, token_id = ? WHERE action_id = ?",
-                (ActionStatus.running, token_id, action_id),
-            )
+            self.plans.mark_running(conn, action_id, token_id)
 
         verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
         result, snapshot_id, undo = self._act(action)

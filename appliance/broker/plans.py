@@ -7,6 +7,7 @@ of them goes through :class:`PlanStore`, which hands out typed rows.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -232,6 +233,13 @@ class PlanStore:
                         a.undo_of,
                     ),
                 )
+
+    def mark_running(self, conn: sqlite3.Connection, action_id: str, token_id: str) -> None:
+        """Inside the token's spend transaction: the action may have begun."""
+        conn.execute(
+            "UPDATE actions SET status = ?, token_id = ? WHERE action_id = ?",
+            (ActionStatus.running, token_id, action_id),
+        )
 
     def set_plan(self, plan_id: str, status: PlanStatus, error: str | None = None) -> None:
         self.db.execute(
