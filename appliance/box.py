@@ -115,7 +115,8 @@ def _parts(
     approvals = ApprovalQueue(config.approvals, panel, clock=clock)
     stack.callback(approvals.close)
     panel.connect(approvals)
-    evaluator = Evaluator(shares, policy)
+    clients = Clients(db, keystore.secret("credential_pepper"), sorted(config.shares))
+    evaluator = Evaluator(shares, policy, clients)
     return Parts(
         config=config,
         keystore=keystore,
@@ -130,7 +131,7 @@ def _parts(
         files=files,
         plans=plans,
         task_store=TaskStore(db),
-        clients=Clients(db, keystore.secret("credential_pepper")),
+        clients=clients,
         receipts=receipts,
         panel=panel,
         approvals=approvals,
@@ -144,6 +145,7 @@ def _parts(
         ),
         evaluator=evaluator,
         executor=Executor(
+            clients=clients,
             chain=chain,
             tokens=tokens,
             shares=shares,

@@ -32,6 +32,13 @@ class Limits:
     path_bytes: int = 4096  # a whole resource
     requests_per_second: float = 50.0  # per client, token bucket refill
     burst: int = 100  # per client, token bucket size
+    tasks_per_client: int = 2  # tasks one client may have open (waiting, planning, running)
+    task_queue: int = 32  # tasks waiting for the model, all clients together
+    read_bytes_per_minute: int = 32 << 20  # file content one client may read per minute
+    # Read results keep their content this long, then only its digest and size
+    # (the content is in the share already); read-only plans keep their
+    # actions this long, then only the plan's summary.
+    read_results_s: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -391,6 +391,15 @@ class ApprovalQueue:
             self._dispatch(effects)
         return snapshot
 
+    def cancel_requester(self, requester: str, *, by: str) -> int:
+        """Withdraw every open request of ``requester`` (it was revoked);
+        returns how many."""
+        with self._guard():
+            mine = [r.approval_id for r in self._open() if r.requester == requester]
+        for approval_id in mine:
+            self.cancel(approval_id, by=by)
+        return len(mine)
+
     def wait(self, approval_id: str, timeout: float) -> ApprovalRequest:
         """Block until the request is decided or ``timeout`` seconds (real
         time) pass; return a copy of it either way."""

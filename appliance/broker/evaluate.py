@@ -13,12 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.broker.clients import ClientRecord, Clients
 from appliance.broker.plans import ActionRow
 from appliance.broker.scope import Shares, Target
 from appliance.errors import ScopeError
 from appliance.intents import Intent, digest
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 from appliance.verbs import UNDO_VERB, spec
+
+NOT_PAIRED = "The requester is not paired any more (revoked, or its pairing ended)."
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,19 @@ def plan_digest(plan_id: str, requester: str, intent_digests: list[str]) -> str:
 
 
 class Evaluator:
-    def __init__(self, shares: Shares, policy: PolicyEngine) -> None:
+    def __init__(self, shares: Shares, policy: PolicyEngine, clients: Clients) -> None:
         self.shares = shares
         self.policy = policy
+        self.clients = clients
+
+    def requester(self, requester: str) -> ClientRecord | None:
+        """The requester as paired now; None when it is not (or no longer) paired."""
+        record = self.clients.get(requester)
+        return record if record is not None and record.active else None
 
     def evaluate(self, intent: Intent, requester: str) -> Evaluated:
         params = dict(intent.params)
+        client = self.requester(requester)
         try:
             target, kind, to = self._resolve(intent, params)
         except ScopeError as e:
@@ -78,16 +88,23 @@ class Evaluator:
             resource = intent.resource
         else:
             resource = target.canonical
-            decision = self.policy.decide(
-                PolicyRequest(
-                    verb=intent.verb,
-                    requester=requester,
-                    share=target.share,
-                    path="/".join(target.parts),
-                    to_share=to.share if to else None,
-                    to_path="/".join(to.parts) if to else None,
-                    derived_fields=tuple(intent.derived_fields()),
-                    is_dir=None if kind is None else kind == "dir",
+            decision = (
+                Decision("deny", "high", (NOT_PAIRED,))
+                if client is None
+                else self.policy.decide(
+                    PolicyRequest(
+                        verb=intent.verb,
+                        requester=requester,
+                        share=target.share,
+                        path="/".join(target.parts),
+                        to_share=to.share if to else None,
+                        to_path="/".join(to.parts) if to else None,
+                        derived_fields=tuple(intent.derived_fields()),
+                        is_dir=None if kind is None else kind == "dir",
+                        proposed_fields=tuple(intent.proposed_fields()),
+                        grant=client.grant,
+                        name=client.name,
+                    )
                 )
             )
         provenance = {k: v.value for k, v in intent.provenance.items()}
@@ -119,11 +136,22 @@ class Evaluator:
         return target, kind, to
 
     def evaluate_undo(self, action: ActionRow, requester: str) -> Evaluated:
-        """``action.undo`` of a done action: decided on the action's resource."""
+        """``action.undo`` of a done action: decided on the action's resource,
+        under the requester's grant (it must be able to change that share)."""
         target = self.shares.parse(action.resource)
-        decision = self.policy.decide(
-            PolicyRequest(
-                verb=UNDO_VERB, requester=requester, share=target.share, path="/".join(target.parts)
+        client = self.requester(requester)
+        decision = (
+            Decision("deny", "high", (NOT_PAIRED,))
+            if client is None
+            else self.policy.decide(
+                PolicyRequest(
+                    verb=UNDO_VERB,
+                    requester=requester,
+                    share=target.share,
+                    path="/".join(target.parts),
+                    grant=client.grant,
+                    name=client.name,
+                )
             )
         )
         params = {"action_id": action.action_id}
@@ -137,3 +165,22 @@ class Evaluator:
             decision,
             intent_digest(UNDO_VERB, action.resource, params, {}, requester),
         )
+
+    def may_view(self, requester: str, what: str, record_id: str, *, mine: bool) -> bool:
+        """May ``requester`` read a record (``what``: plan, task, approval,
+        audit) through the API? ``mine``: it is the requester's own."""
+        client = self.requester(requester)
+        if client is None:
+            return False
+        decision = self.policy.decide(
+            PolicyRequest(
+                verb=f"view.{what}",
+                requester=requester,
+                share=None,
+                path=record_id,
+                grant=client.grant,
+                name=client.name,
+                mine=mine,
+            )
+        )
+        return decision.decision == "allow"

@@ -4,15 +4,17 @@ For each action of a decided plan, in order: the claims are built from the
 stored, decided action (never from a token or a request), a capability token
 is minted for exactly them, and :meth:`Executor.execute` then
 
-1. checks the chain of authority (the boot statement vouches for the token
+1. checks that the requester is still paired (a revoked desktop's plan, even
+   one already approved, never runs);
+2. checks the chain of authority (the boot statement vouches for the token
    root, is not expired, is of the current epoch);
-2. checks the approval's signed receipt (a plan that waited for a press runs
+3. checks the approval's signed receipt (a plan that waited for a press runs
    only on its own, intact receipt, and only with tokens that cite it);
-3. verifies the token against the claims and records it as spent, with the
+4. verifies the token against the claims and records it as spent, with the
    action marked running in the same transaction (a second use is a replay);
-4. acts (a move, rename or delete stores its undo record before it changes
+5. acts (a move, rename or delete stores its undo record before it changes
    anything), stores the result and the undo record;
-5. appends ``action.done``.
+6. appends ``action.done``.
 
 A failure stops the rest of the plan; what ran stays undoable.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 from appliance.approval.receipts import Receipt, ReceiptError, ReceiptStore
 from appliance.audit import AuditLog
+from appliance.broker.clients import Clients
 from appliance.broker.files import FileOps, UndoRecord
 from appliance.broker.plans import ActionRow, ActionStatus, PlanRow, PlanStatus, PlanStore
 from appliance.broker.scope import Shares
@@ -41,6 +44,7 @@ class Executor:
     def __init__(
         self,
         *,
+        clients: Clients,
         chain: BootChain,
         tokens: TokenService,
         shares: Shares,
@@ -49,6 +53,7 @@ class Executor:
         receipts: ReceiptStore,
         audit: AuditLog,
     ) -> None:
+        self.clients = clients
         self.chain = chain
         self.tokens = tokens
         self.shares = shares
@@ -121,6 +126,14 @@ class Executor:
         plan = self.plans.plan_row(action.plan_id)
         if plan is None:
             raise ExecutionError("the action's plan is gone", code="not_found", status=404)
+        client = self.clients.get(plan.requester)
+        if client is None or not client.active:
+            raise ExecutionError(
+                f"{plan.requester} is not paired any more (revoked, or its pairing ended); "
+                "nothing it asked for runs",
+                code="requester_revoked",
+                status=403,
+            )
         self.chain.check()
         expected = claims(plan, action, self._receipt(plan))
 

@@ -164,6 +164,13 @@ class PlanStore:
         row = self.db.one("SELECT * FROM actions WHERE action_id = ?", (action_id,))
         return _action(dict(row)) if row else None
 
+    def ids_of(self, requester: str) -> set[str]:
+        """The ids of ``requester``'s plans and of their approvals."""
+        rows = self.db.all(
+            "SELECT plan_id, approval_id FROM plans WHERE requester = ?", (requester,)
+        )
+        return {r["plan_id"] for r in rows} | {r["approval_id"] for r in rows if r["approval_id"]}
+
     def unfinished(self) -> list[PlanRow]:
         """Plans a stop interrupted: still waiting for approval, or running."""
         rows = self.db.all(

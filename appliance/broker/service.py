@@ -45,7 +45,9 @@ from appliance.broker.plans import (
 )
 from appliance.broker.scope import Shares
 from appliance.broker.snapshots import SnapshotStore
-from appliance.broker.tasks import TaskRunner, TaskStore
+from appliance.broker.taskrunner import TaskRunner
+from appliance.broker.tasks import TaskStore
+from appliance.broker.views import Views
 from appliance.config import Config
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound
@@ -132,10 +134,18 @@ class Broker:
             tasks=parts.task_store,
             plans=self.plans,
             shares=self.shares,
-            files=self.files,
             audit=self.audit,
+            limits=self.config.limits,
             agent=self._agent,
+            requester=self.evaluator.requester,
             submit=self.submit,
+        )
+        self.views = Views(
+            evaluator=self.evaluator,
+            plans=self.plans,
+            tasks=self.tasks,
+            approvals=self.approvals,
+            audit=self.audit,
         )
         self._stopping = threading.Event()
         self._health_thread: threading.Thread | None = None
@@ -194,22 +204,33 @@ class Broker:
 
     def submit_undo(self, requester: str, action_id: str) -> dict[str, Any]:
         """Undo one action: a plan of one ``action.undo`` intent, approved like any write."""
-        return self._undo_plan(requester, [self._undoable(action_id)])
+        return self._undo_plan(requester, [self._undoable(requester, action_id)])
 
     def submit_plan_undo(self, requester: str, plan_id: str) -> dict[str, Any]:
         """Undo every done action of a plan, newest first, under one approval."""
-        if self.plans.plan_row(plan_id) is None:
+        plan = self.plans.plan_row(plan_id)
+        if plan is None or not self._may_undo(requester, plan.requester):
             raise NotFound(f"no plan {plan_id!r}")
         actions = [a for a in self.plans.actions(plan_id) if a.undoable]
         if not actions:
             raise ApplianceError(
                 f"plan {plan_id} has no action left to undo", code="not_undoable", status=409
             )
-        return self._undo_plan(requester, [self._undoable(a.action_id) for a in reversed(actions)])
+        return self._undo_plan(
+            requester, [self._undoable(requester, a.action_id) for a in reversed(actions)]
+        )
 
-    def _undoable(self, action_id: str) -> ActionRow:
+    def _may_undo(self, requester: str, owner: str) -> bool:
+        """A desktop undoes its own actions; only the box's console anyone's."""
+        if requester == owner:
+            return True
+        client = self.evaluator.requester(requester)
+        return client is not None and client.grant.owner
+
+    def _undoable(self, requester: str, action_id: str) -> ActionRow:
         action = self.plans.action(action_id)
-        if action is None:
+        plan = self.plans.plan_row(action.plan_id) if action else None
+        if action is None or plan is None or not self._may_undo(requester, plan.requester):
             raise NotFound(f"no action {action_id!r}")
         if action.undone_by:
             raise ApplianceError(
@@ -399,6 +420,19 @@ class Broker:
             "ek_pem": (self.config.keys_dir / "ek.pub.pem").read_text(),
             "device_key_pem": self.signer.public_key_pem().decode(),
         }
+
+    def revoke_client(self, client_id: str) -> dict[str, Any]:
+        """Revoke a desktop: its credential stops working, and nothing it asked
+        for runs any more (its waiting approvals are withdrawn, its tasks end,
+        and the executor refuses any action of a requester no longer paired)."""
+        self.pairing.clients.revoke(client_id)
+        withdrawn = self.approvals.cancel_requester(client_id, by="revoked")
+        tasks = self.tasks.cancel_requester(client_id)
+        self.audit.append(
+            "client.revoked",
+            {"client_id": client_id, "approvals_withdrawn": withdrawn, "tasks_ended": tasks},
+        )
+        return {"revoked": client_id, "approvals_withdrawn": withdrawn, "tasks_ended": tasks}
 
     def revoke_all_tokens(self) -> int:
         """Bump the epoch: every earlier boot statement and capability token is
