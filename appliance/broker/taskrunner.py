@@ -235,7 +235,9 @@ class TaskRunner:
         try:
             intents = [_as_model(Intent.model_validate(i)) for i in result["intents"]]
             if job.from_content is not None:
-                intents = self.fill_from_content(job, intents, job.from_content)
+                intents = self.fill_from_content(
+                    job.task_id, job.requester, intents, job.from_content
+                )
             if not intents:
                 raise ValueError("the plan is empty")
         except (ValueError, TypeError, KeyError):
@@ -343,7 +345,7 @@ class TaskRunner:
         return out
 
     def fill_from_content(
-        self, job: _Job, intents: list[Intent], spec: dict[str, str]
+        self, task_id: str, requester: str, intents: list[Intent], spec: dict[str, str]
     ) -> list[Intent]:
         """The quarantined step: the plan was made from names only; now each
         moved file's content is read (bounded, as one read-only plan under the
@@ -361,7 +363,7 @@ class TaskRunner:
         ]
         contents = {
             r["resource"]: r["result"]
-            for r in self._read_plan(job.requester, reads, "a task's reading of its files")
+            for r in self._read_plan(requester, reads, "a task's reading of its files")
         }
         agent = self.agent()
         filled: list[Intent] = []
@@ -378,9 +380,7 @@ class TaskRunner:
                 value = agent.extract(content, {field: kind})["values"][field]
             folder = str(value).strip() if value is not None else ""
             if not FOLDER_NAME.fullmatch(folder) or len(dest.parts) < 2:
-                self.tasks.update(
-                    job.task_id, "extract_skipped", detail={"resource": src.canonical}
-                )
+                self.tasks.update(task_id, "extract_skipped", detail={"resource": src.canonical})
                 continue
             folder_target = Target(dest.share, (*dest.parts[:-2], folder))
             folders[folder_target.canonical] = folder_target
@@ -393,7 +393,7 @@ class TaskRunner:
                 )
             )
             self.tasks.update(
-                job.task_id, "extracted", detail={"resource": src.canonical, "folder": folder}
+                task_id, "extracted", detail={"resource": src.canonical, "folder": folder}
             )
         mkdirs = [
             Intent(verb="file.mkdir", resource=name, provenance={"resource": Provenance.content})

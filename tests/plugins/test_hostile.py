@@ -14,12 +14,13 @@ from appliance.broker.service import Broker
 from appliance.errors import ApplianceError
 from appliance.plugins import package
 from appliance.plugins.package import PluginRefused
+from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, entries, hostile_manifest, make_plugin
 
 
 def stopped(broker: Broker, verb: str, value: object = None) -> ApplianceError:
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "hostile", verb, value)
+        broker.run_plugin(paired(broker), "hostile", verb, value)
     err = info.value
     assert err.reason.startswith("plugin hostile 6.6.6 (run run_"), err.reason
     assert entries(broker, "plugin.stopped")[-1]["code"] == err.code
@@ -83,9 +84,9 @@ def test_reading_outside_its_shares_is_stopped(
     assert not entries(broker, "plugin.call")  # nothing was read
 
 
-def test_reading_inside_its_grant_works(broker: Broker, install) -> None:
+def test_reading_inside_its_grant_works(broker: Broker, install, laptop: str) -> None:
     install("hostile")
-    out = broker.run_plugin("laptop", "hostile", "read", "share:docs/Inbox/a.pdf")
+    out = broker.run_plugin(laptop, "hostile", "read", "share:docs/Inbox/a.pdf")
     assert out["output"] == "%PDF a"
     assert entries(broker, "plugin.call")[-1]["resource"] == "share:docs/Inbox/a.pdf"
 
@@ -122,9 +123,9 @@ def test_a_forged_token_is_refused(broker: Broker, install) -> None:
     assert err.code == "token_forged"
 
 
-def test_a_token_from_another_run_is_refused(broker: Broker, install) -> None:
+def test_a_token_from_another_run_is_refused(broker: Broker, install, laptop: str) -> None:
     install("hostile")
-    leaked = broker.run_plugin("laptop", "hostile", "leak")["output"]
+    leaked = broker.run_plugin(laptop, "hostile", "leak")["output"]
     err = stopped(broker, "present", {"token": leaked, "resource": "share:docs/"})
     assert err.code == "token_mismatch"
     assert "another plugin run" in err.reason
@@ -223,13 +224,13 @@ def test_unsigned_tampered_and_unpinned_plugins_do_not_load(
 
 
 def test_a_plugin_tampered_after_install_does_not_run(
-    broker: Broker, install, modules: dict[str, bytes]
+    broker: Broker, install, modules: dict[str, bytes], laptop: str
 ) -> None:
     install("hostile")
     installed = broker.config.plugins_dir / "hostile"
     (installed / "plugin.wasm").write_bytes(modules["hostile"] + b"\x00")
     with pytest.raises(PluginRefused) as info:
-        broker.run_plugin("laptop", "hostile", "leak", None)
+        broker.run_plugin(laptop, "hostile", "leak", None)
     assert info.value.code == "plugin_tampered"
     assert entries(broker, "plugin.refused")[-1]["error"]["code"] == "plugin_tampered"
     assert broker.plugins.list()[0]["status"] == "refused"
@@ -237,7 +238,7 @@ def test_a_plugin_tampered_after_install_does_not_run(
 
 
 def test_a_module_importing_wasi_is_refused(
-    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str]
+    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str], laptop: str
 ) -> None:
     import wasmtime
 
@@ -249,7 +250,7 @@ def test_a_module_importing_wasi_is_refused(
     folder = make_plugin(tmp_path / "w", bytes(wasm), manifest, publisher_key[0])
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "wasi", "leak", None)
+        broker.run_plugin(laptop, "wasi", "leak", None)
     assert info.value.code == "plugin_invalid"
     assert "wasi_snapshot_preview1.fd_write" in info.value.reason
     assert PUBLISHER in broker.config.plugin_publishers
@@ -266,7 +267,7 @@ def test_a_run_past_its_wall_clock_is_stopped(broker: Broker, install) -> None:
 
 
 def test_a_verb_with_the_wrong_signature_is_refused(
-    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str]
+    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str], laptop: str
 ) -> None:
     import wasmtime
 
@@ -279,7 +280,7 @@ def test_a_verb_with_the_wrong_signature_is_refused(
     )
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "sig", "leak", None)
+        broker.run_plugin(laptop, "sig", "leak", None)
     assert (
         info.value.code == "plugin_invalid" and "taking and returning nothing" in info.value.reason
     )

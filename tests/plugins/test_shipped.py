@@ -19,6 +19,7 @@ from appliance.api.app import create_app
 from appliance.box import open_box
 from appliance.broker.service import Broker
 from tests.e2e.conftest import Box
+from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, SOURCES, entries, make_plugin
 
 
@@ -60,10 +61,12 @@ def notify_manifest(origin: str) -> dict:
     return manifest
 
 
-def test_ha_notify_calls_its_allow_listed_endpoint(broker: Broker, install, hub: Hub) -> None:
+def test_ha_notify_calls_its_allow_listed_endpoint(
+    broker: Broker, install, hub: Hub, laptop: str
+) -> None:
     install("ha-notify", notify_manifest(hub.origin))
     out = broker.run_plugin(
-        "laptop",
+        laptop,
         "ha-notify",
         "notify",
         {"folder": "share:docs/Inbox", "url": hub.origin + "/api/notify"},
@@ -84,13 +87,15 @@ def test_ha_notify_calls_its_allow_listed_endpoint(broker: Broker, install, hub:
     assert out["plan"] is None  # it changed nothing
 
 
-def test_ha_notify_cannot_reach_another_port(broker: Broker, install, hub: Hub) -> None:
+def test_ha_notify_cannot_reach_another_port(
+    broker: Broker, install, hub: Hub, laptop: str
+) -> None:
     install("ha-notify", notify_manifest(hub.origin))
     other = Hub()
     try:
         with pytest.raises(Exception) as info:
             broker.run_plugin(
-                "laptop", "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
+                laptop, "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
             )
         assert getattr(info.value, "code", "") == "capability_refused"
         assert other.received == [] and hub.received == []
@@ -130,7 +135,7 @@ def test_owner_policy_can_forbid_a_listed_host(
         b.plugins.install(folder)
         with pytest.raises(Exception) as info:
             b.run_plugin(
-                "laptop", "ha-notify", "notify", {"folder": "share:docs/", "url": hub.origin}
+                paired(b), "ha-notify", "notify", {"folder": "share:docs/", "url": hub.origin}
             )
         assert info.value.code == "denied" and "The hub is off limits." in info.value.reason
         assert hub.received == []
@@ -190,7 +195,7 @@ def test_organise_by_date_end_to_end(
         assert installed["name"] == "organise-by-date" and installed["version"] == "1.0.0"
         verified = json.loads(box.cli("plugins", "verify", "organise-by-date", *state).stdout)
         assert verified["status"] == "ok" and verified["sha256"] == installed["sha256"]
-        client = box.pair()
+        client = box.pair(grant={"shares": {"photos": "read-write"}})
         r = client.post(
             "/v1/plugins/organise-by-date/run",
             json={
