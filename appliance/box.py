@@ -24,6 +24,7 @@ from appliance.broker.evaluate import Evaluator
 from appliance.broker.executor import Executor
 from appliance.broker.files import FileOps
 from appliance.broker.plans import PlanStore
+from appliance.broker.quota import ReadQuota
 from appliance.broker.recovery import recover
 from appliance.broker.scope import Shares
 from appliance.broker.service import Broker, Parts
@@ -116,7 +117,7 @@ def _parts(
     stack.callback(approvals.close)
     panel.connect(approvals)
     clients = Clients(db, keystore.secret("credential_pepper"), sorted(config.shares))
-    evaluator = Evaluator(shares, policy, clients)
+    evaluator = Evaluator(shares, policy, clients, ReadQuota(config.limits.read_bytes_per_minute))
     return Parts(
         config=config,
         keystore=keystore,

@@ -47,6 +47,10 @@ class ApprovalSettings:
     arming_delay_s: float = 1.0  # presses this soon after a request appears are ignored
     queue_size: int = 8  # requests waiting behind the one shown
     per_requester: int = 3  # open requests (shown or waiting) from one requester
+    # Pairing requests (from devices not yet paired) wait in a line of their
+    # own: at most this many, one per address, and a paired desktop's request
+    # is always shown before them, so a flood of them never holds one up.
+    pairing_queue: int = 2
     # Against approval fatigue: this many denied or expired requests from one
     # requester within lockout_window_s lock it out for lockout_s (0: never).
     lockout_after: int = 3

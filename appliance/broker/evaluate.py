@@ -15,6 +15,7 @@ from typing import Any
 
 from appliance.broker.clients import ClientRecord, Clients
 from appliance.broker.plans import ActionRow
+from appliance.broker.quota import ReadQuota
 from appliance.broker.scope import Shares, Target
 from appliance.errors import ScopeError
 from appliance.intents import Intent, digest
@@ -68,10 +69,13 @@ def plan_digest(plan_id: str, requester: str, intent_digests: list[str]) -> str:
 
 
 class Evaluator:
-    def __init__(self, shares: Shares, policy: PolicyEngine, clients: Clients) -> None:
+    def __init__(
+        self, shares: Shares, policy: PolicyEngine, clients: Clients, quota: ReadQuota
+    ) -> None:
         self.shares = shares
         self.policy = policy
         self.clients = clients
+        self.quota = quota
 
     def requester(self, requester: str) -> ClientRecord | None:
         """The requester as paired now; None when it is not (or no longer) paired."""
@@ -107,6 +111,10 @@ class Evaluator:
                     )
                 )
             )
+        if intent.verb == "file.read" and decision.decision != "deny":
+            # Paid for before it runs: what it may return.
+            limit = self.shares.limits.read_bytes
+            self.quota.take(requester, max(0, min(params.get("max_bytes", limit), limit)))
         provenance = {k: v.value for k, v in intent.provenance.items()}
         return Evaluated(
             intent,

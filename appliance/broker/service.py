@@ -59,11 +59,12 @@ from appliance.issuer.tokens import TokenService
 from appliance.issuer.tpm import DEVICE_KEY_HANDLE
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
-from appliance.verbs import UNDO_VERB
+from appliance.verbs import READ_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
 HEALTH_INTERVAL_S = 10.0  # how often the panel's fault light is brought up to date
+MAINTENANCE_S = 60.0  # how often old read results are made small
 
 
 @dataclass
@@ -148,7 +149,7 @@ class Broker:
             audit=self.audit,
         )
         self._stopping = threading.Event()
-        self._health_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.approvals.listen(self.audit.append_quietly, self._on_decided)
 
     def start(self) -> None:
@@ -168,10 +169,27 @@ class Broker:
         )
         if self.panel.fault_light:
             self._update_fault()
-            self._health_thread = threading.Thread(
-                target=self._watch_health, name="panel-health", daemon=True
-            )
-            self._health_thread.start()
+            self._every(HEALTH_INTERVAL_S, self._update_fault, "panel-health")
+        self._every(MAINTENANCE_S, self.maintain, "maintenance")
+
+    def _every(self, seconds: float, job: Callable[[], object], name: str) -> None:
+        def loop() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    job()
+                except Exception:  # noqa: BLE001 - the loop must outlive a bad run
+                    log.exception("%s failed", name)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def maintain(self, now: float | None = None) -> dict[str, int]:
+        """Keep the state small: read results past their window keep only a
+        digest and size, read-only plans only their summary."""
+        before = (time.time() if now is None else now) - self.config.limits.read_results_s
+        plans, results = self.plans.compact(before)
+        return {"plans_compacted": plans, "results_shortened": results}
 
     @property
     def statement(self) -> dict[str, Any]:
@@ -180,8 +198,8 @@ class Broker:
 
     def close(self) -> None:
         self._stopping.set()
-        if self._health_thread is not None:
-            self._health_thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._close_parts()
 
     # ------------------------------------------------------------------ submit
@@ -289,14 +307,20 @@ class Broker:
             "status": status.value,
             "intents": [e.decided(with_derived=kind is PlanKind.intents) for e in evaluated],
         }
+        # Reads that run at once change nothing: their plan is recorded once,
+        # as it ends (``plan.read``), not decision and action by action.
+        read_only = status is PlanStatus.running and all(
+            e.intent.verb in READ_VERBS for e in evaluated
+        )
         with self._lock:
             approval = self._ask(kind, plan_id, requester, summary, digest, decided, status)
             try:
-                # The decision is on the record before anything may act on it.
-                self.audit.append(
-                    "plan.decided",
-                    {**decided, "approval_id": approval.approval_id if approval else None},
-                )
+                if not read_only:
+                    # The decision is on the record before anything may act on it.
+                    self.audit.append(
+                        "plan.decided",
+                        {**decided, "approval_id": approval.approval_id if approval else None},
+                    )
                 self.plans.insert(
                     plan_id=plan_id,
                     kind=kind,
@@ -312,7 +336,7 @@ class Broker:
                     self.approvals.cancel(approval.approval_id)
                 raise
         if status is PlanStatus.running:
-            self.executor.run_plan(plan_id)
+            self.executor.run_plan(plan_id, read_only=read_only)
         out = self.plans.public(plan_id)
         assert out is not None  # stored just above
         return out
@@ -457,13 +481,6 @@ class Broker:
         privileged can run (TPM gone or locked out, audit log closed)."""
         problems = self.health()["problems"]
         self.panel.set_fault("; ".join(problems) if problems else None)
-
-    def _watch_health(self) -> None:
-        while not self._stopping.wait(HEALTH_INTERVAL_S):
-            try:
-                self._update_fault()
-            except Exception:  # noqa: BLE001 - the watcher must outlive a bad check
-                log.exception("health check for the panel failed")
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: whether privileged actions can run, and if not, why."""

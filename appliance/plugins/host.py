@@ -246,6 +246,9 @@ class _Calls:
         self.count = 0
         self.proposals: list[Intent] = []
         self.deadline = time.monotonic() + self.limits.seconds
+        # File content this run read: anything it sends out afterwards could
+        # carry it, so by default that needs a press (which a run cannot wait for).
+        self.read_content = False
 
     def __call__(self, raw: bytes) -> bytes:
         self.count += 1
@@ -347,6 +350,8 @@ class _Calls:
                 code="needs_approval",
             )
         assert op in PLUGIN_READ_OPS
+        if op == "file.read":
+            self.read_content = True
         outcome = host.files.execute(op, host.shares.parse(evaluated.resource), params)
         host.audit.append(
             "plugin.call",
@@ -381,13 +386,24 @@ class _Calls:
         )
         self._verify(PluginCall(PLUGIN_HTTP_OP, host=origin), token)
         decision = self.host.evaluator.policy.decide(
-            PolicyRequest(verb=NET_VERB, requester=self.requester, share=None, path=origin)
+            PolicyRequest(
+                verb=NET_VERB,
+                requester=self.requester,
+                share=None,
+                path=origin,
+                after_read=self.read_content,
+            )
         )
         if decision.decision == "deny":
             raise ScopeError(" ".join(decision.reasons), code="denied")
         if decision.decision != "allow":
+            why = (
+                " (it read file content in this run, which the request could carry)"
+                if self.read_content
+                else ""
+            )
             raise ExecutionError(
-                f"a request to {origin} needs approval; a plugin run cannot wait for a press",
+                f"a request to {origin} needs approval{why}; a plugin run cannot wait for a press",
                 code="needs_approval",
             )
         limit = self.limits.http_response_bytes
@@ -420,6 +436,11 @@ class _Calls:
                 "method": method,
                 "origin": origin,
                 "path": parts.path[:200],
+                # A secret in the query string leaves a trace too (its digest).
+                "query_sha256": hashlib.sha256(parts.query.encode()).hexdigest()
+                if parts.query
+                else None,
+                "after_read": self.read_content,
                 "status": status,
                 "request_sha256": hashlib.sha256(body.encode()).hexdigest(),
                 "response_bytes": min(len(data), limit),

@@ -118,6 +118,8 @@ class PolicyRequest:
     name: str = ""
     # A read of the API (view.*): is the record the requester's own?
     mine: bool = False
+    # A plugin's web request (net.request): did its run read file content first?
+    after_read: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,7 @@ class PolicyEngine:
             return [{"uid": {"type": "Appliance", "id": "this"}, "attrs": {}, "parents": []}], {}
         if req.verb == NET_VERB:
             host = {"uid": {"type": "Host", "id": req.path}, "attrs": {}, "parents": []}
-            return [host], {"host": req.path}
+            return [host], {"host": req.path, "after_read": req.after_read}
         if req.share is not None:
             share = {"type": "Share", "id": req.share}
             file = {"type": "File", "id": f"share:{req.share}/{req.path}"}
