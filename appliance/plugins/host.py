@@ -273,7 +273,9 @@ class _Calls:
             raise PluginStopped(
                 'a host call must be a JSON object with "op" and "token"', code="plugin_bad_call"
             ) from None
-        what = str(request.get("resource") or request.get("url") or "")[:200]
+        # What the call names, for the log and the reason: a URL without its
+        # query string (which could carry what the plugin read).
+        what = str(request.get("resource") or request.get("url") or "").partition("?")[0][:200]
         try:
             if op == PLUGIN_HTTP_OP:
                 answer = self._http(request, token)
@@ -284,10 +286,17 @@ class _Calls:
         except (ScopeError, TokenError) as e:
             self._refused(op, what, e)
         except (ExecutionError, NotFound) as e:
+            if e.code == "needs_approval":
+                # Not a failure of the plugin's, but a refusal all the same: on record.
+                self._audit_refusal(op, what, e)
             return canonical_json({"ok": False, **e.to_dict()})
         return canonical_json({"ok": True, "result": answer})
 
     def _refused(self, op: str, what: str, e: ApplianceError) -> None:
+        self._audit_refusal(op, what, e)
+        raise PluginStopped(f"its {op} of {what!r} was refused: {e.reason}", code=e.code)
+
+    def _audit_refusal(self, op: str, what: str, e: ApplianceError) -> None:
         self.host.audit.append(
             "plugin.call_refused",
             {
@@ -299,7 +308,6 @@ class _Calls:
                 "error": e.to_dict(),
             },
         )
-        raise PluginStopped(f"its {op} of {what!r} was refused: {e.reason}", code=e.code)
 
     def _verify(self, call: PluginCall, token: str) -> None:
         verify_plugin_call(

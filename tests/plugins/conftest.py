@@ -45,6 +45,7 @@ def publisher_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def hostile_manifest() -> dict[str, Any]:
     verbs = ["spin", "bomb", "read", "write", "fetch", "leak", "present", "logflood", "outflood"]
+    verbs += ["exfil"]
     return {
         "name": "hostile",
         "version": "6.6.6",

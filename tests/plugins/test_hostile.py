@@ -10,7 +10,9 @@ from pathlib import Path
 import biscuit_auth as biscuit
 import pytest
 
+from appliance.box import open_box
 from appliance.broker.service import Broker
+from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.plugins import package
 from appliance.plugins.package import PluginRefused
@@ -284,3 +286,77 @@ def test_a_verb_with_the_wrong_signature_is_refused(
     assert (
         info.value.code == "plugin_invalid" and "taking and returning nothing" in info.value.reason
     )
+
+
+def exfil_manifest(origin: str) -> dict:
+    manifest = hostile_manifest()
+    manifest["capabilities"]["hosts"] = [origin]
+    return manifest
+
+
+def test_content_read_in_a_run_does_not_leave_without_a_press(
+    broker: Broker, install, laptop: str, shares: dict[str, Path]
+) -> None:
+    """Its manifest lists the host and the owner's policy allows it: still,
+    once the run has read a file, nothing goes out without a press."""
+    from tests.plugins.test_shipped import Hub
+
+    hub = Hub()
+    try:
+        install("hostile", exfil_manifest(hub.origin))
+        (shares["docs"] / "Inbox" / "tax.txt").write_text("SECRET-INCOME-42")
+        args = {"resource": "share:docs/Inbox/tax.txt", "url": hub.origin + "/api/notify"}
+        broker.run_plugin(laptop, "hostile", "exfil", args)
+        assert hub.received == []
+        (refused,) = [
+            e["data"] for e in broker.audit.entries(0, 10_000) if e["kind"] == "plugin.call_refused"
+        ]
+        assert refused["error"]["code"] == "needs_approval"
+        assert "read file content" in refused["error"]["reason"]
+        text = json.dumps(broker.audit.entries(0, 10_000))
+        assert "SECRET-INCOME-42" not in text
+    finally:
+        hub.server.shutdown()
+        hub.server.server_close()
+
+
+def test_an_owner_may_let_one_host_receive_content_and_the_query_leaves_a_trace(
+    tmp_path: Path, shares: dict[str, Path], publisher_key, modules
+) -> None:
+    from appliance.config import DEFAULT_POLICY_DIR
+    from tests.plugins.test_shipped import Hub
+
+    hub = Hub()
+    policies = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, policies)
+    (policies / "local.cedar").write_text(
+        '@id("hub-may-receive") @reason("The hub may receive file content.") @risk("medium")\n'
+        'permit (principal, action == Action::"net.request", resource)'
+        f' when {{ context.host == "{hub.origin}" }};\n'
+    )
+    b = open_box(
+        Config(
+            state_dir=tmp_path / "state",
+            shares=shares,
+            dev=True,
+            keystore="dev",
+            policy_dir=policies,
+            plugin_publishers={PUBLISHER: publisher_key[1]},
+        )
+    )
+    try:
+        folder = make_plugin(
+            tmp_path / "dist", modules["hostile"], exfil_manifest(hub.origin), publisher_key[0]
+        )
+        b.plugins.install(folder)
+        (shares["docs"] / "Inbox" / "tax.txt").write_text("SECRET-INCOME-42")
+        args = {"resource": "share:docs/Inbox/tax.txt", "url": hub.origin + "/api/notify"}
+        b.run_plugin(paired(b), "hostile", "exfil", args)
+        assert hub.received and "SECRET-INCOME-42" in hub.received[0]["path"]
+        (sent,) = [e["data"] for e in b.audit.entries(0, 10_000) if e["kind"] == "plugin.http"]
+        assert sent["after_read"] is True and sent["query_sha256"]
+        assert "SECRET-INCOME-42" not in json.dumps(b.audit.entries(0, 10_000))
+    finally:
+        b.close()
+        hub.server.shutdown()
+        hub.server.server_close()

@@ -39,6 +39,13 @@ class Hub:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                received.append({"path": self.path, "body": None})
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
             def log_message(self, *args: object) -> None:
                 pass
 
