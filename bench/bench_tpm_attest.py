@@ -35,13 +35,13 @@ from appliance.issuer.attestation import (  # noqa: E402
     verify_certify,
     verify_quote,
 )
-from appliance.issuer.tpm import DEVICE_KEY_HANDLE, Tpm  # noqa: E402
 from appliance.issuer.pcr_policy import (  # noqa: E402
     MEASUREMENT_PCR,
     PolicySigner,
     measure_at_start,
     read_pcrs,
 )
+from appliance.issuer.tpm import DEVICE_KEY_HANDLE, Tpm  # noqa: E402
 from appliance.issuer.tpm_seal import Sealer  # noqa: E402
 
 NONCE = b"bench-nonce-0123456789abcdef"

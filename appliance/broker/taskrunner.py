@@ -1,7 +1,7 @@
 """Running tasks: free text from a paired desktop, planned by the box's model.
 
 Each task waits in its requester's line; one worker takes the next task
-from each requester in turn (round robin), so one desktop's many tasks never
+from the requester it served longest ago, so one desktop's many tasks never
 starve another's, and each desktop has at most ``tasks_per_client`` open at
 once. For a task the worker:
 
@@ -102,7 +102,8 @@ class TaskRunner:
         self.submit = submit
         self._cond = threading.Condition()
         self._lines: dict[str, deque[_Job]] = {}  # requester -> its waiting tasks
-        self._turns: deque[str] = deque()  # requesters with a waiting task, in turn
+        self._served: dict[str, int] = {}  # requester -> when it was last served
+        self._turn = 0
         self._open: dict[str, set[str]] = {}  # requester -> its tasks not ended
         self._cancelled: set[str] = set()
         self._worker: threading.Thread | None = None
@@ -141,10 +142,9 @@ class TaskRunner:
                 )
             task_id = self.tasks.create(requester, text_sha256)
             self._open.setdefault(requester, set()).add(task_id)
-            if requester not in self._lines:
-                self._lines[requester] = deque()
-                self._turns.append(requester)
-            self._lines[requester].append(_Job(task_id, requester, text, from_content))
+            self._lines.setdefault(requester, deque()).append(
+                _Job(task_id, requester, text, from_content)
+            )
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="tasks", daemon=True)
                 self._worker.start()
@@ -157,17 +157,19 @@ class TaskRunner:
         return self.public(task_id)
 
     def _next(self) -> _Job:
-        """The next task, taking requesters in turn."""
+        """The next task: of the requester served longest ago (never: first)."""
         with self._cond:
-            while not self._turns:
+            while not self._lines:
                 self._cond.wait()
-            requester = self._turns.popleft()
+            requester = min(self._lines, key=lambda r: self._served.get(r, -1))
             line = self._lines[requester]
             job = line.popleft()
-            if line:
-                self._turns.append(requester)
-            else:
+            if not line:
                 del self._lines[requester]
+            self._turn += 1
+            self._served[requester] = self._turn
+            if len(self._served) > 10_000:  # bounded, as every per-client table
+                self._served.clear()
             return job
 
     def _work(self) -> None:
@@ -196,8 +198,6 @@ class TaskRunner:
         a running one before it submits anything. Returns how many."""
         with self._cond:
             waiting = list(self._lines.pop(requester, ()))
-            if requester in self._turns:
-                self._turns.remove(requester)
             open_now = set(self._open.get(requester, ()))
             self._cancelled |= open_now
         for job in waiting:
