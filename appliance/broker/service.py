@@ -56,7 +56,6 @@ from appliance.issuer import attestation
 from appliance.issuer.keys import KeyStore, Signer
 from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import TokenService
-from appliance.issuer.tpm import DEVICE_KEY_HANDLE
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
 from appliance.verbs import READ_VERBS, UNDO_VERB
@@ -428,22 +427,10 @@ class Broker:
 
     def attestation(self, nonce: bytes) -> dict[str, Any]:
         """A TPM2_Quote over the sealing PCRs and a TPM2_Certify of the device
-        key, both by the attestation key and both carrying the caller's nonce."""
-        tpm = self.keystore.tpm
-        if tpm is None:
-            raise ApplianceError(
-                "attestation needs the TPM; this box runs on the UNSAFE development key",
-                code="no_tpm",
-                status=501,
-            )
-        pcrs = sorted(self.config.seal_pcrs)
-        return {
-            "quote": attestation.quote(tpm, nonce, pcrs),
-            "certify": attestation.certify(tpm, nonce, DEVICE_KEY_HANDLE),
-            "ak_pem": attestation.ak_public_pem(tpm).decode(),
-            "ek_pem": (self.config.keys_dir / "ek.pub.pem").read_text(),
-            "device_key_pem": self.signer.public_key_pem().decode(),
-        }
+        key, both carrying the caller's nonce (``issuer.attestation.attest``)."""
+        return attestation.attest(
+            self.keystore.tpm, nonce, self.config.seal_pcrs, self.config.keys_dir, self.signer
+        )
 
     def revoke_client(self, client_id: str) -> dict[str, Any]:
         """Revoke a desktop: its credential stops working, and nothing it asked

@@ -53,6 +53,7 @@ from appliance.issuer.plugin_tokens import (
     verify_plugin_call,
 )
 from appliance.issuer.tokens import TokenService
+from appliance.plugins.egress import pinned_url, remote_address
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
@@ -415,7 +416,11 @@ class _Calls:
                 code="needs_approval",
             )
         limit = self.limits.http_response_bytes
-        headers = {"user-agent": f"appliance-plugin/{self.plugin.manifest.name}"}
+        address = remote_address(parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        headers = {
+            "user-agent": f"appliance-plugin/{self.plugin.manifest.name}",
+            "host": parts.netloc,
+        }
         if body:
             headers["content-type"] = "application/json" if body[:1] in "{[" else "text/plain"
         try:
@@ -423,7 +428,14 @@ class _Calls:
                 httpx.Client(
                     timeout=self.limits.http_timeout_s, follow_redirects=False, trust_env=False
                 ) as client,
-                client.stream(method, url, content=body.encode(), headers=headers) as response,
+                client.stream(
+                    method,
+                    pinned_url(parts, address),
+                    content=body.encode(),
+                    headers=headers,
+                    # TLS checks the certificate against the name, not the address.
+                    extensions={"sni_hostname": parts.hostname},
+                ) as response,
             ):
                 data = b""
                 for chunk in response.iter_bytes():

@@ -18,6 +18,7 @@ from appliance.plugins import package
 from appliance.plugins.package import PluginRefused
 from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, entries, hostile_manifest, make_plugin
+from tests.remote import remote_hub
 
 
 def stopped(broker: Broker, verb: str, value: object = None) -> ApplianceError:
@@ -299,10 +300,7 @@ def test_content_read_in_a_run_does_not_leave_without_a_press(
 ) -> None:
     """Its manifest lists the host and the owner's policy allows it: still,
     once the run has read a file, nothing goes out without a press."""
-    from tests.plugins.test_shipped import Hub
-
-    hub = Hub()
-    try:
+    with remote_hub() as hub:
         install("hostile", exfil_manifest(hub.origin))
         (shares["docs"] / "Inbox" / "tax.txt").write_text("SECRET-INCOME-42")
         args = {"resource": "share:docs/Inbox/tax.txt", "url": hub.origin + "/api/notify"}
@@ -315,18 +313,15 @@ def test_content_read_in_a_run_does_not_leave_without_a_press(
         assert "read file content" in refused["error"]["reason"]
         text = json.dumps(broker.audit.entries(0, 10_000))
         assert "SECRET-INCOME-42" not in text
-    finally:
-        hub.server.shutdown()
-        hub.server.server_close()
 
 
 def test_an_owner_may_let_one_host_receive_content_and_the_query_leaves_a_trace(
     tmp_path: Path, shares: dict[str, Path], publisher_key, modules
 ) -> None:
     from appliance.config import DEFAULT_POLICY_DIR
-    from tests.plugins.test_shipped import Hub
 
-    hub = Hub()
+    hub_context = remote_hub()
+    hub = hub_context.__enter__()
     policies = tmp_path / "policies"
     shutil.copytree(DEFAULT_POLICY_DIR, policies)
     (policies / "local.cedar").write_text(
@@ -358,5 +353,25 @@ def test_an_owner_may_let_one_host_receive_content_and_the_query_leaves_a_trace(
         assert "SECRET-INCOME-42" not in json.dumps(b.audit.entries(0, 10_000))
     finally:
         b.close()
-        hub.server.shutdown()
-        hub.server.server_close()
+        hub_context.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("where", ["loopback", "own LAN address", "localhost name"])
+def test_a_plugin_never_reaches_the_box_itself(
+    broker: Broker, install, laptop: str, where: str
+) -> None:
+    """Its manifest may list the box's own addresses; the broker still never
+    connects to them (the LAN API, a local model server, the development TPM)."""
+    with remote_hub() as hub:
+        target = {
+            "loopback": "http://127.0.0.1:8443",
+            "own LAN address": f"http://{hub.box_address}:8443",
+            "localhost name": "http://localhost:8443",
+        }[where]
+        manifest = hostile_manifest()
+        manifest["capabilities"]["hosts"] = [target]
+        install("hostile", manifest)
+        err = stopped(broker, "fetch", target + "/v1/pairings")
+        assert err.code == "own_address" and "never reaches the box" in err.reason
+        (refused,) = entries(broker, "plugin.call_refused")
+        assert refused["error"]["code"] == "own_address"

@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,45 +19,15 @@ from appliance.broker.service import Broker
 from tests.e2e.conftest import Box
 from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, SOURCES, entries, make_plugin
-
-
-class Hub:
-    """A home-automation endpoint on 127.0.0.1 that records what it is sent."""
-
-    def __init__(self) -> None:
-        received: list[dict] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                received.append({"path": self.path, "body": json.loads(body)})
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                received.append({"path": self.path, "body": None})
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from tests.remote import RemoteHub, remote_hub
 
 
 @pytest.fixture
-def hub() -> Iterator[Hub]:
-    h = Hub()
-    yield h
-    h.server.shutdown()
-    h.server.server_close()
+def hub() -> Iterator[RemoteHub]:
+    """A home-automation endpoint on another host (not the box) that records
+    what it is sent."""
+    with remote_hub() as h:
+        yield h
 
 
 def notify_manifest(origin: str) -> dict:
@@ -69,7 +37,7 @@ def notify_manifest(origin: str) -> dict:
 
 
 def test_ha_notify_calls_its_allow_listed_endpoint(
-    broker: Broker, install, hub: Hub, laptop: str
+    broker: Broker, install, hub: RemoteHub, laptop: str
 ) -> None:
     install("ha-notify", notify_manifest(hub.origin))
     out = broker.run_plugin(
@@ -95,24 +63,20 @@ def test_ha_notify_calls_its_allow_listed_endpoint(
 
 
 def test_ha_notify_cannot_reach_another_port(
-    broker: Broker, install, hub: Hub, laptop: str
+    broker: Broker, install, hub: RemoteHub, laptop: str
 ) -> None:
     install("ha-notify", notify_manifest(hub.origin))
-    other = Hub()
-    try:
+    with remote_hub(port=8124) as other:
         with pytest.raises(Exception) as info:
             broker.run_plugin(
                 laptop, "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
             )
         assert getattr(info.value, "code", "") == "capability_refused"
         assert other.received == [] and hub.received == []
-    finally:
-        other.server.shutdown()
-        other.server.server_close()
 
 
 def test_owner_policy_can_forbid_a_listed_host(
-    tmp_path: Path, shares: dict[str, Path], publisher_key, modules, hub: Hub
+    tmp_path: Path, shares: dict[str, Path], publisher_key, modules, hub: RemoteHub
 ) -> None:
     import shutil
 
