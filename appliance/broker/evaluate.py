@@ -112,9 +112,7 @@ class Evaluator:
                 )
             )
         if intent.verb == "file.read" and decision.decision != "deny":
-            # Paid for before it runs: what it may return.
-            limit = self.shares.limits.read_bytes
-            self.quota.take(requester, max(0, min(params.get("max_bytes", limit), limit)))
+            self.quota.take(requester, self._read_cost(resource, params))
         provenance = {k: v.value for k, v in intent.provenance.items()}
         return Evaluated(
             intent,
@@ -123,6 +121,15 @@ class Evaluator:
             decision,
             intent_digest(intent.verb, resource, params, provenance, requester),
         )
+
+    def _read_cost(self, resource: str, params: dict[str, Any]) -> int:
+        """What a read may return, charged before it runs: its ``max_bytes``
+        (at most the box's limit), no more than the file holds past ``offset``."""
+        limit = self.shares.limits.read_bytes
+        wanted = max(0, min(params.get("max_bytes", limit), limit))
+        st = self.shares.lookup(self.shares.parse(resource))
+        left = (st.st_size - max(0, params.get("offset", 0))) if st is not None else 0
+        return min(wanted, max(0, left))
 
     def _resolve(
         self, intent: Intent, params: dict[str, Any]

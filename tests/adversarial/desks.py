@@ -64,6 +64,16 @@ class Box:
         state = self.root / "state"
         return sum(p.stat().st_size for p in state.rglob("*") if p.is_file())
 
+    def kept_bytes(self) -> int:
+        """What the state keeps: every file but the database, and of the
+        database the pages in use (free pages are reused by what comes next)."""
+        db = self.broker.db
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = db.one("PRAGMA page_count")[0] - db.one("PRAGMA freelist_count")[0]
+        used = pages * db.one("PRAGMA page_size")[0]
+        files = self.state_bytes() - (self.root / "state" / "state.db").stat().st_size
+        return used + files
+
 
 def open_test_box(root: Path, **kw: Any) -> Iterator[Box]:
     docs, photos = root / "docs", root / "photos"
