@@ -24,6 +24,7 @@ from appliance.broker.evaluate import Evaluator
 from appliance.broker.executor import Executor
 from appliance.broker.files import FileOps
 from appliance.broker.plans import PlanStore
+from appliance.broker.quota import ReadQuota
 from appliance.broker.recovery import recover
 from appliance.broker.scope import Shares
 from appliance.broker.service import Broker, Parts
@@ -115,7 +116,8 @@ def _parts(
     approvals = ApprovalQueue(config.approvals, panel, clock=clock)
     stack.callback(approvals.close)
     panel.connect(approvals)
-    evaluator = Evaluator(shares, policy)
+    clients = Clients(db, keystore.secret("credential_pepper"), sorted(config.shares))
+    evaluator = Evaluator(shares, policy, clients, ReadQuota(config.limits.read_bytes_per_minute))
     return Parts(
         config=config,
         keystore=keystore,
@@ -130,7 +132,7 @@ def _parts(
         files=files,
         plans=plans,
         task_store=TaskStore(db),
-        clients=Clients(db, keystore.secret("credential_pepper")),
+        clients=clients,
         receipts=receipts,
         panel=panel,
         approvals=approvals,
@@ -144,6 +146,7 @@ def _parts(
         ),
         evaluator=evaluator,
         executor=Executor(
+            clients=clients,
             chain=chain,
             tokens=tokens,
             shares=shares,

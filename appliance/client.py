@@ -97,8 +97,16 @@ class ApplianceClient:
         return body
 
     # pairing --------------------------------------------------------------
-    def pair(self, name: str, *, timeout: float = 180.0, on_code: Any = None) -> dict[str, Any]:
-        started = self._call("POST", "/v1/pairings", json={"name": name})
+    def pair(
+        self,
+        name: str,
+        *,
+        grant: dict[str, Any] | None = None,
+        timeout: float = 180.0,
+        on_code: Any = None,
+    ) -> dict[str, Any]:
+        """Ask to pair for ``grant`` (default: read every share); wait for the press."""
+        started = self._call("POST", "/v1/pairings", json={"name": name, "grant": grant})
         if on_code:
             on_code(started["code"])
         deadline = time.monotonic() + timeout

@@ -32,6 +32,13 @@ class Limits:
     path_bytes: int = 4096  # a whole resource
     requests_per_second: float = 50.0  # per client, token bucket refill
     burst: int = 100  # per client, token bucket size
+    tasks_per_client: int = 2  # tasks one client may have open (waiting, planning, running)
+    task_queue: int = 32  # tasks waiting for the model, all clients together
+    read_bytes_per_minute: int = 32 << 20  # file content one client may read per minute
+    # Read results keep their content this long, then only its digest and size
+    # (the content is in the share already); read-only plans keep their
+    # actions this long, then only the plan's summary.
+    read_results_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class ApprovalSettings:
     arming_delay_s: float = 1.0  # presses this soon after a request appears are ignored
     queue_size: int = 8  # requests waiting behind the one shown
     per_requester: int = 3  # open requests (shown or waiting) from one requester
+    # Pairing requests (from devices not yet paired) wait in a line of their
+    # own: at most this many, one per address, and a paired desktop's request
+    # is always shown before them, so a flood of them never holds one up.
+    pairing_queue: int = 2
     # Against approval fatigue: this many denied or expired requests from one
     # requester within lockout_window_s lock it out for lockout_s (0: never).
     lockout_after: int = 3

@@ -43,6 +43,10 @@ __all__ = [
 class Provenance(StrEnum):
     requester = "requester"  # typed by the paired client
     content = "content"  # derived from something that was read
+    # Proposed by the box's model: its input includes file names, which anyone
+    # who can write into a share chooses. The broker marks every field of a
+    # task's plan so, whatever the model said about it.
+    model = "model"
 
 
 Resource = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
@@ -90,6 +94,14 @@ class Intent(BaseModel):
     def derived_fields(self) -> list[str]:
         """Fields whose value came from read content."""
         return sorted(k for k, v in self.provenance.items() if v is Provenance.content)
+
+    def proposed_fields(self) -> list[str]:
+        """Fields the box's model proposed."""
+        return sorted(k for k, v in self.provenance.items() if v is Provenance.model)
+
+    def fields(self) -> list[str]:
+        """Every field of the intent, as provenance names them."""
+        return ["resource", *(f"params.{p}" for p in sorted(self.params))]
 
 
 class Plan(BaseModel):

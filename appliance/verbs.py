@@ -32,6 +32,7 @@ class Group(StrEnum):
 
     read = "read"
     change = "change"
+    view = "view"  # a desktop reading the API: plans, tasks, approvals, the audit log
     none = ""  # pairing and network requests are decided by rules of their own
 
 
@@ -41,6 +42,7 @@ class ResourceKind(StrEnum):
     file = "file"  # share:NAME/path
     appliance = "appliance"  # the box itself (pairing)
     host = "host"  # a web origin (a plugin's HTTP request)
+    record = "record"  # a plan, task or approval, or the audit log, as the API shows it
 
 
 class Undo(StrEnum):
@@ -156,6 +158,16 @@ _ALL = (
         intent=False,
         summary="a plugin's web request",
     ),
+    *(
+        VerbSpec(
+            f"view.{what}",
+            group=Group.view,
+            resource=ResourceKind.record,
+            intent=False,
+            summary=f"read {what} records through the API",
+        )
+        for what in ("plan", "task", "approval", "audit")
+    ),
 )
 
 REGISTRY: MappingProxyType[str, VerbSpec] = MappingProxyType({v.name: v for v in _ALL})
@@ -173,8 +185,12 @@ CHANGE_VERBS = frozenset(v.name for v in _ALL if v.changes)
 KNOWN_VERBS = frozenset(REGISTRY)
 PLUGIN_READ_OPS: tuple[str, ...] = tuple(v.name for v in _ALL if v.plugin and not v.changes)
 PLUGIN_WRITE_OPS: tuple[str, ...] = tuple(v.name for v in _ALL if v.plugin and v.changes)
+VIEW_VERBS = frozenset(v.name for v in _ALL if v.group is Group.view)
 GROUPS: MappingProxyType[Group, frozenset[str]] = MappingProxyType(
-    {g: frozenset(v.name for v in _ALL if v.group is g) for g in (Group.read, Group.change)}
+    {
+        g: frozenset(v.name for v in _ALL if v.group is g)
+        for g in (Group.read, Group.change, Group.view)
+    }
 )
 
 

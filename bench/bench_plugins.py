@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.box import open_box  # noqa: E402
+from appliance.broker.grants import Grant  # noqa: E402
 from appliance.config import Config  # noqa: E402
 from appliance.intents import Intent  # noqa: E402
 from appliance.plugins import package  # noqa: E402
@@ -94,14 +95,17 @@ def main() -> int:
     )
     try:
         broker.plugins.install(plugin_dir)
+        secret, ref = broker.clients.new_pairing("bench", "bench", Grant(read=frozenset({"docs"})))
+        broker.clients.set_pairing_status(ref, "approved")
+        client = broker.clients.deliver(secret)["client_id"]
         stat = [Intent(verb="file.stat", resource="share:docs/a.txt")]
 
         def builtin() -> None:
-            assert broker.submit("bench", stat)["status"] == "done"
+            assert broker.submit(client, stat)["status"] == "done"
 
         def run(n: int) -> Callable[[], object]:
             value = {"resource": "share:docs/a.txt", "n": n}
-            return lambda: broker.run_plugin("bench", "bench", "stats", value)
+            return lambda: broker.run_plugin(client, "bench", "stats", value)
 
         builtin(), run(1)()  # warm up
         b = statistics.median(timed(builtin, runs * 2))

@@ -42,6 +42,7 @@ def serve(kind: str, port: int, state: Path) -> None:
         return
     from appliance.api.app import create_app
     from appliance.box import open_box
+    from appliance.broker.grants import Grant
     from appliance.config import Config, Limits
 
     share = state / "share"
@@ -54,9 +55,9 @@ def serve(kind: str, port: int, state: Path) -> None:
         limits=Limits(requests_per_second=1e6, burst=1_000_000),
     )
     broker = open_box(config)
-    pairing = broker.clients.new_pairing("bench")
-    broker.clients.set_pairing_status(pairing, "approved")
-    (state / "credential").write_text(broker.clients.deliver(pairing)["credential"])
+    secret, ref = broker.clients.new_pairing("bench", "bench", Grant(write=frozenset({"docs"})))
+    broker.clients.set_pairing_status(ref, "approved")
+    (state / "credential").write_text(broker.clients.deliver(secret)["credential"])
     uvicorn.run(create_app(broker), host="127.0.0.1", port=port, log_level="error")
 
 

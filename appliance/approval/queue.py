@@ -6,6 +6,8 @@ the queue makes sure there is only ever one thing a press can mean:
 * one request is **shown** (status ``pending``) at a time; the rest **wait**
   in a bounded FIFO, and a flood beyond ``queue_size`` is refused (429), not
   queued, so nobody can bury the owner in prompts (approval fatigue);
+  pairing requests wait in a short line of their own (``pairing_queue``, one
+  per address) and are shown only when no paired desktop's request waits;
 * a press within ``arming_delay_s`` of a request being shown is ignored, so a
   press meant for the previous request cannot approve the next one;
 * a press may carry the digest the presser saw (the virtual panel and the
@@ -147,18 +149,29 @@ class ApprovalQueue:
                         f"{self.settings.lockout_after} of its requests were denied or went "
                         f"unanswered within {self.settings.lockout_window_s / 60:g} minutes"
                     )
-                if self._shown is not None and len(self._waiting) >= self.settings.queue_size:
+                pairings = sum(1 for r in self._waiting if r.kind == "pairing")
+                if self._shown is not None and kind == "pairing":
+                    if pairings >= self.settings.pairing_queue:
+                        raise QueueFull(
+                            f"{pairings} pairing requests are already waiting "
+                            f"(limit {self.settings.pairing_queue}); try again in a minute"
+                        )
+                elif (
+                    self._shown is not None
+                    and len(self._waiting) - pairings >= self.settings.queue_size
+                ):
                     raise QueueFull(
-                        f"{len(self._waiting)} approval requests are already waiting behind the "
-                        f"one on the panel (limit {self.settings.queue_size}); "
+                        f"{len(self._waiting) - pairings} approval requests are already waiting "
+                        f"behind the one on the panel (limit {self.settings.queue_size}); "
                         "try again once they are answered"
                     )
                 mine = sum(1 for r in self._open() if r.requester == requester)
-                if mine >= self.settings.per_requester:
+                limit = 1 if kind == "pairing" else self.settings.per_requester
+                if mine >= limit:
                     # One requester must not crowd out everyone else's requests.
                     raise QueueFull(
                         f"{requester} already has {mine} approval requests open "
-                        f"(limit {self.settings.per_requester}); wait for them to be answered"
+                        f"(limit {limit}); wait for them to be answered"
                     )
                 req = ApprovalRequest(
                     approval_id="apr_" + secrets.token_hex(8),
@@ -391,6 +404,15 @@ class ApprovalQueue:
             self._dispatch(effects)
         return snapshot
 
+    def cancel_requester(self, requester: str, *, by: str) -> int:
+        """Withdraw every open request of ``requester`` (it was revoked);
+        returns how many."""
+        with self._guard():
+            mine = [r.approval_id for r in self._open() if r.requester == requester]
+        for approval_id in mine:
+            self.cancel(approval_id, by=by)
+        return len(mine)
+
     def wait(self, approval_id: str, timeout: float) -> ApprovalRequest:
         """Block until the request is decided or ``timeout`` seconds (real
         time) pass; return a copy of it either way."""
@@ -571,7 +593,9 @@ class ApprovalQueue:
             self._close_pairing(effects, "a desktop was paired")  # one pairing per window
         # The next in line is shown; its own arming delay and deadline start now.
         while self._waiting:
-            nxt = self._waiting.popleft()
+            # A paired desktop's request goes before any pairing request.
+            nxt = next((r for r in self._waiting if r.kind != "pairing"), self._waiting[0])
+            self._waiting.remove(nxt)
             if self._show(nxt, effects):
                 return
             # Fail closed: a request the panel cannot show is denied, never

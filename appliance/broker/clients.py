@@ -1,9 +1,11 @@
-"""Paired clients: pairing requests, credentials, revocation.
+"""Paired clients: pairing requests, credentials, grants, revocation.
 
-A desktop asks to pair; a person approves on the panel; the desktop then
-fetches its credential exactly once. The box keeps only an HMAC of the
-secret (keyed with a pepper from the key store), so a copy of the database
-does not let anyone call the API.
+A desktop asks to pair, naming the grant it wants; a person approves on the
+panel; the desktop then fetches its credential exactly once, with the
+pairing secret only it was told. The box keeps only an HMAC of each secret
+(keyed with a pepper from the key store) and a hash of each pairing secret,
+so a copy of the database does not let anyone call the API or take a
+pairing over.
 
 A credential reads ``<client_id>.<secret>``: the id finds the row, the
 secret is compared in constant time.
@@ -13,10 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
+import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
+from appliance.broker.grants import Grant
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound, Unauthorized
 
@@ -28,9 +34,12 @@ CREATE TABLE IF NOT EXISTS clients (
     created REAL NOT NULL,
     revoked REAL
 );
-CREATE TABLE IF NOT EXISTS pairings (
-    pairing_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS pairing_requests (
+    ref TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    grant_json TEXT NOT NULL,
     approval_id TEXT,
     code TEXT,
     status TEXT NOT NULL,
@@ -41,71 +50,115 @@ CREATE TABLE IF NOT EXISTS pairings (
 """
 
 NAME_MAX = 64
+# Shown on the panel and in the log: nothing that draws or reorders text
+# invisibly. Cc: C0/C1 controls; Cf: format characters (bidi overrides,
+# zero-width joiners and spaces); Zl/Zp: line and paragraph separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 
 def check_name(name: object) -> str:
+    """A desktop's name as a person will read it, or a clear refusal."""
     if not isinstance(name, str) or not name.strip():
         raise ApplianceError("name must be a non-empty string", code="invalid_request", status=422)
-    if len(name) > NAME_MAX or any(ord(c) < 32 or c == "\x7f" for c in name):
+    bad = next((c for c in name if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
+    if len(name) > NAME_MAX or bad is not None:
+        why = f" (U+{ord(bad):04X} is not shown as itself)" if bad is not None else ""
         raise ApplianceError(
-            f"name must be at most {NAME_MAX} printable characters",
+            f"name must be at most {NAME_MAX} printable characters{why}",
             code="invalid_request",
             status=422,
         )
     return name.strip()
 
 
+def pairing_ref(secret: str) -> str:
+    """The public reference of a pairing: what the panel, the approvals and
+    the log show instead of the secret only the requester knows."""
+    return "pr_" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    client_id: str
+    name: str
+    grant: Grant
+    created: float
+    revoked: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None and not self.grant.expired()
+
+
 class Clients:
-    def __init__(self, db: Database, pepper: bytes):
+    def __init__(self, db: Database, pepper: bytes, shares: list[str]):
         self.db = db
         self._pepper = pepper
+        self._shares = shares
         db.ensure(SCHEMA)
+        columns = {r["name"] for r in db.all("PRAGMA table_info(clients)")}
+        if "grant_json" not in columns:
+            db.execute("ALTER TABLE clients ADD COLUMN grant_json TEXT")
 
     def _hmac(self, secret: str) -> str:
         return hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
 
     # -- pairing ---------------------------------------------------------
-    def new_pairing(self, name: str) -> str:
-        pairing_id = "pair_" + secrets.token_hex(8)
+    def new_pairing(self, name: str, address: str, grant: Grant) -> tuple[str, str]:
+        """A pairing request: (its secret, for the requester alone; its public ref)."""
+        secret = "pair_" + secrets.token_urlsafe(24)
+        ref = pairing_ref(secret)
         self.db.execute(
-            "INSERT INTO pairings (pairing_id, name, status, created) VALUES (?, ?, 'pending', ?)",
-            (pairing_id, check_name(name), time.time()),
+            "INSERT INTO pairing_requests (ref, secret_sha256, name, address, grant_json,"
+            " status, created) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                ref,
+                hashlib.sha256(secret.encode()).hexdigest(),
+                check_name(name),
+                address,
+                json.dumps(grant.to_json()),
+                time.time(),
+            ),
         )
-        return pairing_id
+        return secret, ref
 
-    def attach_approval(self, pairing_id: str, approval_id: str, code: str) -> None:
+    def attach_approval(self, ref: str, approval_id: str, code: str) -> None:
         self.db.execute(
-            "UPDATE pairings SET approval_id = ?, code = ? WHERE pairing_id = ?",
-            (approval_id, code, pairing_id),
+            "UPDATE pairing_requests SET approval_id = ?, code = ? WHERE ref = ?",
+            (approval_id, code, ref),
         )
 
-    def drop_pairing(self, pairing_id: str) -> None:
-        self.db.execute("DELETE FROM pairings WHERE pairing_id = ?", (pairing_id,))
+    def drop_pairing(self, ref: str) -> None:
+        self.db.execute("DELETE FROM pairing_requests WHERE ref = ?", (ref,))
 
-    def pairing(self, pairing_id: str) -> dict[str, Any]:
-        row = self.db.one("SELECT * FROM pairings WHERE pairing_id = ?", (pairing_id,))
+    def _pairing(self, secret: str) -> dict[str, Any]:
+        row = self.db.one(
+            "SELECT * FROM pairing_requests WHERE secret_sha256 = ?",
+            (hashlib.sha256(secret.encode()).hexdigest(),),
+        )
         if row is None:
-            raise NotFound(f"no pairing {pairing_id!r}")
+            raise NotFound("no such pairing (the pairing id is the secret its requester was told)")
         return dict(row)
 
-    def set_pairing_status(self, pairing_id: str, status: str) -> None:
+    def set_pairing_status(self, ref: str, status: str) -> None:
         self.db.execute(
-            "UPDATE pairings SET status = ? WHERE pairing_id = ? AND status = 'pending'",
-            (status, pairing_id),
+            "UPDATE pairing_requests SET status = ? WHERE ref = ? AND status = 'pending'",
+            (status, ref),
         )
 
-    def deliver(self, pairing_id: str) -> dict[str, Any]:
-        """The credential of an approved pairing, exactly once."""
-        row = self.pairing(pairing_id)
+    def deliver(self, secret: str) -> dict[str, Any]:
+        """The credential of an approved pairing, exactly once, to whoever
+        holds the pairing secret."""
+        row = self._pairing(secret)
         if row["status"] != "approved":
-            return {"pairing_id": pairing_id, "status": row["status"], "code": row["code"]}
-        secret = secrets.token_urlsafe(32)
+            return {"pairing_id": secret, "status": row["status"], "code": row["code"]}
+        credential_secret = secrets.token_urlsafe(32)
         client_id = "cl_" + secrets.token_hex(8)
         with self.db.tx() as conn:
             taken = conn.execute(
-                "UPDATE pairings SET delivered = 1, client_id = ? "
-                "WHERE pairing_id = ? AND delivered = 0",
-                (client_id, pairing_id),
+                "UPDATE pairing_requests SET delivered = 1, client_id = ? "
+                "WHERE ref = ? AND delivered = 0",
+                (client_id, row["ref"]),
             ).rowcount
             if not taken:
                 raise ApplianceError(
@@ -114,10 +167,23 @@ class Clients:
                     status=410,
                 )
             conn.execute(
-                "INSERT INTO clients (client_id, name, secret_hmac, created) VALUES (?, ?, ?, ?)",
-                (client_id, row["name"], self._hmac(secret), time.time()),
+                "INSERT INTO clients (client_id, name, secret_hmac, created, grant_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    client_id,
+                    row["name"],
+                    self._hmac(credential_secret),
+                    time.time(),
+                    row["grant_json"],
+                ),
             )
-        return {"client_id": client_id, "credential": f"{client_id}.{secret}", "status": "approved"}
+        return {
+            "client_id": client_id,
+            "credential": f"{client_id}.{credential_secret}",
+            "status": "approved",
+            "grant": json.loads(row["grant_json"]),
+            "ref": row["ref"],
+        }
 
     # -- credentials -----------------------------------------------------
     def authenticate(self, credential: str) -> str:
@@ -128,18 +194,50 @@ class Clients:
         expected = row["secret_hmac"] if row else self._hmac("\0absent")
         if not hmac.compare_digest(expected, self._hmac(secret)) or row is None:
             raise Unauthorized("unknown credential: pair this desktop first")
-        if row["revoked"] is not None:
+        record = self._record(dict(row))
+        if record.revoked is not None:
             raise Unauthorized(f"client {client_id} was revoked; pair again", code="revoked")
+        if record.grant.expired():
+            raise Unauthorized(
+                f"client {client_id}'s pairing has ended; pair again", code="grant_expired"
+            )
         return client_id
+
+    def get(self, client_id: str) -> ClientRecord | None:
+        row = self.db.one("SELECT * FROM clients WHERE client_id = ?", (client_id,))
+        return self._record(dict(row)) if row else None
+
+    def _record(self, row: dict[str, Any]) -> ClientRecord:
+        raw = row.get("grant_json")
+        # Paired before grants existed: it could change every share (with a
+        # press) then, and keeps that; it sees only its own history.
+        grant = (
+            Grant.from_json(json.loads(raw))
+            if raw
+            else Grant(read=frozenset(self._shares), write=frozenset(self._shares))
+        )
+        return ClientRecord(row["client_id"], row["name"], grant, row["created"], row["revoked"])
 
     def display_name(self, client_id: str) -> str:
         """How a person is shown the client: its paired name and its id."""
-        row = self.db.one("SELECT name FROM clients WHERE client_id = ?", (client_id,))
-        return f"{row['name']} ({client_id})" if row else client_id
+        record = self.get(client_id)
+        return f"{record.name} ({client_id})" if record else client_id
 
     def list(self) -> list[dict[str, Any]]:
-        rows = self.db.all("SELECT client_id, name, created, revoked FROM clients ORDER BY created")
-        return [dict(r) for r in rows]
+        rows = self.db.all("SELECT * FROM clients ORDER BY created")
+        out = []
+        for row in rows:
+            record = self._record(dict(row))
+            out.append(
+                {
+                    "client_id": record.client_id,
+                    "name": record.name,
+                    "created": record.created,
+                    "revoked": record.revoked,
+                    "grant": record.grant.to_json(),
+                }
+            )
+        return out
 
     def revoke(self, client_id: str) -> None:
         cur = self.db.execute(

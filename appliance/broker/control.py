@@ -40,8 +40,7 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
         if op == "clients.list":
             return {"clients": broker.clients.list()}
         if op == "clients.revoke":
-            broker.pairing.revoke(str(request.get("client_id", "")))
-            return {"revoked": request.get("client_id")}
+            return broker.revoke_client(str(request.get("client_id", "")))
         if op == "plugins.list":
             return {"plugins": broker.plugins.list()}
         if op in ("plugins.install", "plugins.remove", "plugins.verify"):

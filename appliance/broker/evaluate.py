@@ -13,12 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.broker.clients import ClientRecord, Clients
 from appliance.broker.plans import ActionRow
+from appliance.broker.quota import ReadQuota
 from appliance.broker.scope import Shares, Target
 from appliance.errors import ScopeError
 from appliance.intents import Intent, digest
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 from appliance.verbs import UNDO_VERB, spec
+
+NOT_PAIRED = "The requester is not paired any more (revoked, or its pairing ended)."
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,22 @@ def plan_digest(plan_id: str, requester: str, intent_digests: list[str]) -> str:
 
 
 class Evaluator:
-    def __init__(self, shares: Shares, policy: PolicyEngine) -> None:
+    def __init__(
+        self, shares: Shares, policy: PolicyEngine, clients: Clients, quota: ReadQuota
+    ) -> None:
         self.shares = shares
         self.policy = policy
+        self.clients = clients
+        self.quota = quota
+
+    def requester(self, requester: str) -> ClientRecord | None:
+        """The requester as paired now; None when it is not (or no longer) paired."""
+        record = self.clients.get(requester)
+        return record if record is not None and record.active else None
 
     def evaluate(self, intent: Intent, requester: str) -> Evaluated:
         params = dict(intent.params)
+        client = self.requester(requester)
         try:
             target, kind, to = self._resolve(intent, params)
         except ScopeError as e:
@@ -78,18 +92,27 @@ class Evaluator:
             resource = intent.resource
         else:
             resource = target.canonical
-            decision = self.policy.decide(
-                PolicyRequest(
-                    verb=intent.verb,
-                    requester=requester,
-                    share=target.share,
-                    path="/".join(target.parts),
-                    to_share=to.share if to else None,
-                    to_path="/".join(to.parts) if to else None,
-                    derived_fields=tuple(intent.derived_fields()),
-                    is_dir=None if kind is None else kind == "dir",
+            decision = (
+                Decision("deny", "high", (NOT_PAIRED,))
+                if client is None
+                else self.policy.decide(
+                    PolicyRequest(
+                        verb=intent.verb,
+                        requester=requester,
+                        share=target.share,
+                        path="/".join(target.parts),
+                        to_share=to.share if to else None,
+                        to_path="/".join(to.parts) if to else None,
+                        derived_fields=tuple(intent.derived_fields()),
+                        is_dir=None if kind is None else kind == "dir",
+                        proposed_fields=tuple(intent.proposed_fields()),
+                        grant=client.grant,
+                        name=client.name,
+                    )
                 )
             )
+        if intent.verb == "file.read" and decision.decision != "deny":
+            self.quota.take(requester, self._read_cost(resource, params))
         provenance = {k: v.value for k, v in intent.provenance.items()}
         return Evaluated(
             intent,
@@ -98,6 +121,15 @@ class Evaluator:
             decision,
             intent_digest(intent.verb, resource, params, provenance, requester),
         )
+
+    def _read_cost(self, resource: str, params: dict[str, Any]) -> int:
+        """What a read may return, charged before it runs: its ``max_bytes``
+        (at most the box's limit), no more than the file holds past ``offset``."""
+        limit = self.shares.limits.read_bytes
+        wanted = max(0, min(params.get("max_bytes", limit), limit))
+        st = self.shares.lookup(self.shares.parse(resource))
+        left = (st.st_size - max(0, params.get("offset", 0))) if st is not None else 0
+        return min(wanted, max(0, left))
 
     def _resolve(
         self, intent: Intent, params: dict[str, Any]
@@ -119,11 +151,22 @@ class Evaluator:
         return target, kind, to
 
     def evaluate_undo(self, action: ActionRow, requester: str) -> Evaluated:
-        """``action.undo`` of a done action: decided on the action's resource."""
+        """``action.undo`` of a done action: decided on the action's resource,
+        under the requester's grant (it must be able to change that share)."""
         target = self.shares.parse(action.resource)
-        decision = self.policy.decide(
-            PolicyRequest(
-                verb=UNDO_VERB, requester=requester, share=target.share, path="/".join(target.parts)
+        client = self.requester(requester)
+        decision = (
+            Decision("deny", "high", (NOT_PAIRED,))
+            if client is None
+            else self.policy.decide(
+                PolicyRequest(
+                    verb=UNDO_VERB,
+                    requester=requester,
+                    share=target.share,
+                    path="/".join(target.parts),
+                    grant=client.grant,
+                    name=client.name,
+                )
             )
         )
         params = {"action_id": action.action_id}
@@ -137,3 +180,22 @@ class Evaluator:
             decision,
             intent_digest(UNDO_VERB, action.resource, params, {}, requester),
         )
+
+    def may_view(self, requester: str, what: str, record_id: str, *, mine: bool) -> bool:
+        """May ``requester`` read a record (``what``: plan, task, approval,
+        audit) through the API? ``mine``: it is the requester's own."""
+        client = self.requester(requester)
+        if client is None:
+            return False
+        decision = self.policy.decide(
+            PolicyRequest(
+                verb=f"view.{what}",
+                requester=requester,
+                share=None,
+                path=record_id,
+                grant=client.grant,
+                name=client.name,
+                mine=mine,
+            )
+        )
+        return decision.decision == "allow"

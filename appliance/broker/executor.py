@@ -4,15 +4,17 @@ For each action of a decided plan, in order: the claims are built from the
 stored, decided action (never from a token or a request), a capability token
 is minted for exactly them, and :meth:`Executor.execute` then
 
-1. checks the chain of authority (the boot statement vouches for the token
+1. checks that the requester is still paired (a revoked desktop's plan, even
+   one already approved, never runs);
+2. checks the chain of authority (the boot statement vouches for the token
    root, is not expired, is of the current epoch);
-2. checks the approval's signed receipt (a plan that waited for a press runs
+3. checks the approval's signed receipt (a plan that waited for a press runs
    only on its own, intact receipt, and only with tokens that cite it);
-3. verifies the token against the claims and records it as spent, with the
+4. verifies the token against the claims and records it as spent, with the
    action marked running in the same transaction (a second use is a replay);
-4. acts (a move, rename or delete stores its undo record before it changes
+5. acts (a move, rename or delete stores its undo record before it changes
    anything), stores the result and the undo record;
-5. appends ``action.done``.
+6. appends ``action.done``.
 
 A failure stops the rest of the plan; what ran stays undoable.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 from appliance.approval.receipts import Receipt, ReceiptError, ReceiptStore
 from appliance.audit import AuditLog
+from appliance.broker.clients import Clients
 from appliance.broker.files import FileOps, UndoRecord
 from appliance.broker.plans import ActionRow, ActionStatus, PlanRow, PlanStatus, PlanStore
 from appliance.broker.scope import Shares
@@ -41,6 +44,7 @@ class Executor:
     def __init__(
         self,
         *,
+        clients: Clients,
         chain: BootChain,
         tokens: TokenService,
         shares: Shares,
@@ -49,6 +53,7 @@ class Executor:
         receipts: ReceiptStore,
         audit: AuditLog,
     ) -> None:
+        self.clients = clients
         self.chain = chain
         self.tokens = tokens
         self.shares = shares
@@ -57,12 +62,19 @@ class Executor:
         self.receipts = receipts
         self.audit = audit
 
-    def run_plan(self, plan_id: str) -> None:
-        """Run a plan's actions in order; a failure stops the rest."""
+    def run_plan(self, plan_id: str, *, read_only: bool = False) -> None:
+        """Run a plan's actions in order; a failure stops the rest.
+
+        ``read_only``: a plan of reads policy allowed outright. It changes
+        nothing, so it is recorded as one ``plan.read`` entry when it ends
+        (who read what, each action's token and result digest), instead of an
+        entry per action: a desktop that lists and reads all day costs the
+        log a few hundred bytes per plan."""
         plan = self.plans.plan_row(plan_id)
         if plan is None:
             log.error("plan %s vanished before it could run", plan_id)
             return
+        done: list[dict[str, Any]] = []
         if plan.status is not PlanStatus.running:
             self.plans.set_plan(plan_id, PlanStatus.running)
         failed: str | None = None
@@ -74,7 +86,11 @@ class Executor:
             try:
                 receipt = receipt or self._receipt(plan)
                 token = self.tokens.mint(claims(plan, action, receipt))
-                self.execute(token, action.action_id)
+                if read_only:
+                    result, token_id = self._execute(token, action.action_id)
+                    done.append({"a": action.action_id, "t": token_id, "r": digest(result)})
+                else:
+                    self.execute(token, action.action_id)
                 continue
             except ApplianceError as e:
                 error = e.to_dict()
@@ -85,6 +101,8 @@ class Executor:
             self.plans.set_action(
                 action.action_id, status=ActionStatus.failed, result={"error": error}
             )
+            if read_only:
+                continue
             self.audit.append_quietly(
                 "action.failed",
                 {
@@ -94,7 +112,34 @@ class Executor:
                     "error": error,
                 },
             )
-        self.plans.set_plan(plan_id, PlanStatus.failed if failed else PlanStatus.done, failed)
+        status = PlanStatus.failed if failed else PlanStatus.done
+        self.plans.set_plan(plan_id, status, failed)
+        if read_only:
+            self._audit_reads(plan, status, failed, done)
+
+    def _audit_reads(
+        self, plan: PlanRow, status: PlanStatus, failed: str | None, done: list[dict[str, Any]]
+    ) -> None:
+        actions = self.plans.actions(plan.plan_id)
+        verbs: dict[str, int] = {}
+        for a in actions:
+            verbs[a.verb] = verbs.get(a.verb, 0) + 1
+        self.audit.append_quietly(
+            "plan.read",
+            {
+                "plan_id": plan.plan_id,
+                "requester": plan.requester,
+                "digest": plan.digest,
+                "status": status.value,
+                "verbs": verbs,
+                # Which files' content left the box's disk, by name; lists and
+                # stats only by number.
+                "read": sorted(a.resource for a in actions if a.verb == "file.read")[:64],
+                "error": failed,
+                # Each action, its spent token and its result's digest.
+                "actions_sha256": digest(done),
+            },
+        )
 
     def _receipt(self, plan: PlanRow) -> Receipt | None:
         """An approved plan's own, intact, signed receipt (None: no approval)."""
@@ -107,12 +152,10 @@ class Executor:
                 f"plan {plan.plan_id} has no signed receipt for its approval"
             ) from None
 
-    def execute(self, token: str, action_id: str) -> dict[str, Any]:
-        """Verify the capability for ``action_id``, spend it, act, audit.
-
-        The expected claims are rebuilt from the stored action, so a token
-        for anything else (another action, resource, requester, approval or
-        receipt) is refused and stays unspent."""
+    def _verify_and_act(
+        self, token: str, action_id: str
+    ) -> tuple[ActionRow, Claims, str, dict[str, Any], str | None]:
+        """Check everything, spend the token, act, store the outcome."""
         action = self.plans.action(action_id)
         if action is None:
             raise NotFound(f"no action {action_id!r}")
@@ -121,6 +164,14 @@ class Executor:
         plan = self.plans.plan_row(action.plan_id)
         if plan is None:
             raise ExecutionError("the action's plan is gone", code="not_found", status=404)
+        client = self.clients.get(plan.requester)
+        if client is None or not client.active:
+            raise ExecutionError(
+                f"{plan.requester} is not paired any more (revoked, or its pairing ended); "
+                "nothing it asked for runs",
+                code="requester_revoked",
+                status=403,
+            )
         self.chain.check()
         expected = claims(plan, action, self._receipt(plan))
 
@@ -138,6 +189,21 @@ class Executor:
             snapshot_id=snapshot_id,
             undo=undo,
         )
+        return action, expected, verified.token_id, result, snapshot_id
+
+    def _execute(self, token: str, action_id: str) -> tuple[dict[str, Any], str]:
+        """Execute a read without its own audit entry (its plan's ``plan.read``
+        records it); the result and the spent token's id."""
+        action, _, token_id, result, _ = self._verify_and_act(token, action_id)
+        return result, token_id
+
+    def execute(self, token: str, action_id: str) -> dict[str, Any]:
+        """Verify the capability for ``action_id``, spend it, act, audit.
+
+        The expected claims are rebuilt from the stored action, so a token
+        for anything else (another action, resource, requester, approval or
+        receipt) is refused and stays unspent."""
+        action, expected, token_id, result, snapshot_id = self._verify_and_act(token, action_id)
         self.audit.append(
             "action.done",
             {
@@ -146,7 +212,7 @@ class Executor:
                 "verb": action.verb,
                 "resource": action.resource,
                 "intent_digest": action.intent_digest,
-                "token_id": verified.token_id,
+                "token_id": token_id,
                 "approval_id": expected.approval_id,
                 "receipt_digest": expected.receipt_digest,
                 "snapshot_id": snapshot_id,

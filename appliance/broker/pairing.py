@@ -1,10 +1,14 @@
 """Pairing: how a desktop gets a credential, and how it loses it.
 
-A desktop asks (``POST /v1/pairings``); the request goes on the panel like
-any approval, and only a press there lets the credential be fetched, once
-(``GET /v1/pairings/{id}``). On a physical box the owner must first open a
-pairing window with a long hold on the idle button, so a LAN device cannot
-even ask otherwise. The client store (``clients.py``) keeps the credentials.
+A desktop asks (``POST /v1/pairings``) with the grant it wants
+(``grants.py``); the request goes on the panel like any approval, the grant
+written out in its summary, and only a press there lets the credential be
+fetched, once, by whoever holds the pairing secret the requester alone was
+told (``GET /v1/pairings/{secret}``). The panel, the approval list and the
+audit log name the pairing only by its public reference. On a physical box
+the owner must first open a pairing window with a long hold on the idle
+button, so a LAN device cannot even ask otherwise. The client store
+(``clients.py``) keeps the credentials and grants.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from appliance.approval import ApprovalQueue, ApprovalRequest, Panel
 from appliance.audit import AuditLog
 from appliance.broker.clients import Clients, check_name
+from appliance.broker.grants import requested_grant
 from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.intents import digest
@@ -44,10 +49,12 @@ class Pairing:
         # that approval's decision can be handled.
         self._lock = lock
 
-    def request(self, name: str, address: str = "local") -> dict[str, Any]:
-        """A desktop asks to pair. ``address`` (the caller's IP) is the requester,
-        so one LAN device cannot fill the approval queue under many names."""
+    def request(self, name: str, address: str = "local", grant: object = None) -> dict[str, Any]:
+        """A desktop asks to pair, for ``grant`` (default: read every share).
+        ``address`` (the caller's IP) is the requester, so one LAN device
+        cannot fill the approval queue under many names."""
         name = check_name(name)
+        wanted = requested_grant(grant, sorted(self.config.shares))
         decision = self.policy.decide(
             PolicyRequest(verb=PAIR_VERB, requester=f"unpaired:{address}", share=None, path="")
         )
@@ -70,32 +77,40 @@ class Pairing:
         # Even a policy that "allows" pairing gets a press: a credential is
         # only ever handed out after a person said yes at the box.
         with self._lock:
-            pairing_id = self.clients.new_pairing(name)
+            secret, ref = self.clients.new_pairing(name, address, wanted)
             try:
                 approval = self.approvals.submit(
                     kind="pairing",
-                    subject_id=pairing_id,
+                    subject_id=ref,
                     requester=f"unpaired:{address}",
-                    summary=f"A desktop named {name!r} at {address} asks to pair",
-                    digest=digest({"pairing_id": pairing_id, "name": name}),
+                    summary=f"A desktop named {name!r} at {address} asks to pair: "
+                    + wanted.describe(),
+                    # The press approves this name, this address and this grant.
+                    digest=digest(
+                        {"pairing": ref, "name": name, "address": address}
+                        | {"grant": wanted.to_json()}
+                    ),
                 )
             except ApplianceError:
-                self.clients.drop_pairing(pairing_id)
+                self.clients.drop_pairing(ref)
                 raise
-            self.clients.attach_approval(pairing_id, approval.approval_id, approval.code)
+            self.clients.attach_approval(ref, approval.approval_id, approval.code)
             self.audit.append(
                 "pairing.requested",
                 {
-                    "pairing_id": pairing_id,
+                    "pairing": ref,
                     "name": name,
                     "address": address,
+                    "grant": wanted.to_json(),
                     "approval_id": approval.approval_id,
                 },
             )
         return {
-            "pairing_id": pairing_id,
+            "pairing_id": secret,
+            "pairing": ref,
             "code": approval.code,
             "approval_id": approval.approval_id,
+            "grant": wanted.to_json(),
         }
 
     def _refused(self, name: str, address: str, reasons: list[str]) -> None:
@@ -104,15 +119,13 @@ class Pairing:
     def decided(self, request: ApprovalRequest) -> None:
         self.clients.set_pairing_status(request.subject_id, request.status)
 
-    def result(self, pairing_id: str) -> dict[str, Any]:
-        """The credential of an approved pairing, exactly once; else its status."""
-        out = self.clients.deliver(pairing_id)
+    def result(self, secret: str) -> dict[str, Any]:
+        """The credential of an approved pairing, exactly once, to whoever holds
+        its secret; else its status."""
+        out = self.clients.deliver(secret)
         if "credential" in out:
             self.audit.append(
-                "client.paired", {"pairing_id": pairing_id, "client_id": out["client_id"]}
+                "client.paired",
+                {"pairing": out.pop("ref"), "client_id": out["client_id"], "grant": out["grant"]},
             )
         return out
-
-    def revoke(self, client_id: str) -> None:
-        self.clients.revoke(client_id)
-        self.audit.append("client.revoked", {"client_id": client_id})

@@ -6,6 +6,7 @@ of them goes through :class:`PlanStore`, which hands out typed rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from appliance.broker.files.undo import UndoRecord
 from appliance.db import Database
+from appliance.verbs import READ_VERBS as READS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (
@@ -92,6 +94,7 @@ class PlanRow:
     code: str | None
     created: float
     error: str | None
+    compacted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ class PlanStore:
     def __init__(self, db: Database):
         self.db = db
         db.ensure(SCHEMA)
+        columns = {r["name"] for r in db.all("PRAGMA table_info(plans)")}
+        if "compacted" not in columns:
+            # How many read actions a read-only plan had when its rows were dropped.
+            db.execute("ALTER TABLE plans ADD COLUMN compacted INTEGER")
 
     # -- reading --------------------------------------------------------------
 
@@ -163,6 +170,13 @@ class PlanStore:
     def action(self, action_id: str) -> ActionRow | None:
         row = self.db.one("SELECT * FROM actions WHERE action_id = ?", (action_id,))
         return _action(dict(row)) if row else None
+
+    def ids_of(self, requester: str) -> set[str]:
+        """The ids of ``requester``'s plans and of their approvals."""
+        rows = self.db.all(
+            "SELECT plan_id, approval_id FROM plans WHERE requester = ?", (requester,)
+        )
+        return {r["plan_id"] for r in rows} | {r["approval_id"] for r in rows if r["approval_id"]}
 
     def unfinished(self) -> list[PlanRow]:
         """Plans a stop interrupted: still waiting for approval, or running."""
@@ -188,7 +202,50 @@ class PlanStore:
         }
         if plan.error:
             out["error"] = plan.error
+        if plan.compacted is not None:
+            # A read-only plan past its window: what it read is in plan.read.
+            out["compacted"] = plan.compacted
         return out
+
+    def compact(self, before: float) -> tuple[int, int]:
+        """Keep what is old small. A read-only plan that ended before
+        ``before`` keeps its row and the count of its actions, which go (its
+        ``plan.read`` audit entry records each one); a read result of any other
+        plan keeps only its content's digest and size (the content is in the
+        share already). Returns (plans compacted, results shortened)."""
+        reads = tuple(sorted(READS))
+        marks = ",".join("?" * len(reads))
+        ended = tuple(s.value for s in TERMINAL)
+        rows = self.db.all(
+            "SELECT p.plan_id, COUNT(a.action_id) AS n FROM plans p"
+            " JOIN actions a ON a.plan_id = p.plan_id"
+            f" WHERE p.created < ? AND p.compacted IS NULL AND p.status IN (?, ?, ?, ?)"
+            f" GROUP BY p.plan_id HAVING SUM(a.verb NOT IN ({marks})) = 0",
+            (before, *ended, *reads),
+        )
+        for row in rows:
+            with self.db.tx(durable=False) as conn:
+                conn.execute("DELETE FROM actions WHERE plan_id = ?", (row["plan_id"],))
+                conn.execute(
+                    "UPDATE plans SET compacted = ? WHERE plan_id = ?", (row["n"], row["plan_id"])
+                )
+        shortened = 0
+        for action in self.db.all(
+            "SELECT a.action_id, a.result FROM actions a JOIN plans p ON a.plan_id = p.plan_id"
+            " WHERE p.created < ? AND a.verb = 'file.read' AND a.result LIKE '%\"content\"%'",
+            (before,),
+        ):
+            result = json.loads(action["result"])
+            content = result.pop("content", None)
+            if not isinstance(content, str):
+                continue
+            result["content_sha256"] = hashlib.sha256(content.encode()).hexdigest()
+            self.db.execute(
+                "UPDATE actions SET result = ? WHERE action_id = ?",
+                (json.dumps(result), action["action_id"]),
+            )
+            shortened += 1
+        return len(rows), shortened
 
     # -- writing --------------------------------------------------------------
 
@@ -299,6 +356,7 @@ def _plan(row: dict[str, Any]) -> PlanRow:
         code=row["code"],
         created=row["created"],
         error=row["error"],
+        compacted=row.get("compacted"),
     )
 
 

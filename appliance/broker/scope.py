@@ -283,8 +283,15 @@ class Shares:
         refuses a symlink or special file anywhere on the existing part of the
         path. The executor checks again when it acts: this is not the gate.
         """
+        st = self.lookup(target)
+        return None if st is None else kind_of(st.st_mode)
+
+    def lookup(self, target: Target) -> os.stat_result | None:
+        """``target``'s status now (see :meth:`inspect`), or None."""
         fd = self._open_root(target.share)
         try:
+            if not target.parts:
+                return os.fstat(fd)
             for i, part in enumerate(target.parts):
                 display = Target(target.share, target.parts[: i + 1]).canonical
                 st = lstat_at(fd, part)
@@ -292,12 +299,12 @@ class Shares:
                     return None
                 refuse_special(st.st_mode, display)
                 if i == len(target.parts) - 1:
-                    return kind_of(st.st_mode)
+                    return st
                 if not stat.S_ISDIR(st.st_mode):
                     return None  # a file where a directory should be: the action will fail
                 nfd = open_subdir(fd, part, display)
                 os.close(fd)
                 fd = nfd
-            return "dir"
+            return None  # unreachable: the loop returns at the last part
         finally:
             os.close(fd)

@@ -45,7 +45,9 @@ from appliance.broker.plans import (
 )
 from appliance.broker.scope import Shares
 from appliance.broker.snapshots import SnapshotStore
-from appliance.broker.tasks import TaskRunner, TaskStore
+from appliance.broker.taskrunner import TaskRunner
+from appliance.broker.tasks import TaskStore
+from appliance.broker.views import Views
 from appliance.config import Config
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound
@@ -54,14 +56,14 @@ from appliance.issuer import attestation
 from appliance.issuer.keys import KeyStore, Signer
 from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import TokenService
-from appliance.issuer.tpm import DEVICE_KEY_HANDLE
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
-from appliance.verbs import UNDO_VERB
+from appliance.verbs import READ_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
 HEALTH_INTERVAL_S = 10.0  # how often the panel's fault light is brought up to date
+MAINTENANCE_S = 60.0  # how often old read results are made small
 
 
 @dataclass
@@ -132,13 +134,21 @@ class Broker:
             tasks=parts.task_store,
             plans=self.plans,
             shares=self.shares,
-            files=self.files,
             audit=self.audit,
+            limits=self.config.limits,
             agent=self._agent,
+            requester=self.evaluator.requester,
             submit=self.submit,
         )
+        self.views = Views(
+            evaluator=self.evaluator,
+            plans=self.plans,
+            tasks=self.tasks,
+            approvals=self.approvals,
+            audit=self.audit,
+        )
         self._stopping = threading.Event()
-        self._health_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.approvals.listen(self.audit.append_quietly, self._on_decided)
 
     def start(self) -> None:
@@ -158,10 +168,27 @@ class Broker:
         )
         if self.panel.fault_light:
             self._update_fault()
-            self._health_thread = threading.Thread(
-                target=self._watch_health, name="panel-health", daemon=True
-            )
-            self._health_thread.start()
+            self._every(HEALTH_INTERVAL_S, self._update_fault, "panel-health")
+        self._every(MAINTENANCE_S, self.maintain, "maintenance")
+
+    def _every(self, seconds: float, job: Callable[[], object], name: str) -> None:
+        def loop() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    job()
+                except Exception:  # noqa: BLE001 - the loop must outlive a bad run
+                    log.exception("%s failed", name)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def maintain(self, now: float | None = None) -> dict[str, int]:
+        """Keep the state small: read results past their window keep only a
+        digest and size, read-only plans only their summary."""
+        before = (time.time() if now is None else now) - self.config.limits.read_results_s
+        plans, results = self.plans.compact(before)
+        return {"plans_compacted": plans, "results_shortened": results}
 
     @property
     def statement(self) -> dict[str, Any]:
@@ -170,8 +197,8 @@ class Broker:
 
     def close(self) -> None:
         self._stopping.set()
-        if self._health_thread is not None:
-            self._health_thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._close_parts()
 
     # ------------------------------------------------------------------ submit
@@ -194,22 +221,33 @@ class Broker:
 
     def submit_undo(self, requester: str, action_id: str) -> dict[str, Any]:
         """Undo one action: a plan of one ``action.undo`` intent, approved like any write."""
-        return self._undo_plan(requester, [self._undoable(action_id)])
+        return self._undo_plan(requester, [self._undoable(requester, action_id)])
 
     def submit_plan_undo(self, requester: str, plan_id: str) -> dict[str, Any]:
         """Undo every done action of a plan, newest first, under one approval."""
-        if self.plans.plan_row(plan_id) is None:
+        plan = self.plans.plan_row(plan_id)
+        if plan is None or not self._may_undo(requester, plan.requester):
             raise NotFound(f"no plan {plan_id!r}")
         actions = [a for a in self.plans.actions(plan_id) if a.undoable]
         if not actions:
             raise ApplianceError(
                 f"plan {plan_id} has no action left to undo", code="not_undoable", status=409
             )
-        return self._undo_plan(requester, [self._undoable(a.action_id) for a in reversed(actions)])
+        return self._undo_plan(
+            requester, [self._undoable(requester, a.action_id) for a in reversed(actions)]
+        )
 
-    def _undoable(self, action_id: str) -> ActionRow:
+    def _may_undo(self, requester: str, owner: str) -> bool:
+        """A desktop undoes its own actions; only the box's console anyone's."""
+        if requester == owner:
+            return True
+        client = self.evaluator.requester(requester)
+        return client is not None and client.grant.owner
+
+    def _undoable(self, requester: str, action_id: str) -> ActionRow:
         action = self.plans.action(action_id)
-        if action is None:
+        plan = self.plans.plan_row(action.plan_id) if action else None
+        if action is None or plan is None or not self._may_undo(requester, plan.requester):
             raise NotFound(f"no action {action_id!r}")
         if action.undone_by:
             raise ApplianceError(
@@ -268,14 +306,20 @@ class Broker:
             "status": status.value,
             "intents": [e.decided(with_derived=kind is PlanKind.intents) for e in evaluated],
         }
+        # Reads that run at once change nothing: their plan is recorded once,
+        # as it ends (``plan.read``), not decision and action by action.
+        read_only = status is PlanStatus.running and all(
+            e.intent.verb in READ_VERBS for e in evaluated
+        )
         with self._lock:
             approval = self._ask(kind, plan_id, requester, summary, digest, decided, status)
             try:
-                # The decision is on the record before anything may act on it.
-                self.audit.append(
-                    "plan.decided",
-                    {**decided, "approval_id": approval.approval_id if approval else None},
-                )
+                if not read_only:
+                    # The decision is on the record before anything may act on it.
+                    self.audit.append(
+                        "plan.decided",
+                        {**decided, "approval_id": approval.approval_id if approval else None},
+                    )
                 self.plans.insert(
                     plan_id=plan_id,
                     kind=kind,
@@ -291,7 +335,7 @@ class Broker:
                     self.approvals.cancel(approval.approval_id)
                 raise
         if status is PlanStatus.running:
-            self.executor.run_plan(plan_id)
+            self.executor.run_plan(plan_id, read_only=read_only)
         out = self.plans.public(plan_id)
         assert out is not None  # stored just above
         return out
@@ -383,22 +427,23 @@ class Broker:
 
     def attestation(self, nonce: bytes) -> dict[str, Any]:
         """A TPM2_Quote over the sealing PCRs and a TPM2_Certify of the device
-        key, both by the attestation key and both carrying the caller's nonce."""
-        tpm = self.keystore.tpm
-        if tpm is None:
-            raise ApplianceError(
-                "attestation needs the TPM; this box runs on the UNSAFE development key",
-                code="no_tpm",
-                status=501,
-            )
-        pcrs = sorted(self.config.seal_pcrs)
-        return {
-            "quote": attestation.quote(tpm, nonce, pcrs),
-            "certify": attestation.certify(tpm, nonce, DEVICE_KEY_HANDLE),
-            "ak_pem": attestation.ak_public_pem(tpm).decode(),
-            "ek_pem": (self.config.keys_dir / "ek.pub.pem").read_text(),
-            "device_key_pem": self.signer.public_key_pem().decode(),
-        }
+        key, both carrying the caller's nonce (``issuer.attestation.attest``)."""
+        return attestation.attest(
+            self.keystore.tpm, nonce, self.config.seal_pcrs, self.config.keys_dir, self.signer
+        )
+
+    def revoke_client(self, client_id: str) -> dict[str, Any]:
+        """Revoke a desktop: its credential stops working, and nothing it asked
+        for runs any more (its waiting approvals are withdrawn, its tasks end,
+        and the executor refuses any action of a requester no longer paired)."""
+        self.pairing.clients.revoke(client_id)
+        withdrawn = self.approvals.cancel_requester(client_id, by="revoked")
+        tasks = self.tasks.cancel_requester(client_id)
+        self.audit.append(
+            "client.revoked",
+            {"client_id": client_id, "approvals_withdrawn": withdrawn, "tasks_ended": tasks},
+        )
+        return {"revoked": client_id, "approvals_withdrawn": withdrawn, "tasks_ended": tasks}
 
     def revoke_all_tokens(self) -> int:
         """Bump the epoch: every earlier boot statement and capability token is
@@ -423,13 +468,6 @@ class Broker:
         privileged can run (TPM gone or locked out, audit log closed)."""
         problems = self.health()["problems"]
         self.panel.set_fault("; ".join(problems) if problems else None)
-
-    def _watch_health(self) -> None:
-        while not self._stopping.wait(HEALTH_INTERVAL_S):
-            try:
-                self._update_fault()
-            except Exception:  # noqa: BLE001 - the watcher must outlive a bad check
-                log.exception("health check for the panel failed")
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: whether privileged actions can run, and if not, why."""

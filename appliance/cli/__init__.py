@@ -215,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--name", default=os.uname().nodename, help="this desktop's name")
     pair.add_argument("--fingerprint", help="the box's TLS certificate fingerprint")
     pair.add_argument("--timeout", type=float, default=180.0)
+    pair.add_argument(
+        "--read", action="append", metavar="SHARE", help="a share this desktop may read"
+    )
+    pair.add_argument(
+        "--write",
+        action="append",
+        metavar="SHARE",
+        help="a share this desktop may read and change (changes still wait for a press)",
+    )
+    pair.add_argument(
+        "--audit", action="store_true", help="may read everyone's history and the whole log"
+    )
+    pair.add_argument("--days", type=float, help="the pairing ends after this many days")
     desktop(pair)
     pair.set_defaults(func=cmd_pair)
 

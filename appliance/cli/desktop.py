@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from appliance.cli.output import out
 
@@ -25,8 +26,15 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
     client = ApplianceClient(args.url, fingerprint=args.fingerprint)
     print(f"asking {args.url} to pair as {args.name!r}...")
+    grant: dict[str, Any] | None = None
+    if args.read or args.write or args.audit or args.days:
+        shares = {s: "read" for s in args.read or []} | {s: "read-write" for s in args.write or []}
+        grant = {"shares": shares or None, "audit": args.audit}
+        if args.days:
+            grant["expires_in_s"] = int(args.days * 86400)
     client.pair(
         args.name,
+        grant=grant,
         timeout=args.timeout,
         on_code=lambda code: print(
             f"verification {_code(code)}: approve on the box (hold the button for a second, "

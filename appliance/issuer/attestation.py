@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,9 @@ from tpm2_pytss import (
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
 from appliance.errors import ApplianceError
-from appliance.issuer.keys import key_id
+from appliance.issuer.keys import Signer, key_id
 from appliance.issuer.pcr_policy import pcr_selection, read_pcrs
-from appliance.issuer.tpm import Tpm, TpmError
+from appliance.issuer.tpm import DEVICE_KEY_HANDLE, Tpm, TpmError
 
 log = logging.getLogger("appliance.attestation")
 
@@ -227,6 +227,27 @@ def provision(tpm: Tpm, keys_dir: Path) -> dict[str, Any]:
         "ak_kid": key_id(ak_pem),
         "ek_certificate": bool(cert),
         "created": created,
+    }
+
+
+def attest(
+    tpm: Tpm | None, nonce: bytes, pcrs: Iterable[int], keys_dir: Path, device: Signer
+) -> dict[str, Any]:
+    """What ``GET /v1/attestation`` answers: a quote over ``pcrs`` and a
+    certification of the device key, both by the attestation key and both
+    carrying the caller's nonce, with the public keys to check them."""
+    if tpm is None:
+        raise ApplianceError(
+            "attestation needs the TPM; this box runs on the UNSAFE development key",
+            code="no_tpm",
+            status=501,
+        )
+    return {
+        "quote": quote(tpm, nonce, sorted(pcrs)),
+        "certify": certify(tpm, nonce, DEVICE_KEY_HANDLE),
+        "ak_pem": ak_public_pem(tpm).decode(),
+        "ek_pem": (keys_dir / "ek.pub.pem").read_text(),
+        "device_key_pem": device.public_key_pem().decode(),
     }
 
 

@@ -460,10 +460,11 @@ class TokenService:
             conn.execute("DELETE FROM token_spent WHERE expires_at <= ?", (row[0],))
         self._last_prune = now
 
-    def prune(self) -> int:
-        """Prune now (normally done during spends); returns the spent ids left."""
+    def prune(self, now: float | None = None) -> int:
+        """Prune now (normally done during spends; ``now``: as if at that time);
+        returns the spent ids left."""
         with self.db.tx() as conn:
-            self._prune(conn, self.clock())
+            self._prune(conn, self.clock() if now is None else now)
         return self.spent_count()
 
     def spent_count(self) -> int:

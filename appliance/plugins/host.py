@@ -53,6 +53,7 @@ from appliance.issuer.plugin_tokens import (
     verify_plugin_call,
 )
 from appliance.issuer.tokens import TokenService
+from appliance.plugins.egress import pinned_url, remote_address
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
@@ -246,6 +247,9 @@ class _Calls:
         self.count = 0
         self.proposals: list[Intent] = []
         self.deadline = time.monotonic() + self.limits.seconds
+        # File content this run read: anything it sends out afterwards could
+        # carry it, so by default that needs a press (which a run cannot wait for).
+        self.read_content = False
 
     def __call__(self, raw: bytes) -> bytes:
         self.count += 1
@@ -270,7 +274,9 @@ class _Calls:
             raise PluginStopped(
                 'a host call must be a JSON object with "op" and "token"', code="plugin_bad_call"
             ) from None
-        what = str(request.get("resource") or request.get("url") or "")[:200]
+        # What the call names, for the log and the reason: a URL without its
+        # query string (which could carry what the plugin read).
+        what = str(request.get("resource") or request.get("url") or "").partition("?")[0][:200]
         try:
             if op == PLUGIN_HTTP_OP:
                 answer = self._http(request, token)
@@ -281,10 +287,17 @@ class _Calls:
         except (ScopeError, TokenError) as e:
             self._refused(op, what, e)
         except (ExecutionError, NotFound) as e:
+            if e.code == "needs_approval":
+                # Not a failure of the plugin's, but a refusal all the same: on record.
+                self._audit_refusal(op, what, e)
             return canonical_json({"ok": False, **e.to_dict()})
         return canonical_json({"ok": True, "result": answer})
 
     def _refused(self, op: str, what: str, e: ApplianceError) -> None:
+        self._audit_refusal(op, what, e)
+        raise PluginStopped(f"its {op} of {what!r} was refused: {e.reason}", code=e.code)
+
+    def _audit_refusal(self, op: str, what: str, e: ApplianceError) -> None:
         self.host.audit.append(
             "plugin.call_refused",
             {
@@ -296,7 +309,6 @@ class _Calls:
                 "error": e.to_dict(),
             },
         )
-        raise PluginStopped(f"its {op} of {what!r} was refused: {e.reason}", code=e.code)
 
     def _verify(self, call: PluginCall, token: str) -> None:
         verify_plugin_call(
@@ -347,6 +359,8 @@ class _Calls:
                 code="needs_approval",
             )
         assert op in PLUGIN_READ_OPS
+        if op == "file.read":
+            self.read_content = True
         outcome = host.files.execute(op, host.shares.parse(evaluated.resource), params)
         host.audit.append(
             "plugin.call",
@@ -381,17 +395,32 @@ class _Calls:
         )
         self._verify(PluginCall(PLUGIN_HTTP_OP, host=origin), token)
         decision = self.host.evaluator.policy.decide(
-            PolicyRequest(verb=NET_VERB, requester=self.requester, share=None, path=origin)
+            PolicyRequest(
+                verb=NET_VERB,
+                requester=self.requester,
+                share=None,
+                path=origin,
+                after_read=self.read_content,
+            )
         )
         if decision.decision == "deny":
             raise ScopeError(" ".join(decision.reasons), code="denied")
         if decision.decision != "allow":
+            why = (
+                " (it read file content in this run, which the request could carry)"
+                if self.read_content
+                else ""
+            )
             raise ExecutionError(
-                f"a request to {origin} needs approval; a plugin run cannot wait for a press",
+                f"a request to {origin} needs approval{why}; a plugin run cannot wait for a press",
                 code="needs_approval",
             )
         limit = self.limits.http_response_bytes
-        headers = {"user-agent": f"appliance-plugin/{self.plugin.manifest.name}"}
+        address = remote_address(parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        headers = {
+            "user-agent": f"appliance-plugin/{self.plugin.manifest.name}",
+            "host": parts.netloc,
+        }
         if body:
             headers["content-type"] = "application/json" if body[:1] in "{[" else "text/plain"
         try:
@@ -399,7 +428,14 @@ class _Calls:
                 httpx.Client(
                     timeout=self.limits.http_timeout_s, follow_redirects=False, trust_env=False
                 ) as client,
-                client.stream(method, url, content=body.encode(), headers=headers) as response,
+                client.stream(
+                    method,
+                    pinned_url(parts, address),
+                    content=body.encode(),
+                    headers=headers,
+                    # TLS checks the certificate against the name, not the address.
+                    extensions={"sni_hostname": parts.hostname},
+                ) as response,
             ):
                 data = b""
                 for chunk in response.iter_bytes():
@@ -420,6 +456,11 @@ class _Calls:
                 "method": method,
                 "origin": origin,
                 "path": parts.path[:200],
+                # A secret in the query string leaves a trace too (its digest).
+                "query_sha256": hashlib.sha256(parts.query.encode()).hexdigest()
+                if parts.query
+                else None,
+                "after_read": self.read_content,
                 "status": status,
                 "request_sha256": hashlib.sha256(body.encode()).hexdigest(),
                 "response_bytes": min(len(data), limit),

@@ -9,7 +9,8 @@ A cases file (``tests/cases.json`` inside a policy directory) looks like::
        "expect": {"decision": "allow", "risk": "low", "rules": ["read-inside-share"]}}
     ]}
 
-``request`` holds :class:`PolicyRequest` fields; ``expect.rules`` is optional
+``request`` holds :class:`PolicyRequest` fields (``grant`` as a pairing's grant,
+``{"shares": {"docs": "read-write"}, "audit": false}``); ``expect.rules`` is optional
 and lists policy ids that must be among the deciding ones. The unit tests and
 ``python -m appliance.policy check`` run the same table, so an owner who edits
 a policy can see at once which expectations changed.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.broker.grants import Grant
 from appliance.errors import PolicyUnavailable
 from appliance.policy.engine import RISKS, Decision, PolicyEngine, PolicyRequest
 
@@ -83,6 +85,10 @@ def _case(n: int, item: dict[str, Any]) -> Case:
     if unknown:
         raise PolicyUnavailable(f"policy case {name!r}: unknown request fields {sorted(unknown)}")
     req["derived_fields"] = tuple(req.get("derived_fields", ()))
+    req["proposed_fields"] = tuple(req.get("proposed_fields", ()))
+    if "grant" in req:
+        # {"shares": {"docs": "read" | "read-write"}, "audit": bool, "owner": bool}
+        req["grant"] = Grant.from_json(req["grant"])
     expect = item.get("expect", {})
     if (
         expect.get("decision") not in ("allow", "approve", "deny")

@@ -19,10 +19,13 @@ and any error while evaluating a request (which Cedar would otherwise report
 as "this policy was skipped") makes :meth:`PolicyEngine.decide` raise it too;
 neither ever turns into an allow.
 
-Two guards are built into the engine, below any policy an owner can edit,
+Guards are built into the engine, below any policy an owner can edit,
 because the threat model depends on them: file requests outside every share
-are denied, and a change with any field derived from read content is never
-allowed without approval.
+are denied; a requester's grant bounds what it may read and change; a
+desktop reading the API sees only its own records unless its grant says
+otherwise; a change with any field derived from read content is never
+allowed without approval; and a change the box's model proposed is allowed
+without approval only by a rule that says so (``@model_proposals("allowed")``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Literal
 
 import cedarpy
 
+from appliance.broker.grants import Grant
 from appliance.errors import PolicyUnavailable
 from appliance.verbs import (
     CHANGE_VERBS,
@@ -43,6 +47,7 @@ from appliance.verbs import (
     NET_VERB,
     PAIR_VERB,
     UNDO_VERB,
+    VIEW_VERBS,
     Group,
     spec,
 )
@@ -76,6 +81,12 @@ GUARD_DERIVED = (
     "Details of this change came from content the model read; the appliance never "
     "makes such a change without a person's approval (built-in rule)."
 )
+GUARD_MODEL = (
+    "The box's model proposed this change (its input includes file names anyone with "
+    "a share can write); no rule lets such a change run without a press (built-in rule)."
+)
+GUARD_VIEW = "A desktop sees only its own plans, tasks and approvals (built-in rule)."
+MODEL_ANNOTATION = "model_proposals"
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,16 @@ class PolicyRequest:
     to_path: str | None = None
     derived_fields: tuple[str, ...] = ()
     is_dir: bool | None = None
+    # Fields the box's model proposed (a task's plan): every field of it.
+    proposed_fields: tuple[str, ...] = ()
+    # The requester's grant and name. None: no grant applies (a policy test
+    # case, an unpaired device asking to pair); the broker always gives one.
+    grant: Grant | None = None
+    name: str = ""
+    # A read of the API (view.*): is the record the requester's own?
+    mine: bool = False
+    # A plugin's web request (net.request): did its run read file content first?
+    after_read: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,8 @@ class PolicyRule:
     reason: str
     risk: Risk
     source: str
+    # The rule lets a change the box's model proposed run without a press.
+    model_proposals: bool = False
 
 
 def _max_risk(risks: list[Risk]) -> Risk:
@@ -255,63 +278,99 @@ class PolicyEngine:
             tuple(ordered),
         )
 
-    @staticmethod
-    def _guard(req: PolicyRequest, d: Decision) -> Decision:
+    def _guard(self, req: PolicyRequest, d: Decision) -> Decision:
         """Built-in floors no policy file can lower (they only ever tighten)."""
+        if req.verb in VIEW_VERBS:
+            sees_all = req.grant is not None and req.grant.sees_all
+            if d.decision != "allow" or not (req.mine or sees_all):
+                return Decision(
+                    "deny", "high", (GUARD_VIEW,) if d.decision == "allow" else d.reasons
+                )
+            return d
         if req.verb in FILE_VERBS:
             outside = req.share is None or (req.to_path is not None and req.to_share is None)
             if outside and d.decision != "deny":
                 return Decision("deny", "high", (GUARD_OUTSIDE,))
+            refused = _beyond_grant(req)
+            if refused and d.decision != "deny":
+                return Decision("deny", "high", (refused,))
         if req.verb in CHANGE_VERBS and req.derived_fields and d.decision == "allow":
             return Decision("approve", "high", (GUARD_DERIVED, *d.reasons), d.rules)
+        if req.verb in CHANGE_VERBS and req.proposed_fields and d.decision == "allow":
+            permits = [self._rules[r] for r in d.rules if r in self._rules]
+            if not permits or not all(r.model_proposals for r in permits):
+                return Decision("approve", "high", (GUARD_MODEL, *d.reasons), d.rules)
         return d
 
     @staticmethod
     def _cedar_requests(req: PolicyRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The two Cedar requests (without and with approval) and their entities."""
         principal = {"type": "Requester", "id": req.requester}
-        if req.verb == PAIR_VERB:
-            resource = {"type": "Appliance", "id": "this"}
-            entities: list[dict[str, Any]] = []
-            base: dict[str, Any] = {}
-        elif req.verb == NET_VERB:
-            resource = {"type": "Host", "id": req.path}
-            entities = []
-            base = {"host": req.path}
-        else:
-            if req.share is not None:
-                share = {"type": "Share", "id": req.share}
-                resource = {"type": "File", "id": f"share:{req.share}/{req.path}"}
-                entities = [
-                    {"uid": share, "attrs": {}, "parents": []},
-                    {"uid": resource, "attrs": {}, "parents": [share]},
-                ]
-            else:
-                resource = {"type": "File", "id": req.path}
-                entities = [{"uid": resource, "attrs": {}, "parents": []}]
-            has_destination = req.to_path is not None or req.to_share is not None
-            base = {
-                "in_share": req.share is not None,
-                "share": req.share or "",
-                "path": req.path,
-                "is_dir": req.is_dir is not False,
-                "has_destination": has_destination,
-                "to_in_share": req.to_share is not None,
-                "to_share": req.to_share or "",
-                "to_path": req.to_path or "",
-                "derived_fields": sorted(set(req.derived_fields)),
-            }
+        grant = req.grant or Grant()
+        requester = {"uid": principal, "attrs": grant.principal(req.name), "parents": []}
+        entities, base = PolicyEngine._resource(req)
         action = {"type": "Action", "id": req.verb}
         requests = [
             {
                 "principal": principal,
                 "action": action,
-                "resource": resource,
+                "resource": entities[0]["uid"],
                 "context": {**base, "approved": approved},
             }
             for approved in (False, True)
         ]
-        return requests, entities
+        return requests, [requester, *entities]
+
+    @staticmethod
+    def _resource(req: PolicyRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The resource entity (first) with its parents, and the request's context."""
+        if req.verb in VIEW_VERBS:
+            resource = {"type": "Record", "id": req.path}
+            return [{"uid": resource, "attrs": {}, "parents": []}], {"mine": req.mine}
+        if req.verb == PAIR_VERB:
+            return [{"uid": {"type": "Appliance", "id": "this"}, "attrs": {}, "parents": []}], {}
+        if req.verb == NET_VERB:
+            host = {"uid": {"type": "Host", "id": req.path}, "attrs": {}, "parents": []}
+            return [host], {"host": req.path, "after_read": req.after_read}
+        if req.share is not None:
+            share = {"type": "Share", "id": req.share}
+            file = {"type": "File", "id": f"share:{req.share}/{req.path}"}
+            entities: list[dict[str, Any]] = [
+                {"uid": file, "attrs": {}, "parents": [share]},
+                {"uid": share, "attrs": {}, "parents": []},
+            ]
+        else:
+            entities = [{"uid": {"type": "File", "id": req.path}, "attrs": {}, "parents": []}]
+        return entities, {
+            "in_share": req.share is not None,
+            "share": req.share or "",
+            "path": req.path,
+            "is_dir": req.is_dir is not False,
+            "has_destination": req.to_path is not None or req.to_share is not None,
+            "to_in_share": req.to_share is not None,
+            "to_share": req.to_share or "",
+            "to_path": req.to_path or "",
+            "derived_fields": sorted(set(req.derived_fields)),
+            "proposed_fields": sorted(set(req.proposed_fields)),
+        }
+
+
+def _beyond_grant(req: PolicyRequest) -> str | None:
+    """Why a file request is beyond the requester's grant, or None. A copy
+    reads its source and changes its destination; every other change changes
+    its own share (and a move its destination too)."""
+    grant = req.grant
+    if grant is None:
+        return None
+    if not grant.reads(req.share):
+        return f"This desktop's grant does not include the share {req.share!r}."
+    if req.verb not in CHANGE_VERBS:
+        return None
+    changed = [req.to_share] if req.verb == "file.copy" else [req.share, req.to_share]
+    for share in changed:
+        if share is not None and not grant.writes(share):
+            return f"This desktop's grant lets it read the share {share!r}, not change it."
+    return None
 
 
 def _check_registry(schema: cedarpy.Schema) -> None:
@@ -395,7 +454,15 @@ def _parse_file(path: Path, text: str) -> list[tuple[PolicyRule, dict[str, Any]]
                 f"{path.name}: policy {ann['id']!r} has @risk({ann['risk']!r}); "
                 "use low, medium or high"
             )
-        rule = PolicyRule(ann["id"], policy["effect"], ann["reason"], ann["risk"], path.name)
+        model = ann.get(MODEL_ANNOTATION)
+        if model not in (None, "allowed"):
+            raise PolicyUnavailable(
+                f"{path.name}: policy {ann['id']!r} has @{MODEL_ANNOTATION}({model!r}); "
+                'the only value is "allowed"'
+            )
+        rule = PolicyRule(
+            ann["id"], policy["effect"], ann["reason"], ann["risk"], path.name, model == "allowed"
+        )
         out.append((rule, policy))
     return out
 

@@ -12,6 +12,7 @@ from appliance.agent.planner import Planner
 from appliance.agent.server import AgentServer
 from appliance.broker.tasks import FOLDER_NAME
 from appliance.intents import Intent
+from tests.pairing import paired
 from tests.unit.test_api import make_broker
 
 CONTENTS = {
@@ -37,7 +38,8 @@ def broker_with_agent(tmp_path: Path, planner: Planner):
 
 def test_content_only_names_the_folder(broker_with_agent) -> None:
     broker, share = broker_with_agent
-    task_id = broker.tasks.tasks.create("cl_test", "0" * 64)
+    client_id = paired(broker)
+    task_id = broker.tasks.tasks.create(client_id, "0" * 64)
     planned = [
         Intent(verb="file.mkdir", resource="share:docs/2000"),
         *[
@@ -49,7 +51,9 @@ def test_content_only_names_the_folder(broker_with_agent) -> None:
             for n in CONTENTS
         ],
     ]
-    filled = broker.tasks.fill_from_content(task_id, planned, {"field": "year", "type": "integer"})
+    filled = broker.tasks.fill_from_content(
+        task_id, client_id, planned, {"field": "year", "type": "integer"}
+    )
     moves = [i for i in filled if i.verb == "file.move"]
     for move in moves:
         to = broker.shares.parse(move.params["to"])
@@ -59,7 +63,7 @@ def test_content_only_names_the_folder(broker_with_agent) -> None:
         assert move.derived_fields() == ["params.to"]
     assert {i.verb for i in filled} <= {"file.mkdir", "file.move"}
     # The content-derived moves reach the policy as such: never plainly allowed.
-    plan = broker.submit("cl_test", filled)
+    plan = broker.submit(client_id, filled)
     assert plan["status"] == "pending_approval"
     for intent in plan["intents"]:
         assert intent["decision"] == "approve"

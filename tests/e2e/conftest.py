@@ -84,8 +84,10 @@ class Box:
         time.sleep(1.2)
         return self.cli("panel", decision, "--state-dir", str(self.state))
 
-    def pair(self, name: str = "laptop") -> httpx.Client:
-        r = httpx.post(self.url + "/v1/pairings", json={"name": name})
+    def pair(self, name: str = "laptop", grant: dict | None = None) -> httpx.Client:
+        """A desktop paired to read and change the share docs (unless ``grant``)."""
+        grant = grant or {"shares": {"docs": "read-write"}}
+        r = httpx.post(self.url + "/v1/pairings", json={"name": name, "grant": grant})
         assert r.status_code == 202, r.text
         pairing = r.json()
         assert (

@@ -55,7 +55,9 @@ def test_kill_mid_plan(box: Box) -> None:
     # Restarting settles the interrupted move: each file in exactly one place.
     assert all(len(places(name)) == 1 for name in contents)
     box.cli("audit", "verify", "--state-dir", str(box.state))
-    desk = box.pair("laptop-again")
+    # The same desktop's credential outlives the restart; another desktop
+    # would not be shown this plan at all.
+    assert box.pair("someone-else").get(f"/v1/plans/{plan_id}").status_code == 404
     plan = desk.get(f"/v1/plans/{plan_id}").json()
     assert plan["status"] == "failed"
     statuses = {i["status"] for i in plan["intents"]}

@@ -112,6 +112,6 @@ def test_killed_agent_fails_the_task_and_changes_nothing(agent_box: Box) -> None
         box.press("deny")
         task = wait_task(desk, task_id, {"denied"})
     else:
-        assert task["status"] == "failed" and "agent" in task["error"]
+        assert task["status"] == "failed" and "model" in task["error"]
     after = {p: p.read_bytes() for p in box.share.rglob("*") if p.is_file()}
     assert after == before

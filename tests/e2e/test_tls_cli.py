@@ -57,6 +57,8 @@ def test_pinned_tls_pairing_submit_and_undo(tls_box: Box, tmp_path: Path) -> Non
             box.url,
             "--name",
             "desk",
+            "--write",
+            "docs",
             "--fingerprint",
             fp,
             "--credentials",

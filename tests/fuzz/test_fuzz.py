@@ -15,6 +15,7 @@ from appliance.broker.scope import Shares
 from appliance.config import ApprovalSettings, Config, Limits
 from appliance.errors import ScopeError
 from appliance.intents import VERBS
+from tests.pairing import credential
 
 SEGMENT = st.one_of(
     st.sampled_from(["..", ".", "", "a", "Inbox", "x.pdf", "\x00", "a\\b", " ", "\u202e"]),
@@ -86,9 +87,7 @@ def api(tmp_path_factory: pytest.TempPathFactory):
         )
     )
     http = TestClient(create_app(broker))
-    pairing = broker.clients.new_pairing("fuzz")
-    broker.clients.set_pairing_status(pairing, "approved")
-    http.headers["Authorization"] = "Bearer " + broker.clients.deliver(pairing)["credential"]
+    http.headers["Authorization"] = "Bearer " + credential(broker, "fuzz")
     yield http, share
     broker.close()
 

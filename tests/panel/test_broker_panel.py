@@ -86,7 +86,8 @@ def box(tmp_path: Path) -> Iterator[Box]:
 def pair(box: Box) -> str:
     box.hold(0.95)  # open the pairing window
     wait_for(lambda: box.broker.approvals.pairing_window())
-    r = box.http.post("/v1/pairings", json={"name": "laptop"})
+    grant = {"shares": {"docs": "read-write"}}
+    r = box.http.post("/v1/pairings", json={"name": "laptop", "grant": grant})
     assert r.status_code == 202, r.text
     box.armed()
     box.hold(0.4)

@@ -15,6 +15,7 @@ from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, PluginLimits
 from appliance.plugins import package
 from appliance.plugins.build import TOOLCHAIN, compile_plugin
+from tests.pairing import paired
 
 HOSTILE = Path(__file__).parent / "hostile"
 SOURCES = {
@@ -44,6 +45,7 @@ def publisher_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def hostile_manifest() -> dict[str, Any]:
     verbs = ["spin", "bomb", "read", "write", "fetch", "leak", "present", "logflood", "outflood"]
+    verbs += ["exfil"]
     return {
         "name": "hostile",
         "version": "6.6.6",
@@ -122,3 +124,9 @@ def entries(broker: Broker, kind: str) -> list[dict[str, Any]]:
         out += [e["data"] for e in batch if e["kind"] == kind]
         start += len(batch)
     return out
+
+
+@pytest.fixture
+def laptop(broker: Broker) -> str:
+    """The client id of a desktop paired to read and change every share."""
+    return paired(broker)

@@ -10,16 +10,20 @@ from pathlib import Path
 import biscuit_auth as biscuit
 import pytest
 
+from appliance.box import open_box
 from appliance.broker.service import Broker
+from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.plugins import package
 from appliance.plugins.package import PluginRefused
+from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, entries, hostile_manifest, make_plugin
+from tests.remote import remote_hub
 
 
 def stopped(broker: Broker, verb: str, value: object = None) -> ApplianceError:
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "hostile", verb, value)
+        broker.run_plugin(paired(broker), "hostile", verb, value)
     err = info.value
     assert err.reason.startswith("plugin hostile 6.6.6 (run run_"), err.reason
     assert entries(broker, "plugin.stopped")[-1]["code"] == err.code
@@ -83,9 +87,9 @@ def test_reading_outside_its_shares_is_stopped(
     assert not entries(broker, "plugin.call")  # nothing was read
 
 
-def test_reading_inside_its_grant_works(broker: Broker, install) -> None:
+def test_reading_inside_its_grant_works(broker: Broker, install, laptop: str) -> None:
     install("hostile")
-    out = broker.run_plugin("laptop", "hostile", "read", "share:docs/Inbox/a.pdf")
+    out = broker.run_plugin(laptop, "hostile", "read", "share:docs/Inbox/a.pdf")
     assert out["output"] == "%PDF a"
     assert entries(broker, "plugin.call")[-1]["resource"] == "share:docs/Inbox/a.pdf"
 
@@ -122,9 +126,9 @@ def test_a_forged_token_is_refused(broker: Broker, install) -> None:
     assert err.code == "token_forged"
 
 
-def test_a_token_from_another_run_is_refused(broker: Broker, install) -> None:
+def test_a_token_from_another_run_is_refused(broker: Broker, install, laptop: str) -> None:
     install("hostile")
-    leaked = broker.run_plugin("laptop", "hostile", "leak")["output"]
+    leaked = broker.run_plugin(laptop, "hostile", "leak")["output"]
     err = stopped(broker, "present", {"token": leaked, "resource": "share:docs/"})
     assert err.code == "token_mismatch"
     assert "another plugin run" in err.reason
@@ -223,13 +227,13 @@ def test_unsigned_tampered_and_unpinned_plugins_do_not_load(
 
 
 def test_a_plugin_tampered_after_install_does_not_run(
-    broker: Broker, install, modules: dict[str, bytes]
+    broker: Broker, install, modules: dict[str, bytes], laptop: str
 ) -> None:
     install("hostile")
     installed = broker.config.plugins_dir / "hostile"
     (installed / "plugin.wasm").write_bytes(modules["hostile"] + b"\x00")
     with pytest.raises(PluginRefused) as info:
-        broker.run_plugin("laptop", "hostile", "leak", None)
+        broker.run_plugin(laptop, "hostile", "leak", None)
     assert info.value.code == "plugin_tampered"
     assert entries(broker, "plugin.refused")[-1]["error"]["code"] == "plugin_tampered"
     assert broker.plugins.list()[0]["status"] == "refused"
@@ -237,7 +241,7 @@ def test_a_plugin_tampered_after_install_does_not_run(
 
 
 def test_a_module_importing_wasi_is_refused(
-    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str]
+    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str], laptop: str
 ) -> None:
     import wasmtime
 
@@ -249,7 +253,7 @@ def test_a_module_importing_wasi_is_refused(
     folder = make_plugin(tmp_path / "w", bytes(wasm), manifest, publisher_key[0])
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "wasi", "leak", None)
+        broker.run_plugin(laptop, "wasi", "leak", None)
     assert info.value.code == "plugin_invalid"
     assert "wasi_snapshot_preview1.fd_write" in info.value.reason
     assert PUBLISHER in broker.config.plugin_publishers
@@ -266,7 +270,7 @@ def test_a_run_past_its_wall_clock_is_stopped(broker: Broker, install) -> None:
 
 
 def test_a_verb_with_the_wrong_signature_is_refused(
-    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str]
+    broker: Broker, tmp_path: Path, publisher_key: tuple[Path, str], laptop: str
 ) -> None:
     import wasmtime
 
@@ -279,7 +283,95 @@ def test_a_verb_with_the_wrong_signature_is_refused(
     )
     broker.plugins.store.install(folder)
     with pytest.raises(ApplianceError) as info:
-        broker.run_plugin("laptop", "sig", "leak", None)
+        broker.run_plugin(laptop, "sig", "leak", None)
     assert (
         info.value.code == "plugin_invalid" and "taking and returning nothing" in info.value.reason
     )
+
+
+def exfil_manifest(origin: str) -> dict:
+    manifest = hostile_manifest()
+    manifest["capabilities"]["hosts"] = [origin]
+    return manifest
+
+
+def test_content_read_in_a_run_does_not_leave_without_a_press(
+    broker: Broker, install, laptop: str, shares: dict[str, Path]
+) -> None:
+    """Its manifest lists the host and the owner's policy allows it: still,
+    once the run has read a file, nothing goes out without a press."""
+    with remote_hub() as hub:
+        install("hostile", exfil_manifest(hub.origin))
+        (shares["docs"] / "Inbox" / "tax.txt").write_text("SECRET-INCOME-42")
+        args = {"resource": "share:docs/Inbox/tax.txt", "url": hub.origin + "/api/notify"}
+        broker.run_plugin(laptop, "hostile", "exfil", args)
+        assert hub.received == []
+        (refused,) = [
+            e["data"] for e in broker.audit.entries(0, 10_000) if e["kind"] == "plugin.call_refused"
+        ]
+        assert refused["error"]["code"] == "needs_approval"
+        assert "read file content" in refused["error"]["reason"]
+        text = json.dumps(broker.audit.entries(0, 10_000))
+        assert "SECRET-INCOME-42" not in text
+
+
+def test_an_owner_may_let_one_host_receive_content_and_the_query_leaves_a_trace(
+    tmp_path: Path, shares: dict[str, Path], publisher_key, modules
+) -> None:
+    from appliance.config import DEFAULT_POLICY_DIR
+
+    hub_context = remote_hub()
+    hub = hub_context.__enter__()
+    policies = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, policies)
+    (policies / "local.cedar").write_text(
+        '@id("hub-may-receive") @reason("The hub may receive file content.") @risk("medium")\n'
+        'permit (principal, action == Action::"net.request", resource)'
+        f' when {{ context.host == "{hub.origin}" }};\n'
+    )
+    b = open_box(
+        Config(
+            state_dir=tmp_path / "state",
+            shares=shares,
+            dev=True,
+            keystore="dev",
+            policy_dir=policies,
+            plugin_publishers={PUBLISHER: publisher_key[1]},
+        )
+    )
+    try:
+        folder = make_plugin(
+            tmp_path / "dist", modules["hostile"], exfil_manifest(hub.origin), publisher_key[0]
+        )
+        b.plugins.install(folder)
+        (shares["docs"] / "Inbox" / "tax.txt").write_text("SECRET-INCOME-42")
+        args = {"resource": "share:docs/Inbox/tax.txt", "url": hub.origin + "/api/notify"}
+        b.run_plugin(paired(b), "hostile", "exfil", args)
+        assert hub.received and "SECRET-INCOME-42" in hub.received[0]["path"]
+        (sent,) = [e["data"] for e in b.audit.entries(0, 10_000) if e["kind"] == "plugin.http"]
+        assert sent["after_read"] is True and sent["query_sha256"]
+        assert "SECRET-INCOME-42" not in json.dumps(b.audit.entries(0, 10_000))
+    finally:
+        b.close()
+        hub_context.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("where", ["loopback", "own LAN address", "localhost name"])
+def test_a_plugin_never_reaches_the_box_itself(
+    broker: Broker, install, laptop: str, where: str
+) -> None:
+    """Its manifest may list the box's own addresses; the broker still never
+    connects to them (the LAN API, a local model server, the development TPM)."""
+    with remote_hub() as hub:
+        target = {
+            "loopback": "http://127.0.0.1:8443",
+            "own LAN address": f"http://{hub.box_address}:8443",
+            "localhost name": "http://localhost:8443",
+        }[where]
+        manifest = hostile_manifest()
+        manifest["capabilities"]["hosts"] = [target]
+        install("hostile", manifest)
+        err = stopped(broker, "fetch", target + "/v1/pairings")
+        assert err.code == "own_address" and "never reaches the box" in err.reason
+        (refused,) = entries(broker, "plugin.call_refused")
+        assert refused["error"]["code"] == "own_address"

@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,39 +17,17 @@ from appliance.api.app import create_app
 from appliance.box import open_box
 from appliance.broker.service import Broker
 from tests.e2e.conftest import Box
+from tests.pairing import paired
 from tests.plugins.conftest import PUBLISHER, SOURCES, entries, make_plugin
-
-
-class Hub:
-    """A home-automation endpoint on 127.0.0.1 that records what it is sent."""
-
-    def __init__(self) -> None:
-        received: list[dict] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["content-length"]))
-                received.append({"path": self.path, "body": json.loads(body)})
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from tests.remote import RemoteHub, remote_hub
 
 
 @pytest.fixture
-def hub() -> Iterator[Hub]:
-    h = Hub()
-    yield h
-    h.server.shutdown()
-    h.server.server_close()
+def hub() -> Iterator[RemoteHub]:
+    """A home-automation endpoint on another host (not the box) that records
+    what it is sent."""
+    with remote_hub() as h:
+        yield h
 
 
 def notify_manifest(origin: str) -> dict:
@@ -60,10 +36,12 @@ def notify_manifest(origin: str) -> dict:
     return manifest
 
 
-def test_ha_notify_calls_its_allow_listed_endpoint(broker: Broker, install, hub: Hub) -> None:
+def test_ha_notify_calls_its_allow_listed_endpoint(
+    broker: Broker, install, hub: RemoteHub, laptop: str
+) -> None:
     install("ha-notify", notify_manifest(hub.origin))
     out = broker.run_plugin(
-        "laptop",
+        laptop,
         "ha-notify",
         "notify",
         {"folder": "share:docs/Inbox", "url": hub.origin + "/api/notify"},
@@ -84,23 +62,21 @@ def test_ha_notify_calls_its_allow_listed_endpoint(broker: Broker, install, hub:
     assert out["plan"] is None  # it changed nothing
 
 
-def test_ha_notify_cannot_reach_another_port(broker: Broker, install, hub: Hub) -> None:
+def test_ha_notify_cannot_reach_another_port(
+    broker: Broker, install, hub: RemoteHub, laptop: str
+) -> None:
     install("ha-notify", notify_manifest(hub.origin))
-    other = Hub()
-    try:
+    with remote_hub(port=8124) as other:
         with pytest.raises(Exception) as info:
             broker.run_plugin(
-                "laptop", "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
+                laptop, "ha-notify", "notify", {"folder": "share:docs/Inbox", "url": other.origin}
             )
         assert getattr(info.value, "code", "") == "capability_refused"
         assert other.received == [] and hub.received == []
-    finally:
-        other.server.shutdown()
-        other.server.server_close()
 
 
 def test_owner_policy_can_forbid_a_listed_host(
-    tmp_path: Path, shares: dict[str, Path], publisher_key, modules, hub: Hub
+    tmp_path: Path, shares: dict[str, Path], publisher_key, modules, hub: RemoteHub
 ) -> None:
     import shutil
 
@@ -130,7 +106,7 @@ def test_owner_policy_can_forbid_a_listed_host(
         b.plugins.install(folder)
         with pytest.raises(Exception) as info:
             b.run_plugin(
-                "laptop", "ha-notify", "notify", {"folder": "share:docs/", "url": hub.origin}
+                paired(b), "ha-notify", "notify", {"folder": "share:docs/", "url": hub.origin}
             )
         assert info.value.code == "denied" and "The hub is off limits." in info.value.reason
         assert hub.received == []
@@ -190,7 +166,7 @@ def test_organise_by_date_end_to_end(
         assert installed["name"] == "organise-by-date" and installed["version"] == "1.0.0"
         verified = json.loads(box.cli("plugins", "verify", "organise-by-date", *state).stdout)
         assert verified["status"] == "ok" and verified["sha256"] == installed["sha256"]
-        client = box.pair()
+        client = box.pair(grant={"shares": {"photos": "read-write"}})
         r = client.post(
             "/v1/plugins/organise-by-date/run",
             json={

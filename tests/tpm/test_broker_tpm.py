@@ -15,6 +15,7 @@ from appliance.config import ApprovalSettings, Config
 from appliance.errors import TokenError
 from appliance.issuer.statement import verify_statement
 from appliance.issuer.swtpm import Swtpm
+from tests.pairing import credential
 from tests.tpm.conftest import restart
 
 
@@ -32,9 +33,7 @@ def make(tmp_path: Path, tcti: str) -> tuple[Broker, TestClient, Path]:
     )
     broker = open_box(config)
     http = TestClient(create_app(broker))
-    pairing = broker.clients.new_pairing("desk")
-    broker.clients.set_pairing_status(pairing, "approved")
-    http.headers["Authorization"] = "Bearer " + broker.clients.deliver(pairing)["credential"]
+    http.headers["Authorization"] = "Bearer " + credential(broker, "desk")
     return broker, http, share
 
 

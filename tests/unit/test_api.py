@@ -54,8 +54,14 @@ def broker(tmp_path: Path, share: Path) -> Iterator[Broker]:
     b.close()
 
 
-def pair(http: TestClient, broker: Broker, name: str = "laptop") -> str:
-    r = http.post("/v1/pairings", json={"name": name})
+# What the tests' desktops ask for: to read and change the share "docs".
+READ_WRITE = {"shares": {"docs": "read-write"}}
+
+
+def pair(
+    http: TestClient, broker: Broker, name: str = "laptop", grant: dict | None = READ_WRITE
+) -> str:
+    r = http.post("/v1/pairings", json={"name": name, "grant": grant})
     assert r.status_code == 202, r.text
     pairing_id = r.json()["pairing_id"]
     assert broker.approvals.press("approve", source="test").accepted
@@ -339,7 +345,7 @@ def test_unpaired_forged_and_revoked_clients_refused(http: TestClient, broker: B
     client_id = good.split()[1].split(".")[0]
     forged = f"Bearer {client_id}.{'A' * 43}"
     assert anon.get("/v1/audit", headers={"Authorization": forged}).status_code == 401
-    broker.pairing.revoke(client_id)
+    broker.revoke_client(client_id)
     r = http.get("/v1/audit")
     assert r.status_code == 401 and r.json()["code"] == "revoked"
 
@@ -664,7 +670,7 @@ def test_pairing_goes_through_policy(tmp_path: Path, share: Path) -> None:
         r = TestClient(create_app(broker)).post("/v1/pairings", json={"name": "desk"})
         assert r.status_code == 403 and "no new desktops" in r.json()["reason"]
         assert broker.approvals.current() is None
-        assert broker.db.one("SELECT COUNT(*) AS n FROM pairings")["n"] == 0
+        assert broker.db.one("SELECT COUNT(*) AS n FROM pairing_requests")["n"] == 0
     finally:
         broker.close()
 
@@ -681,7 +687,8 @@ def test_interrupted_move_is_settled_at_restart(
 
     broker = make_broker(tmp_path, share)
     http = TestClient(create_app(broker))
-    http.headers["Authorization"] = "Bearer " + pair(http, broker)
+    credential = pair(http, broker)
+    http.headers["Authorization"] = "Bearer " + credential
     plan = http.post(
         "/v1/intents",
         json={
@@ -726,7 +733,8 @@ def test_interrupted_move_is_settled_at_restart(
             assert intent["status"] == "done" and intent["undoable"]
             assert not (share / "Inbox" / "a.pdf").exists()
             http = TestClient(create_app(broker))
-            http.headers["Authorization"] = "Bearer " + pair(http, broker, "again")
+            # The same desktop, after the restart: only it may undo its actions.
+            http.headers["Authorization"] = "Bearer " + credential
             undo = http.post(f"/v1/actions/{intent['action_id']}/undo").json()
             broker.approvals.press("approve", source="test")
             assert wait_done(http, undo["plan_id"])["status"] == "done"
@@ -762,7 +770,8 @@ def test_crash_leftovers_are_swept_at_restart(
     (share / "Inbox" / ".appliance-tmp-notes").write_text("mine")  # not our form
     broker = make_broker(tmp_path, share)
     http = TestClient(create_app(broker))
-    http.headers["Authorization"] = "Bearer " + pair(http, broker)
+    credential = pair(http, broker)
+    http.headers["Authorization"] = "Bearer " + credential
     intent = {"verb": verb, "resource": resource, "params": params}
     plan = http.post("/v1/intents", json={"intents": [intent]}).json()
     action, claims = stored_action(broker, plan)
@@ -796,7 +805,8 @@ def test_crash_leftovers_are_swept_at_restart(
         else:
             assert done["status"] == "done" and done["undoable"]
             http = TestClient(create_app(broker))
-            http.headers["Authorization"] = "Bearer " + pair(http, broker, "again")
+            # The same desktop, after the restart: only it may undo its actions.
+            http.headers["Authorization"] = "Bearer " + credential
             undo = http.post(f"/v1/actions/{done['action_id']}/undo").json()
             broker.approvals.press("approve", source="test")
             assert wait_done(http, undo["plan_id"])["status"] == "done"

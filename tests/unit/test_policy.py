@@ -8,11 +8,13 @@ forbid beats permit, and content-derived changes are never plainly allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
+from appliance.broker.grants import Grant
 from appliance.errors import PolicyUnavailable
 from appliance.intents import VERBS, WRITE_VERBS
 from appliance.policy import KNOWN_VERBS, PolicyEngine, PolicyRequest
@@ -305,7 +307,8 @@ def test_check_command_reports_a_broken_policy(
 
 def test_verbs_match_the_intent_language() -> None:
     # If intents gain a verb, the schema and default policy must learn it too.
-    assert set(VERBS) | {"action.undo", "client.pair", "net.request"} == KNOWN_VERBS
+    views = {"view.plan", "view.task", "view.approval", "view.audit"}
+    assert set(VERBS) | {"action.undo", "client.pair", "net.request"} | views == KNOWN_VERBS
     schema = (POLICIES / "schema.cedarschema").read_text()
     for verb in KNOWN_VERBS:
         assert f'"{verb}"' in schema
@@ -319,7 +322,17 @@ def test_owner_examples_in_the_docs_load_and_do_what_they_say(tmp_path: Path) ->
     assert engine.decide(req("file.write", share="scratch")).decision == "allow"
     archive = engine.decide(req("file.write", share="archive"))
     assert (archive.decision, archive.rules) == ("deny", ("archive-read-only",))
-    kids = PolicyRequest("file.read", "kids-laptop", "docs", "a.txt", is_dir=False)
+    # The rules name the desktop by the name it was paired under.
+    grant = Grant(read=frozenset({"docs", "school"}), audit=True)
+    kids = PolicyRequest(
+        "file.read", "cl_1", "docs", "a.txt", is_dir=False, grant=grant, name="kids-laptop"
+    )
     assert engine.decide(kids).decision == "deny"
-    kids_school = PolicyRequest("file.read", "kids-laptop", "school", "a.txt", is_dir=False)
-    assert engine.decide(kids_school).decision == "allow"
+    school = dataclasses.replace(kids, share="school")
+    assert engine.decide(school).decision == "allow"
+    assert engine.decide(dataclasses.replace(kids, name="desk")).decision == "allow"
+    # Its own history it sees; everyone's, which its grant would allow, it does not.
+    view = PolicyRequest("view.plan", "cl_1", None, "plan_1", grant=grant, name="kids-laptop")
+    assert engine.decide(dataclasses.replace(view, mine=True)).decision == "allow"
+    assert engine.decide(view).decision == "deny"
+    assert engine.decide(dataclasses.replace(view, name="desk")).decision == "allow"

@@ -16,18 +16,18 @@ router = APIRouter()
 def approvals(client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     # "lockout": whether this caller is locked out of approvals, and how long.
     return {
-        "approvals": broker.approvals.public_list(),
+        "approvals": broker.views.approvals_of(client_id),
         "lockout": broker.approvals.lockout(client_id),
     }
 
 
 @router.get("/v1/approvals/{approval_id}")
 async def approval(
-    approval_id: str, _: Client, broker: BrokerDep, wait: Wait = 0
+    approval_id: str, client_id: Client, broker: BrokerDep, wait: Wait = 0
 ) -> dict[str, Any]:
     def get() -> dict[str, Any] | None:
         try:
-            return broker.approvals.public(approval_id)
+            return broker.views.approval(client_id, approval_id)
         except NotFound:
             return None
 

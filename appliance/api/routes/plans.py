@@ -44,13 +44,16 @@ def schema(_: Client) -> dict[str, Any]:
 
 
 @router.get("/v1/plans/{plan_id}")
-async def get_plan(plan_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -> dict[str, Any]:
-    return await wait_for(
-        lambda: broker.plans.public(plan_id),
-        wait,
-        lambda p: p["status"] in TERMINAL,
-        f"no plan {plan_id!r}",
-    )
+async def get_plan(
+    plan_id: str, client_id: Client, broker: BrokerDep, wait: Wait = 0
+) -> dict[str, Any]:
+    def get() -> dict[str, Any] | None:
+        try:
+            return broker.views.plan(client_id, plan_id)
+        except NotFound:
+            return None
+
+    return await wait_for(get, wait, lambda p: p["status"] in TERMINAL, f"no plan {plan_id!r}")
 
 
 @router.post("/v1/plans/{plan_id}/undo")
@@ -59,11 +62,8 @@ def undo_plan(plan_id: str, client_id: Client, broker: BrokerDep) -> JSONRespons
 
 
 @router.get("/v1/actions/{action_id}")
-def action(action_id: str, _: Client, broker: BrokerDep) -> dict[str, Any]:
-    row = broker.plans.action(action_id)
-    if row is None:
-        raise NotFound(f"no action {action_id!r}")
-    return {**row.public(), "plan_id": row.plan_id}
+def action(action_id: str, client_id: Client, broker: BrokerDep) -> dict[str, Any]:
+    return broker.views.action(client_id, action_id)
 
 
 @router.post("/v1/actions/{action_id}/undo")

@@ -15,18 +15,17 @@ router = APIRouter()
 
 @router.get("/v1/audit")
 def audit(
-    _: Client,
+    client_id: Client,
     broker: BrokerDep,
     start: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    entries = broker.audit.entries(start, limit)
-    nxt = start + len(entries)
-    return {
-        "entries": entries,
-        "size": broker.audit.size,
-        "next": nxt if nxt < broker.audit.size else None,
-    }
+    """A page of the log: every entry with an ``audit`` grant, else only the
+    entries about this desktop. ``next`` is where the following page starts."""
+    size = broker.audit.size
+    entries = broker.views.audit_entries(client_id, start, limit)
+    nxt = min(start + limit, size)
+    return {"entries": entries, "size": size, "next": nxt if nxt < size else None}
 
 
 @router.get("/v1/audit/checkpoint")

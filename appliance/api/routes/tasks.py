@@ -38,10 +38,12 @@ def task(body: TaskRequest, client_id: Client, broker: BrokerDep) -> dict[str, A
 
 
 @router.get("/v1/tasks/{task_id}")
-async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -> dict[str, Any]:
+async def get_task(
+    task_id: str, client_id: Client, broker: BrokerDep, wait: Wait = 0
+) -> dict[str, Any]:
     def get() -> dict[str, Any] | None:
         try:
-            return broker.tasks.public(task_id)
+            return broker.views.task(client_id, task_id)
         except NotFound:
             return None
 
@@ -49,9 +51,9 @@ async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -
 
 
 @router.get("/v1/tasks/{task_id}/events")
-async def task_events(task_id: str, _: Client, broker: BrokerDep) -> StreamingResponse:
+async def task_events(task_id: str, client_id: Client, broker: BrokerDep) -> StreamingResponse:
     """Server-sent events: each step of the task as it happens, until it ends."""
-    first = await run_in_threadpool(broker.tasks.public, task_id)
+    first = await run_in_threadpool(broker.views.task, client_id, task_id)
 
     async def stream() -> AsyncIterator[bytes]:
         sent = 0
@@ -64,6 +66,6 @@ async def task_events(task_id: str, _: Client, broker: BrokerDep) -> StreamingRe
             if task["status"] in TERMINAL or time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.1)
-            task = await run_in_threadpool(broker.tasks.public, task_id)
+            task = await run_in_threadpool(broker.views.task, client_id, task_id)
 
     return StreamingResponse(stream(), media_type="text/event-stream")

@@ -33,6 +33,16 @@ export function fetch(): void {
   appliance.http("GET", appliance.inputString(), "");
 }
 
+// Reads a file, then sends its content out in a URL's query string (input:
+// {"resource": ..., "url": ...}): the exfiltration a read-then-send is.
+export function exfil(): void {
+  const args = appliance.input();
+  const answer = appliance.read(appliance.str(args, "resource"));
+  const result = answer.getObj("result");
+  const content = result != null ? appliance.str(result, "content") : "";
+  appliance.http("GET", appliance.str(args, "url") + "?d=" + content, "");
+}
+
 // Hands back its own capability token.
 export function leak(): void {
   appliance.output(appliance.capability());
