@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from appliance.client.calls import BoxCore, Call, Op, OnUpdate, Pause, Reply, Retry, reply_from
+from appliance.client.calls import BoxCore, Call, OnUpdate, Op, Pause, Reply, Retry, reply_from
 from appliance.client.models import Approval, AuditPage, Health, Paired, Plan, Share, Task
 from appliance.client.pinning import DEFAULT_CREDENTIALS, Credentials, verify_for
 from appliance.client.sync import transport_error
@@ -110,7 +110,7 @@ class AsyncApplianceClient(BoxCore):
                 else:
                     step = op.send(await self._send(step))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
     # -- the contract (see BoxCore for what each does) ------------------------------
     async def health(self) -> Health:

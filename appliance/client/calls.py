@@ -85,9 +85,10 @@ def negotiate(health: Health, ours: Iterable[int] = API_VERSIONS) -> int:
     """The highest contract version both sides speak."""
     common = set(ours) & set(health.api_versions)
     if not common:
+        older = "box" if max(ours) > max(health.api_versions, default=0) else "client"
         raise Incompatible(
             f"the box speaks LAN API version(s) {sorted(health.api_versions)}, this client "
-            f"{sorted(ours)}: update the {'box' if max(ours) > max(health.api_versions) else 'client'}"
+            f"{sorted(ours)}: update the {older}"
         )
     return max(common)
 
@@ -167,9 +168,7 @@ class BoxCore:
     def op_pair(self, name: str, timeout: float, on_code: OnUpdate) -> Op[Paired]:
         yield from self.ready()
         started = (
-            yield from self.request(
-                Call("POST", "/v1/pairings", json={"name": name}, auth=False)
-            )
+            yield from self.request(Call("POST", "/v1/pairings", json={"name": name}, auth=False))
         ).body
         if on_code:
             on_code(started["code"])

@@ -57,8 +57,8 @@ def check_pin(certificate_pem: str, pinned: str, where: str) -> None:
     seen = cert_fingerprint(certificate_pem.encode())
     if not same_fingerprint(seen, pinned):
         raise NotTheBox(
-            f"the certificate at {where} has fingerprint {seen}, not the pinned {pinned}: "
-            "this is not the box you meant"
+            f"the certificate at {where} (fingerprint {seen}) does not match the pinned "
+            f"{pinned}: this is not the box you meant"
         )
 
 

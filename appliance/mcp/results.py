@@ -17,7 +17,7 @@ import secrets
 from typing import Any
 
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, ContentBlock, TextContent
 
 from appliance.client import ClientError, Plan
 
@@ -41,9 +41,11 @@ def answer(
 ) -> CallToolResult:
     """A tool's answer: ``summary`` for the model, then each piece of read
     ``data`` (label, text) in its own marked block."""
-    content = [TextContent(type="text", text=summary)]
+    content: list[ContentBlock] = [TextContent(type="text", text=summary)]
     for label, text in data or []:
-        content.append(TextContent(type="text", text=untrusted(label, text), meta=UNTRUSTED_META))
+        block = TextContent(type="text", text=untrusted(label, text))
+        block.meta = dict(UNTRUSTED_META)
+        content.append(block)
     return CallToolResult(content=content, structured_content=structured)
 
 
@@ -56,7 +58,9 @@ def refused(e: ClientError) -> ToolError:
 
 def denied(plan: Plan) -> ToolError:
     reasons = "; ".join(plan.reasons) or plan.error or "no reason given"
-    return ToolError(f"denied by the box's policy, nothing was done (plan {plan.plan_id}): {reasons}")
+    return ToolError(
+        f"denied by the box's policy, nothing was done (plan {plan.plan_id}): {reasons}"
+    )
 
 
 def read_data(plan: Plan) -> list[tuple[str, str]]:
@@ -114,7 +118,7 @@ def plan_answer(plan: Plan) -> CallToolResult:
         structured["next"] = f"call wait_for_plan with plan_id {plan.plan_id}"
         summary = (
             f"Plan {plan.plan_id} waits for the owner's press on the box; nothing has been "
-            f"done yet. Tell your user: \"{sentence}\" Then call wait_for_plan with plan_id "
+            f'done yet. Tell your user: "{sentence}" Then call wait_for_plan with plan_id '
             f"{plan.plan_id}. Do not say the change is done before wait_for_plan says so."
         )
         return answer(summary, structured)

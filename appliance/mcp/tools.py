@@ -133,8 +133,8 @@ def build_server(box_for: BoxFor) -> MCPServer:
             Field(
                 min_length=1,
                 max_length=256,
-                description="The steps, in order, e.g. {\"verb\": \"file.move\", \"resource\": "
-                "\"share:docs/Inbox/a.pdf\", \"params\": {\"to\": \"share:docs/2024/a.pdf\"}}. "
+                description='The steps, in order, e.g. {"verb": "file.move", "resource": '
+                '"share:docs/Inbox/a.pdf", "params": {"to": "share:docs/2024/a.pdf"}}. '
                 "Verbs and parameters: the appliance://verbs resource.",
             ),
         ],
