@@ -237,8 +237,7 @@ class _Names(ServiceListener):
 
 
 def browse(timeout: float = 3.0) -> list[Found]:
-    """The boxes that answer within ``timeout`` seconds, one per fingerprint
-    (a box announced twice, e.g. by the OS's responder too, is listed once)."""
+    """The boxes that answer within ``timeout`` seconds."""
     zc = Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
     try:
         listener = _Names()
@@ -249,14 +248,11 @@ def browse(timeout: float = 3.0) -> list[Found]:
         for name in sorted(listener.names):
             info = zc.get_service_info(SERVICE_TYPE, name, timeout=1500)
             box = parse(info) if info else None
-            if box is None:
-                continue
-            key = (box.fingerprint,) if box.fingerprint else (box.instance, box.addresses)
-            if key in found:  # the same box twice: keep every address it was seen at
-                seen = found[key]
-                merged = tuple(dict.fromkeys(seen.addresses + box.addresses))
-                box = Found(**{**asdict(seen), "addresses": merged})
-            found[key] = box
+            if box is not None:
+                # One box announced twice (by the OS's responder too) is listed
+                # once; the same fingerprint at other addresses is listed apart,
+                # so a copy of the box's announcement is checked on its own.
+                found.setdefault((box.fingerprint, frozenset(box.addresses), box.port), box)
         return sorted(found.values(), key=lambda b: (b.name, b.instance))
     finally:
         zc.close()

@@ -46,7 +46,7 @@ def cmd_discover(args: argparse.Namespace, out: Output) -> int:
 
 def _choose(args: argparse.Namespace, out: Output) -> Any:
     """The one box to pair with: found, checked, and (if several) chosen."""
-    checked = _found(out, args.timeout)
+    checked = _found(out, args.listen)
     for c in checked:
         if not c.ok:
             out.say(

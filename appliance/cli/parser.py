@@ -248,6 +248,9 @@ def _desktop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "without --url, only a box with this fingerprint is accepted)",
     )
     pair.add_argument("--box", help="without --url: the box's name or fingerprint, if several")
+    pair.add_argument(
+        "--listen", type=float, default=3.0, help="without --url: seconds to listen (default 3)"
+    )
     pair.add_argument("--name", default=os.uname().nodename, help="this desktop's name")
     pair.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the press")
     _desktop(pair)

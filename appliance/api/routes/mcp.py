@@ -15,6 +15,7 @@ that waits for a press can report progress.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +39,8 @@ from appliance.mcp.tools import build_server
 
 PATH = "/mcp"
 IN_PROCESS = "http://appliance.in-process"
+# The SDK logs each session's start and stop at INFO: not the broker's business.
+logging.getLogger("mcp").setLevel(logging.WARNING)
 
 
 class McpEndpoint:
