@@ -100,12 +100,17 @@ def result_lines(verb: str, result: dict[str, Any] | None, console: Console) -> 
             + plain(
                 f"{result.get('type')}, {result.get('size')} bytes, "
                 f"modified {when(result.get('mtime'))}"
-            )  # fmt: skip
+            )
         )
     elif verb == "file.read":
         more = " (more follows: --offset)" if result.get("truncated") else ""
-        console.print(Text(pad + f"{result.get('length')} of {result.get('size')} bytes"
-                           f" ({result.get('encoding')}){more}:", "dim"))  # fmt: skip
+        console.print(
+            Text(
+                pad + f"{result.get('length')} of {result.get('size')} bytes"
+                f" ({result.get('encoding')}){more}:",
+                "dim",
+            )
+        )
         console.print(plain(result.get("content", "")))
     elif "error" in result:
         console.print(Text(pad) + plain(result["error"]), style="red")
@@ -115,9 +120,11 @@ def plan_view(plan: Plan) -> Render:
     def render(console: Console) -> None:
         says = PLAN_SAYS.get(plan.status, plan.status)
         console.print(
-            Text("Plan ") + Text(plan.plan_id, style="bold") + Text(": ")
+            Text("Plan ")
+            + Text(plan.plan_id, style="bold")
+            + Text(": ")
             + status(plan.status, says)
-        )  # fmt: skip
+        )
         plan_lines(plan, console)
         if plan.error:
             console.print(Text("   ") + plain(plan.error), style="red")
@@ -190,8 +197,11 @@ def clients_view(answer: dict[str, Any]) -> Render:
             return
         t = table("client", "name", "paired", "state")
         for c in answer.get("clients", []):
-            state = status("refused", f"revoked {when(c['revoked'])}") if c.get("revoked") else (
-                status("ok", "active"))  # fmt: skip
+            state = (
+                status("refused", f"revoked {when(c['revoked'])}")
+                if c.get("revoked")
+                else (status("ok", "active"))
+            )
             t.add_row(plain(c["client_id"]), plain(c["name"]), when(c.get("created")), state)
         console.print(t if answer.get("clients") else "no desktop is paired")
 
@@ -212,9 +222,12 @@ def plugins_view(answer: dict[str, Any]) -> Render:
             if p.get("error"):
                 state += Text(": ") + plain(p["error"].get("reason"))
             t.add_row(
-                plain(p["name"]), plain(p.get("version", "")),
-                plain(", ".join(p.get("verbs", []))), plain(reach), state,
-            )  # fmt: skip
+                plain(p["name"]),
+                plain(p.get("version", "")),
+                plain(", ".join(p.get("verbs", []))),
+                plain(reach),
+                state,
+            )
         console.print(t if answer["plugins"] else "no plugin is installed")
 
     return render
@@ -241,7 +254,7 @@ def status_view(answer: dict[str, Any]) -> Render:
                 f"{answer['pairing_window_s']:.0f} s left"
                 if answer.get("pairing_window_s")
                 else "closed",
-            ),  # fmt: skip
+            ),
             ("lockouts", len(answer.get("lockouts") or [])),
             ("audit log", f"{answer.get('audit_size')} entries"),
             ("epoch", answer.get("epoch")),
@@ -275,12 +288,20 @@ def discovered_view(found: list[dict[str, Any]]) -> Render:
             return
         t = table("box", "address", "fingerprint", "api", "state")
         for f in found:
-            state = status("ok") if f["status"] == "ok" else (
-                status("refused", "refused: ") + plain(f["problem"]))  # fmt: skip
+            state = (
+                status("ok")
+                if f["status"] == "ok"
+                else (status("refused", "refused: ") + plain(f["problem"]))
+            )
             fp = f.get("fingerprint") or "-"
             api = ",".join(str(v) for v in f.get("api_versions") or []) or "?"
-            t.add_row(plain(f["name"]), plain(f.get("url") or ", ".join(f["addresses"])),
-                      plain(fp[:23] + "…" if len(fp) > 24 else fp), plain(api), state)  # fmt: skip
+            t.add_row(
+                plain(f["name"]),
+                plain(f.get("url") or ", ".join(f["addresses"])),
+                plain(fp[:23] + "…" if len(fp) > 24 else fp),
+                plain(api),
+                state,
+            )
         console.print(t)
         hint(
             console, "pair with: appliance pair   (compare the fingerprint with the box's console)"

@@ -34,8 +34,9 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
 @pytest.fixture(scope="module")
 def creds(box: Box, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("desk") / "client.json"
-    out = run("pair", "--url", box.url, "--name", "desk", "--credentials", str(path), "--json",
-              press=box)  # fmt: skip
+    out = run(
+        "pair", "--url", box.url, "--name", "desk", "--credentials", str(path), "--json", press=box
+    )
     assert out.returncode == 0, out.stderr
     paired = json.loads(out.stdout)
     assert paired["client_id"].startswith("cl_") and paired["credentials"] == str(path)
@@ -43,8 +44,9 @@ def creds(box: Box, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(*args: str, press: Box | None = None, decision: str = "approve",
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    *args: str, press: Box | None = None, decision: str = "approve", stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """`appliance ARGS` as a user runs it (not a terminal); pressing the
     virtual panel meanwhile when ``press`` is given."""
     proc = subprocess.Popen(

@@ -161,8 +161,8 @@ def test_async_retries_too() -> None:
 
 
 def test_a_denied_plan_is_a_value_not_an_error() -> None:
-    denied = {"plan_id": "plan_9", "status": "denied", "intents": [
-        {"action_id": "a", "status": "refused", "decision": "deny", "reasons": ["outside"]}]}  # fmt: skip
+    action = {"action_id": "a", "status": "refused", "decision": "deny", "reasons": ["outside"]}
+    denied = {"plan_id": "plan_9", "status": "denied", "intents": [action]}
     box = ApplianceClient(
         "http://box", "c.s", transport=httpx.MockTransport(scripted([(403, denied)], []))
     )

@@ -188,7 +188,9 @@ def test_organise_by_date_end_to_end(
         state = ["--state-dir", str(box.state)]
         installed = json.loads(box.cli("plugins", "install", str(folder), *state, "--json").stdout)
         assert installed["name"] == "organise-by-date" and installed["version"] == "1.0.0"
-        verified = json.loads(box.cli("plugins", "verify", "organise-by-date", *state, "--json").stdout)
+        verified = json.loads(
+            box.cli("plugins", "verify", "organise-by-date", *state, "--json").stdout
+        )
         assert verified["status"] == "ok" and verified["sha256"] == installed["sha256"]
         client = box.pair()
         r = client.post(
