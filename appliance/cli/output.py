@@ -66,9 +66,9 @@ class Output:
             render(self.out)
 
     def say(self, *parts: str | Text, style: str | None = None) -> None:
-        """A progress line for people (stderr, so stdout stays the answer)."""
-        if not self.as_json:
-            self.err.print(*parts, style=style)
+        """A progress line (stderr, so stdout stays the answer; with --json
+        too: the person running a script still needs the code to match)."""
+        self.err.print(*parts, style=style)
 
     def error(self, message: str) -> None:
         self.err.print(Text("appliance: ", style="bold red") + plain(message))

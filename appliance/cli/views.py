@@ -287,24 +287,19 @@ def discovered_view(found: list[dict[str, Any]]) -> Render:
             hint(console, "is it on and on the same network? or pair with --url and --fingerprint")
             return
         t = table("box", "address", "fingerprint", "api", "state")
+        t.columns[1].no_wrap = True
         for f in found:
-            state = (
-                status("ok")
-                if f["status"] == "ok"
-                else (status("refused", "refused: ") + plain(f["problem"]))
-            )
             fp = f.get("fingerprint") or "-"
             api = ",".join(str(v) for v in f.get("api_versions") or []) or "?"
-            t.add_row(
-                plain(f["name"]),
-                plain(f.get("url") or ", ".join(f["addresses"])),
-                plain(fp[:23] + "…" if len(fp) > 24 else fp),
-                plain(api),
-                state,
-            )
+            where = f.get("url") or ", ".join(f["addresses"])
+            short = fp[:11] + "…" if len(fp) > 12 else fp
+            t.add_row(plain(f["name"]), plain(where), plain(short), plain(api), status(f["status"]))
         console.print(t)
-        hint(
-            console, "pair with: appliance pair   (compare the fingerprint with the box's console)"
-        )
+        for f in found:
+            if f["status"] == "ok":
+                console.print(plain(f"{f['name']}: certificate {f['fingerprint']}"))
+            else:
+                console.print(Text("refused ", style="red") + plain(f"{f['name']}: {f['problem']}"))
+        hint(console, "pair with: appliance pair  (compare the fingerprint with the box's console)")
 
     return render
