@@ -206,8 +206,11 @@ def parse(info: ServiceInfo) -> Found | None:
     if not info.port:
         return None
     props = info.properties or {}
+    # Loopback and scoped (link-local IPv6) addresses cannot be dialled as announced.
     addresses = tuple(
-        a for a in info.parsed_scoped_addresses(IPVersion.All) if not a.startswith("127.")
+        a
+        for a in info.parsed_scoped_addresses(IPVersion.All)
+        if not a.startswith("127.") and "%" not in a
     )
     if not addresses:
         return None

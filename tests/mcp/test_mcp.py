@@ -242,3 +242,40 @@ def test_stdio_without_a_pairing_says_what_to_do(tmp_path: Path) -> None:
             assert out.is_error and "appliance pair" in text(out)
 
     asyncio.run(run())
+
+
+def test_http_over_pinned_tls_as_the_docs_show(tmp_path: Path) -> None:
+    """docs/mcp.md's Python snippet: the pairing's pinned certificate, the bearer."""
+    import re
+
+    from appliance.client import Credentials
+    from appliance.client.pinning import verify_for
+
+    tls = Box(tmp_path)
+    tls.url = f"https://127.0.0.1:{tls.port}"
+    tls.extra = ["--tls", "--no-agent"]
+    tls.start()
+    try:
+        fp = re.search(r"desktops\): ([0-9A-F:]+)", tls.log.read_text())
+        assert fp
+        r = httpx.post(f"{tls.url}/v1/pairings", json={"name": "tls"}, verify=False)
+        tls.press()
+        pairing = httpx.get(f"{tls.url}/v1/pairings/{r.json()['pairing_id']}", verify=False)
+        creds = Credentials(tls.url, pairing.json()["credential"], fp.group(1))
+        verify, _ = verify_for(creds.url, creds.fingerprint, creds.certificate_pem)
+
+        async def run() -> set[str]:
+            headers = {"Authorization": f"Bearer {creds.credential}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, verify=verify, timeout=60) as http,
+                streamable_http_client(f"{creds.url}/mcp", http_client=http) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                shares = await session.call_tool("list_shares", {})
+                assert not shares.is_error, text(shares)
+                return {t.name for t in (await session.list_tools()).tools}
+
+        assert asyncio.run(run()) == TOOLS
+    finally:
+        tls.stop()
