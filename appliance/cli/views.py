@@ -103,7 +103,7 @@ def result_lines(verb: str, result: dict[str, Any] | None, console: Console) -> 
             )
         )
     elif verb == "file.read":
-        more = " (more follows: --offset)" if result.get("truncated") else ""
+        more = ", truncated" if result.get("truncated") else ""
         console.print(
             Text(
                 pad + f"{result.get('length')} of {result.get('size')} bytes"

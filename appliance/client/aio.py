@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from appliance.client.calls import BoxCore, Call, OnUpdate, Op, Pause, Reply, Retry, reply_from
 from appliance.client.models import Approval, AuditPage, Health, Paired, Plan, Share, Task
-from appliance.client.pinning import DEFAULT_CREDENTIALS, Credentials, verify_for
+from appliance.client.pinning import verify_for
 from appliance.client.sync import transport_error
 
 T = TypeVar("T")
@@ -35,28 +34,18 @@ class AsyncApplianceClient(BoxCore):
         pins: dict[str, Any] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(url, credential, pins=pins, retry=retry)
-        self.fingerprint = fingerprint
-        self.certificate_pem = certificate_pem
+        super().__init__(
+            url,
+            credential,
+            fingerprint=fingerprint,
+            certificate_pem=certificate_pem,
+            pins=pins,
+            retry=retry,
+        )
         self._timeout = timeout
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._opening = asyncio.Lock()
-
-    @classmethod
-    def from_credentials(cls, creds: Credentials, **kw: Any) -> AsyncApplianceClient:
-        return cls(
-            creds.url,
-            creds.credential,
-            fingerprint=creds.fingerprint,
-            certificate_pem=creds.certificate_pem,
-            pins=creds.pins,
-            **kw,
-        )
-
-    @classmethod
-    def from_file(cls, path: Path = DEFAULT_CREDENTIALS, **kw: Any) -> AsyncApplianceClient:
-        return cls.from_credentials(Credentials.load(path), **kw)
 
     async def _client(self) -> httpx.AsyncClient:
         async with self._opening:

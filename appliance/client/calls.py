@@ -18,7 +18,8 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
 from appliance.api.contract import API_VERSIONS
 from appliance.client.errors import ClientError, Incompatible, NotTheBox
@@ -31,6 +32,7 @@ from appliance.client.models import (
     Share,
     Task,
 )
+from appliance.client.pinning import DEFAULT_CREDENTIALS, Credentials
 
 T = TypeVar("T")
 
@@ -116,14 +118,48 @@ class BoxCore:
         url: str,
         credential: str | None = None,
         *,
+        fingerprint: str | None = None,
+        certificate_pem: str | None = None,
         pins: dict[str, Any] | None = None,
         retry: Retry | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.credential = credential
+        self.fingerprint = fingerprint
+        self.certificate_pem = certificate_pem
         self.pins: dict[str, Any] = dict(pins or {})
         self.retry = retry or Retry()
         self.api_version: int | None = None
+
+    @classmethod
+    def from_credentials(cls, creds: Credentials, **kw: Any) -> Self:
+        return cls(
+            creds.url,
+            creds.credential,
+            fingerprint=creds.fingerprint,
+            certificate_pem=creds.certificate_pem,
+            pins=creds.pins,
+            **kw,
+        )
+
+    @classmethod
+    def from_file(cls, path: Path = DEFAULT_CREDENTIALS, **kw: Any) -> Self:
+        """The box this desktop paired with (``appliance pair`` wrote the file)."""
+        return cls.from_credentials(Credentials.load(path), **kw)
+
+    def credentials(self, name: str | None = None) -> Credentials:
+        return Credentials(
+            url=self.url,
+            credential=self.credential,
+            fingerprint=self.fingerprint,
+            certificate_pem=self.certificate_pem,
+            pins=dict(self.pins),
+            name=name,
+        )
+
+    def save(self, path: Path = DEFAULT_CREDENTIALS, name: str | None = None) -> None:
+        """Keep the credential and what was pinned (0600)."""
+        self.credentials(name).save(path)
 
     # -- the one place a call is made and judged ---------------------------------
     def request(self, call: Call) -> Op[Reply]:

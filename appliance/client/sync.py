@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -12,7 +11,7 @@ import httpx
 from appliance.client.calls import BoxCore, Call, OnUpdate, Op, Pause, Reply, Retry, reply_from
 from appliance.client.errors import NotTheBox, Unreachable
 from appliance.client.models import Approval, AuditPage, Health, Paired, Plan, Share, Task
-from appliance.client.pinning import DEFAULT_CREDENTIALS, Credentials, verify_for
+from appliance.client.pinning import verify_for
 
 T = TypeVar("T")
 
@@ -48,45 +47,20 @@ class ApplianceClient(BoxCore):
         pins: dict[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(url, credential, pins=pins, retry=retry)
-        self.fingerprint = fingerprint
         verify: Any = True
         if transport is None:
-            verify, certificate_pem = verify_for(self.url, fingerprint, certificate_pem)
-        self.certificate_pem = certificate_pem
+            verify, certificate_pem = verify_for(url.rstrip("/"), fingerprint, certificate_pem)
+        super().__init__(
+            url,
+            credential,
+            fingerprint=fingerprint,
+            certificate_pem=certificate_pem,
+            pins=pins,
+            retry=retry,
+        )
         self.http = httpx.Client(
             base_url=self.url, timeout=timeout, verify=verify, transport=transport
         )
-
-    @classmethod
-    def from_credentials(cls, creds: Credentials, **kw: Any) -> ApplianceClient:
-        return cls(
-            creds.url,
-            creds.credential,
-            fingerprint=creds.fingerprint,
-            certificate_pem=creds.certificate_pem,
-            pins=creds.pins,
-            **kw,
-        )
-
-    @classmethod
-    def from_file(cls, path: Path = DEFAULT_CREDENTIALS, **kw: Any) -> ApplianceClient:
-        """The box this desktop paired with (``appliance pair`` wrote the file)."""
-        return cls.from_credentials(Credentials.load(path), **kw)
-
-    def credentials(self, name: str | None = None) -> Credentials:
-        return Credentials(
-            url=self.url,
-            credential=self.credential,
-            fingerprint=self.fingerprint,
-            certificate_pem=self.certificate_pem,
-            pins=dict(self.pins),
-            name=name,
-        )
-
-    def save(self, path: Path = DEFAULT_CREDENTIALS, name: str | None = None) -> None:
-        """Keep the credential and what was pinned (0600)."""
-        self.credentials(name).save(path)
 
     def close(self) -> None:
         self.http.close()

@@ -17,8 +17,8 @@ back as MCP tool errors carrying the box's reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -82,23 +82,26 @@ def build_server(box_for: BoxFor) -> MCPServer:
         "appliance", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
 
-    async def one(ctx: Context, verb: str, resource: str, **params: Any) -> CallToolResult:
+    @asynccontextmanager
+    async def reach(ctx: Context) -> AsyncIterator[AsyncApplianceClient]:
+        """The box as this caller, its refusals turned into tool errors."""
         async with box_for(ctx) as box:
             try:
-                plan = await box.submit([{"verb": verb, "resource": resource, "params": params}])
+                yield box
             except ClientError as e:
                 raise refused(e) from None
+
+    async def one(ctx: Context, verb: str, resource: str, **params: Any) -> CallToolResult:
+        async with reach(ctx) as box:
+            plan = await box.submit([{"verb": verb, "resource": resource, "params": params}])
         return plan_answer(plan)
 
     @mcp.tool(annotations=READ_ONLY)
     async def list_shares(ctx: Context) -> CallToolResult:
         """List the shares (top folders) on the box; resources inside them are written
         share:NAME/path. Reading: no press needed."""
-        async with box_for(ctx) as box:
-            try:
-                shares = await box.shares()
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            shares = await box.shares()
         names = [s.raw for s in shares]
         text = "Shares: " + (", ".join(s.resource for s in shares) or "none")
         return answer(text, {"shares": names})
@@ -145,11 +148,8 @@ def build_server(box_for: BoxFor) -> MCPServer:
         change (write, copy, move, rename, mkdir, delete) NEEDS A PRESS of the button on the
         box: the answer then has the code the box shows and a sentence in tell_user; say it
         to your user, then call wait_for_plan. Nothing changes before the press."""
-        async with box_for(ctx) as box:
-            try:
-                plan = await box.submit(intents)
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            plan = await box.submit(intents)
         return plan_answer(plan)
 
     @mcp.tool(annotations=WAITS)
@@ -162,19 +162,16 @@ def build_server(box_for: BoxFor) -> MCPServer:
         until timeout_seconds pass; 0 only looks. It reports progress while the box waits
         for the owner's press. Waiting needs no press."""
         started = time.monotonic()
-        async with box_for(ctx) as box:
-            try:
-                while True:
-                    left = timeout_seconds - (time.monotonic() - started)
-                    plan = await box.plan(plan_id, wait=max(0.0, min(PROGRESS_EVERY_S, left)))
-                    if plan.finished or left <= 0:
-                        break
-                    waited = time.monotonic() - started
-                    await ctx.report_progress(
-                        waited, timeout_seconds, f"{plan.status}: {plan.press_sentence()}"
-                    )
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            while True:
+                left = timeout_seconds - (time.monotonic() - started)
+                plan = await box.plan(plan_id, wait=max(0.0, min(PROGRESS_EVERY_S, left)))
+                if plan.finished or left <= 0:
+                    break
+                waited = time.monotonic() - started
+                await ctx.report_progress(
+                    waited, timeout_seconds, f"{plan.status}: {plan.press_sentence()}"
+                )
         return plan_answer(plan)
 
     @mcp.tool(annotations=CHANGES)
@@ -188,11 +185,8 @@ def build_server(box_for: BoxFor) -> MCPServer:
         tell your user; then call wait_for_plan with the undo's plan_id."""
         if (plan_id is None) == (action_id is None):
             raise ToolError("give exactly one of plan_id or action_id")
-        async with box_for(ctx) as box:
-            try:
-                plan = await (box.undo_plan(plan_id) if plan_id else box.undo(str(action_id)))
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            plan = await (box.undo_plan(plan_id) if plan_id else box.undo(str(action_id)))
         return plan_answer(plan)
 
     @mcp.tool(annotations=CHANGES)
@@ -205,12 +199,9 @@ def build_server(box_for: BoxFor) -> MCPServer:
         my Inbox into folders by year"). It sees file names, never contents. Its plan takes
         the same path as any: every change NEEDS A PRESS on the box; the answer has the code
         and the sentence to tell your user, then call wait_for_plan."""
-        async with box_for(ctx) as box:
-            try:
-                task = await box.task(request)
-                task = await box.wait_task(task.task_id, wait_seconds, until_planned=True)
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            task = await box.task(request)
+            task = await box.wait_task(task.task_id, wait_seconds, until_planned=True)
         if task.plan is not None:
             result = plan_answer(task.plan)
             assert isinstance(result.structured_content, dict)
@@ -229,11 +220,8 @@ def build_server(box_for: BoxFor) -> MCPServer:
     ) -> CallToolResult:
         """The newest entries of the box's audit log: plans decided, presses, actions done
         and undone. Reading: no press needed."""
-        async with box_for(ctx) as box:
-            try:
-                page = await box.recent(limit)
-            except ClientError as e:
-                raise refused(e) from None
+        async with reach(ctx) as box:
+            page = await box.recent(limit)
         lines = [
             f"#{page.start + i} {e.get('kind')} {as_text(e.get('data', {}))}"
             for i, e in enumerate(page.entries)

@@ -160,6 +160,10 @@ async def the_whole_path(session: ClientSession, box: Box, folder: str) -> None:
         bad = await session.call_tool(name, arguments)
         assert bad.is_error, (name, arguments)
 
+    # No model runs on this box: asking it is a tool error with the box's reason.
+    asked = await session.call_tool("ask_box_model", {"request": "sort my inbox"})
+    assert asked.is_error and "could not plan it" in text(asked)
+
     activity = await session.call_tool("recent_activity", {"limit": 5})
     assert not activity.is_error and activity.structured_content["untrusted"] is True
     assert "action.done" in text(activity) or "approval" in text(activity)
