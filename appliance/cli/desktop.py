@@ -39,15 +39,18 @@ def _read_intents(source: str) -> list[dict[str, Any]]:
 
 
 def wait_for_press(client: ApplianceClient, plan: Plan, out: Output, timeout: float) -> Plan:
-    """Show the code, then wait (a spinner on a terminal) until the press decided."""
-    if not plan.waiting_for_press:
+    """Show the code, then wait (a spinner on a terminal) until the press
+    decided and the plan ran, or ``timeout`` ran out."""
+    if plan.finished:
         return plan
-    out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
-    with out.waiting(f"waiting for the press on the box (code {plan.code})") as update:
+    if plan.waiting_for_press:
+        out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
+    code = plan.code
+    with out.waiting(f"waiting for the press on the box (code {code})") as update:
         plan = client.wait_plan(
             plan.plan_id,
             timeout,
-            on_update=lambda p: update(f"{p.status.replace('_', ' ')} (code {plan.code})"),
+            on_update=lambda p: update(f"{p.status.replace('_', ' ')} (code {code})"),
         )
     return plan
 
