@@ -135,8 +135,12 @@ def cmd_pair(args: argparse.Namespace, out: Output) -> int:
         lines_view(
             [
                 f"paired as {paired.client_id} with {client.url}",
-                f"pinned its certificate {client.fingerprint or '(plain HTTP: none)'} and "
-                f"device key {answer['device_key_id']}",
+                (
+                    f"pinned its certificate {client.fingerprint} and "
+                    if client.fingerprint
+                    else "plain HTTP (development, loopback): no certificate to pin; pinned "
+                )
+                + f"device key {answer['device_key_id']}",
                 f"credential saved to {args.credentials}",
             ]
         )(console)

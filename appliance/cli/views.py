@@ -64,6 +64,14 @@ def table(*columns: str) -> Table:
     return t
 
 
+def grid() -> Table:
+    """Two columns, no header: a key, its value."""
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    return t
+
+
 def hint(console: Console, *lines: str) -> None:
     for line in lines:
         console.print(Text("→ ", style="cyan") + plain(line))
@@ -164,13 +172,13 @@ def panel_view(shown: dict[str, Any]) -> Render:
         if not current:
             console.print("nothing is waiting for approval")
             return
-        grid = table("", "")
-        grid.add_row("shown", plain(current["summary"]))
-        grid.add_row("code", Text(f"{current['code']}  (the requester sees the same code)"))
-        grid.add_row("expires", Text(f"in {current.get('expires_in_s', 0):.0f} s"))
+        shown_now = grid()
+        shown_now.add_row("shown", plain(current["summary"]))
+        shown_now.add_row("code", Text(f"{current['code']}  (the requester sees the same code)"))
+        shown_now.add_row("expires", Text(f"in {current.get('expires_in_s', 0):.0f} s"))
         for w in shown.get("waiting", []):
-            grid.add_row("waiting", plain(f"{w['summary']} (code {w['code']})"))
-        console.print(grid)
+            shown_now.add_row("waiting", plain(f"{w['summary']} (code {w['code']})"))
+        console.print(shown_now)
 
     return render
 
@@ -235,7 +243,7 @@ def plugins_view(answer: dict[str, Any]) -> Render:
 
 def status_view(answer: dict[str, Any]) -> Render:
     def render(console: Console) -> None:
-        grid = table("", "")
+        rows_shown = grid()
         signer = answer.get("signer", "")
         if answer.get("unsafe_signer"):
             signer += " (UNSAFE development key)"
@@ -245,7 +253,7 @@ def status_view(answer: dict[str, Any]) -> Render:
             ("mode", answer.get("mode")),
             ("signer", signer),
             ("device key", answer.get("device_key_id")),
-            ("panel", f"{panel.get('name')}{' (virtual)' if panel.get('virtual') else ''}"),
+            ("panel", panel.get("name")),
             ("shares", ", ".join(f"{n} = {p}" for n, p in (answer.get("shares") or {}).items())),
             ("waiting", f"{pending['summary']} (code {pending['code']})" if pending else "nothing"),
             ("queued", answer.get("waiting_approvals")),
@@ -260,8 +268,8 @@ def status_view(answer: dict[str, Any]) -> Render:
             ("epoch", answer.get("epoch")),
         ]
         for key, value in rows:
-            grid.add_row(Text(key, style="bold"), plain(value))
-        console.print(grid)
+            rows_shown.add_row(key, plain(value))
+        console.print(rows_shown)
 
     return render
 
