@@ -49,6 +49,9 @@ SERVICE_TYPE = "_appliance._tcp.local."
 HTTPS_TYPE = "_https._tcp.local."
 ANY_HOST = {"0.0.0.0", "::", ""}
 TXT_MAX = 200  # bytes of one TXT value we accept
+# Anyone can answer: bound what a flood of answers costs (each is connected to).
+MAX_BOXES = 16
+MAX_ADDRESSES = 4
 
 
 def box_name() -> str:
@@ -214,6 +217,7 @@ def parse(info: ServiceInfo) -> Found | None:
     )
     if not addresses:
         return None
+    addresses = tuple(sorted(addresses, key=lambda a: (":" in a, a)))[:MAX_ADDRESSES]
     return Found(
         instance=info.name.removesuffix("." + info.type),
         name=_text(props, "name") or info.name.split(".")[0],
@@ -248,7 +252,7 @@ def browse(timeout: float = 3.0) -> list[Found]:
         time.sleep(timeout)
         browser.cancel()
         found: dict[tuple[Any, ...], Found] = {}
-        for name in sorted(listener.names):
+        for name in sorted(listener.names)[:MAX_BOXES]:
             info = zc.get_service_info(SERVICE_TYPE, name, timeout=1500)
             box = parse(info) if info else None
             if box is not None:
