@@ -24,13 +24,14 @@ import uvicorn
 
 from appliance.api.app import create_app
 from appliance.api.degraded import Switch, unavailable_app
-from appliance.api.tls import ensure_certificate
+from appliance.api.tls import ensure_certificate, fingerprint
 from appliance.approval import ControlServer, Panel
 from appliance.approval.gpio import make_panel
 from appliance.box import open_box
 from appliance.broker.control import control_handler
 from appliance.broker.service import Broker
 from appliance.config import Config
+from appliance.discovery import Advertiser
 from appliance.errors import ApplianceError
 from appliance.process import die_with_parent
 
@@ -44,6 +45,7 @@ class ServeOptions:
     model: Path  # development: the manifest the agent runs
     agent: bool  # development: start the model agent
     retry_s: float  # production: how often to retry starting
+    advertise: bool = True  # announce the box by mDNS when it serves TLS on the LAN
 
 
 class _Running:
@@ -118,9 +120,12 @@ def serve(config: Config, options: ServeOptions) -> int:
             )
         )
     )
+    advertiser = _advertise(config, running, tls) if options.advertise and reason is None else None
     try:
         server[0].run()
     finally:
+        if advertiser is not None:
+            advertiser.close()
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=10)
@@ -136,6 +141,15 @@ def _device_tls(config: Config, running: _Running) -> dict[str, Any]:
     )
     print(f"TLS certificate fingerprint (pin this on desktops): {fp}", flush=True)
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_keyfile_password": password}
+
+
+def _advertise(config: Config, running: _Running, tls: dict[str, Any]) -> Advertiser | None:
+    """mDNS, so desktops pair without typing an address (appliance.discovery):
+    only for TLS on a LAN address, whose fingerprint desktops can pin."""
+    if not tls or config.host in LOOPBACK or running.broker is None:
+        return None
+    fp = fingerprint(Path(tls["ssl_certfile"]).read_bytes())
+    return Advertiser(config.host, config.port, fp, running.broker.signer.key_id).start()
 
 
 def _degraded(

@@ -4,7 +4,8 @@ Every error is JSON ``{"code", "reason"}`` with a 4xx/5xx status, never a
 stack trace (``errors.py``). Request bodies are size-limited before they are
 parsed, each caller is rate-limited (``limits.py``), and every ``/v1`` call
 but pairing needs ``Authorization: Bearer <credential>`` (``deps.py``). The
-routes are in ``routes/``, one module per part of the contract.
+routes are in ``routes/``, one module per part of the contract; ``/mcp``
+serves the same contract as MCP tools (``routes/mcp.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ from fastapi import FastAPI
 from appliance import __version__
 from appliance.api.errors import install_handlers
 from appliance.api.limits import BodyLimit, RateLimiter
-from appliance.api.routes import approvals, health, pairing, plans, plugins, proofs, tasks
+from appliance.api.routes import (
+    approvals,
+    health,
+    mcp,
+    pairing,
+    plans,
+    plugins,
+    proofs,
+    shares,
+    tasks,
+)
 from appliance.broker.service import Broker
 
 
@@ -29,7 +40,8 @@ def create_app(broker: Broker) -> FastAPI:
     app.state.broker = broker
     app.state.limiter = RateLimiter(limits.requests_per_second, limits.burst)
     install_handlers(app)
-    for module in (health, pairing, plans, plugins, tasks, approvals, proofs):
+    for module in (health, pairing, plans, plugins, tasks, approvals, proofs, shares):
         app.include_router(module.router)
+    mcp.install(app)  # /mcp: the same contract as MCP tools (streamable HTTP)
     app.add_middleware(BodyLimit, limit=limits.body_bytes)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from appliance.api.contract import API_VERSIONS
 from appliance.api.deps import BrokerDep
 
 router = APIRouter()
@@ -12,5 +13,6 @@ router = APIRouter()
 
 @router.get("/healthz")
 def healthz(broker: BrokerDep) -> JSONResponse:
-    health = broker.health()
+    # api_versions: the LAN contract versions this box answers (clients negotiate).
+    health = {**broker.health(), "api_versions": list(API_VERSIONS)}
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
