@@ -581,6 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     _state(selftest)
     selftest.set_defaults(func=cmd_selftest)
 
+    from appliance import update
+
+    update.register(sub)
+
     def desktop(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--credentials",
