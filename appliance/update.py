@@ -255,7 +255,5 @@ def run(args: argparse.Namespace) -> int:
     from appliance.config import Config, load_toml
 
     config = Config(**load_toml(args.config))
-    ok = mark_good(
-        system=system, slots=slots, check=lambda: health(config), timeout_s=args.timeout
-    )
+    ok = mark_good(system=system, slots=slots, check=lambda: health(config), timeout_s=args.timeout)
     return 0 if ok else 1
