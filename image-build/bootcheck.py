@@ -214,7 +214,7 @@ def overlays_present(t: Staged) -> str:
             "config.txt loads overlays the boot partition lacks: "
             + ", ".join(f"overlays/{n}.dtbo" for n in missing)
         )
-    return f"{len(names)} overlays present: {', '.join(names)}"
+    return f"{len(names)} overlays, each with its .dtbo: {', '.join(names)}"
 
 
 # ---------------------------------------------------------------------- 6
@@ -249,9 +249,10 @@ def updates_made_permanent(t: Staged) -> str:
     conf = configparser.ConfigParser()
     conf.read_string((t.root / "etc/rauc/system.conf").read_text())
     backend = conf.get("handlers", "bootloader-custom-backend", fallback="")
-    if conf.get("system", "bootloader", fallback="") != "custom" or not (
-        t.root / backend.lstrip("/")
-    ).is_file():
+    if (
+        conf.get("system", "bootloader", fallback="") != "custom"
+        or not (t.root / backend.lstrip("/")).is_file()
+    ):
         raise CheckFailed("RAUC has no tryboot backend (system.conf bootloader=custom)")
     update = t.root / VENV / "lib"
     if not any(update.glob("python3*/site-packages/appliance/update.py")):

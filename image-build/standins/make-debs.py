@@ -68,9 +68,7 @@ BOARD_DTS = """/dts-v1/;
 """
 
 
-def package(
-    out: Path, name: str, version: str, files: dict[str, bytes], depends: str = ""
-) -> Path:
+def package(out: Path, name: str, version: str, files: dict[str, bytes], depends: str = "") -> Path:
     with tempfile.TemporaryDirectory() as d:
         tree = Path(d)
         tree.chmod(0o755)

@@ -206,8 +206,10 @@ def test_no_external_program_outside_development() -> None:
     importers = [
         path.relative_to(REPO)
         for path in (REPO / "appliance").rglob("*.py")
-        if re.search(r"from appliance(\.update)? import (update|Slots)|import appliance\.update",
-                     path.read_text())  # fmt: skip
+        if re.search(
+            r"from appliance(\.update)? import (update|Slots)|import appliance\.update",
+            path.read_text(),
+        )  # fmt: skip
     ]
     assert {str(p) for p in importers} <= {"appliance/cli.py", "appliance/selftest.py"}, importers
 
