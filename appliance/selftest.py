@@ -20,6 +20,7 @@ Exit status 0 when nothing failed, 1 otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -378,6 +379,8 @@ def _agent_model() -> Iterator[Check]:
         return
     try:
         manifest = load_manifest(ROOT / model.lstrip("/"))
+        if manifest.file.startswith("/"):  # the HEF, inside ROOT
+            manifest = dataclasses.replace(manifest, file=str(ROOT / manifest.file.lstrip("/")))
         path = verify(manifest)
     except ModelError as e:
         yield Check("agent model", "fail", e.reason)
@@ -411,7 +414,7 @@ def _mark_good() -> Iterator[Check]:
     from appliance.update import Slots, UpdateError
 
     unit = ROOT / "etc/systemd/system/multi-user.target.wants/appliance-mark-good.service"
-    if not unit.exists():
+    if not (unit.is_symlink() or unit.exists()):
         yield Check("mark-good", "fail", "appliance-mark-good.service is not enabled")
         return
     slots = Slots(state=ROOT / "data/rauc", cmdline=ROOT / "proc/cmdline")
