@@ -380,8 +380,8 @@ class HailoBackend:
             path = verify(manifest)
             make_vdevice, make_llm = _hailo_runtime()
             try:
-                self._vdevice = make_vdevice()
-                llm = make_llm(self._vdevice, str(path))
+                vdevice = self._vdevice = make_vdevice()
+                llm = make_llm(vdevice, str(path))
             except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
                 self._release_device()
                 raise ModelError(f"HailoRT could not load {path}: {e}") from None
