@@ -13,8 +13,10 @@ code. Every one says STAND-IN in its description and in each file it ships.
 * ``python3-h10-hailort`` 5.1.1-1: ``hailo_platform`` in
   /usr/lib/python3/dist-packages, importing numpy as the real one does; its
   ``VDevice`` and ``genai.LLM`` refuse to open a device.
-* ``h10-hailort-pcie-driver`` 5.1.1: depends on dkms like the real one; ships
-  a placeholder ``hailo1x_pci.ko`` where DKMS puts the built module.
+* ``h10-hailort-pcie-driver`` 5.1.1: depends on dkms like the real one, and
+  has its DKMS source folder in /usr/src (a dkms.conf naming the module,
+  nothing to build); ships a placeholder ``hailo1x_pci.ko`` where DKMS puts
+  the built module.
 * ``raspi-firmware``: the boot partition's files stage.sh copies
   (``kernel_2712.img``, ``bcm2712-rpi-5-b.dtb``, ``overlays/tpm-slb9670.dtbo``),
   as compiled stubs and placeholders.
@@ -120,7 +122,12 @@ def main(out: Path) -> None:
         out,
         "h10-hailort-pcie-driver",
         "5.1.1",
-        {f"usr/lib/modules/{KERNEL}/updates/dkms/hailo1x_pci.ko": STAND_IN.encode()},
+        {
+            f"usr/lib/modules/{KERNEL}/updates/dkms/hailo1x_pci.ko": STAND_IN.encode(),
+            "usr/src/hailo1x_pci-5.1.1/dkms.conf": (
+                f"# {STAND_IN}\nPACKAGE_NAME=hailo1x_pci\nPACKAGE_VERSION=5.1.1\n"
+            ).encode(),
+        },
         depends="dkms, h10-hailort (= 5.1.1)",
     )
     package(
