@@ -90,30 +90,30 @@ def venv_sees_hailo_platform(t: Staged) -> str:
 
 
 # ---------------------------------------------------------------------- 2, 3
-def agent_hef_declared(t: Staged) -> str:
-    """The agent's model is a HEF whose path and sha256 are the pinned version's."""
+def _agent_hef(t: Staged) -> tuple[Path, str, str, str]:
+    """(path in ROOT, path on the box, sha256, HailoRT version) of the agent's HEF."""
     pin = load_pin(t.root / "usr/share/appliance/hailo.toml")
     try:
         path, sha = declared_hef(t.root, pin)
     except HailoError as e:
         raise CheckFailed(str(e)) from None
-    where = "/" + str(path.relative_to(t.root))
+    return path, "/" + str(path.relative_to(t.root)), sha, pin.hailort
+
+
+def agent_hef_declared(t: Staged) -> str:
+    """The agent's model is a HEF whose path and sha256 are the pinned version's."""
+    _, where, sha, hailort = _agent_hef(t)
     if not where.startswith(HEF_DIR):
         raise CheckFailed(f"the agent's HEF {where} is not under {HEF_DIR}")
     unit = _unit(t, "appliance-agent.service")
     if not any("--model ${AGENT_MODEL}" in v for v in unit.get("ExecStart", [])):
         raise CheckFailed("appliance-agent.service does not run the model agent.env names")
-    return f"{where}, sha256 {sha} (HailoRT {pin.hailort})"
+    return f"{where}, sha256 {sha} (HailoRT {hailort})"
 
 
 def agent_hef_installed(t: Staged) -> str:
     """The agent's HEF is on the image, root's, read-only, with its hash."""
-    pin = load_pin(t.root / "usr/share/appliance/hailo.toml")
-    try:
-        path, sha = declared_hef(t.root, pin)
-    except HailoError as e:
-        raise CheckFailed(str(e)) from None
-    where = "/" + str(path.relative_to(t.root))
+    path, where, sha, _ = _agent_hef(t)
     if not path.is_file():
         raise CheckFailed(f"the agent's HEF {where} is not on the image (hailo.py fetch)")
     st = path.stat()
