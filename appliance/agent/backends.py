@@ -413,7 +413,10 @@ class HailoBackend:
         self.prompts.append(prompt)
         # The GenAI LLM keeps a conversation between calls: each request
         # starts from an empty context so one task never sees another's.
-        llm.clear_context()
+        try:
+            llm.clear_context()
+        except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
+            raise ModelError(f"the Hailo-10H could not clear its context: {e}") from None
         prompt_tokens, budget = self._budget(llm, prompt)
         try:
             text = llm.generate_all(prompt=prompt, max_generated_tokens=budget, **self.sampling)
