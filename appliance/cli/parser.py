@@ -225,6 +225,10 @@ def _box_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _state(selftest)
     selftest.set_defaults(func=cmd_selftest)
 
+    from appliance import update
+
+    update.register(sub)
+
 
 def _desktop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     discover = sub.add_parser(
