@@ -166,7 +166,8 @@ def _rollback(audit: AuditLog, boot_count: int) -> str | None:
         return None
     reason = (
         f"the audit log's newest checkpoint is from start {last['boot_count']}, "
-        f"but the TPM counts {boot_count - 1} earlier starts: the log was rolled back"
+        f"but the TPM counts {boot_count - 1} earlier ones (boots, on the box): "
+        "the log was rolled back"
     )
     log.error("%s", reason)
     audit.append(

@@ -240,13 +240,13 @@ def test_pairing_hint(tmp_path: Path) -> None:
         "PATH": "/usr/bin:/bin",
         "APPLIANCE_CERT": str(tmp_path / "tls/device.crt"),
         "APPLIANCE_RUN": str(tmp_path / "run"),
-        "APPLIANCE_AVAHI_DIR": str(tmp_path / "avahi"),
         "APPLIANCE_CONSOLE": str(tmp_path / "console"),
     }
     proc = run("sh", DEPLOY / "appliance/pairing-hint", env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"--fingerprint {fp}" in (tmp_path / "run/issue.d/appliance.issue").read_text()
-    assert f"<txt-record>fp={fp}</txt-record>" in (tmp_path / "avahi/appliance.service").read_text()
+    # The broker announces itself by mDNS; the hint writes no second announcement.
+    assert not list(tmp_path.rglob("*.service"))
     assert fp in (tmp_path / "console").read_text()
 
 
