@@ -43,8 +43,10 @@ from appliance.broker.plans import (
     PlanStatus,
     PlanStore,
 )
+from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.storage import Storage
 from appliance.broker.tasks import TaskRunner, TaskStore
 from appliance.config import Config
 from appliance.db import Database
@@ -79,6 +81,8 @@ class Parts:
     shares: Shares
     snapshots: SnapshotStore
     files: FileOps
+    retention: Retention
+    storage: Storage
     plans: PlanStore
     task_store: TaskStore
     clients: Clients
@@ -107,6 +111,7 @@ class Broker:
         self.chain = parts.chain
         self.shares = parts.shares
         self.files = parts.files
+        self.retention = parts.retention
         self.plans = parts.plans
         self.clients = parts.clients
         self.receipts = parts.receipts
@@ -226,6 +231,8 @@ class Broker:
             raise ApplianceError(
                 f"action {action_id} cannot be undone: {why}", code="not_undoable", status=409
             )
+        if action.undo is not None:
+            self.retention.check_undo(action.undo)  # purged: why, before anyone presses
         return action
 
     def _undo_plan(self, requester: str, actions: list[ActionRow]) -> dict[str, Any]:
@@ -476,6 +483,8 @@ class Broker:
             "lockouts": self.approvals.lockouts(),
             "audit_size": self.audit.size,
             "epoch": self.tokens.epoch(),
+            "retention": self.retention.status(),
+            "disk": self.parts.storage.status(),
         }
 
 
