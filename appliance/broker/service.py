@@ -59,7 +59,7 @@ from appliance.issuer.tokens import TokenService
 from appliance.issuer.tpm import DEVICE_KEY_HANDLE
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
-from appliance.verbs import UNDO_VERB
+from appliance.verbs import CHANGE_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
@@ -266,6 +266,12 @@ class Broker:
             status = PlanStatus.pending_approval
         else:
             status = PlanStatus.running
+        if status is not PlanStatus.denied and any(
+            e.intent.verb in CHANGE_VERBS for e in evaluated
+        ):
+            # A full data partition refuses changes now (507), before anyone is
+            # asked to press; the executor checks again when it runs.
+            self.parts.storage.check_change("this plan")
         digest = plan_digest(plan_id, requester, [e.digest for e in evaluated])
         decided = {
             "plan_id": plan_id,
@@ -456,6 +462,8 @@ class Broker:
             warnings.append("keys are UNSAFE development keys, not in a TPM")
         if self.rollback:
             warnings.append(self.rollback)
+        if self.parts.storage.status()["low"]:
+            warnings.append("the data partition is full: changes are refused, reads go on")
         return {
             "status": "ok" if not problems else "unavailable",
             "problems": problems,

@@ -20,6 +20,7 @@ from appliance.cli.box import (
     cmd_panel,
     cmd_plugins,
     cmd_receipt,
+    cmd_retention,
     cmd_selftest,
     cmd_status,
     cmd_up,
@@ -156,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the running broker's state")
     _state(status)
     status.set_defaults(func=cmd_status)
+
+    retention = sub.add_parser("retention", help="the trash and snapshots kept for undo")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    purge = retention_sub.add_parser(
+        "purge", help="remove what is kept for undo now (those undos then say why they cannot)"
+    )
+    purge.add_argument(
+        "--older-than-days", type=float, default=0.0, help="only items kept longer (default: all)"
+    )
+    _state(purge)
+    purge.set_defaults(func=cmd_retention)
 
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

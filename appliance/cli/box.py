@@ -111,6 +111,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Empty the trash and the snapshot store early (each item audited)."""
+    out(_control(args, "retention.purge", older_than_days=args.older_than_days))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from appliance.audit import verify_log
 
