@@ -111,6 +111,7 @@ def _parts(
         signer_label=keystore.label,
         boot_count=keystore.boot_count,
         session_signer=ephemeral_signer(unsafe=keystore.unsafe),
+        on_full=storage.release,  # a full disk: the reserve makes room for reads' entries
     )
     stack.callback(audit.close)
     policy = PolicyEngine.load(config.policy_dir)
