@@ -177,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
     )
+    verify.add_argument(
+        "--since",
+        type=Path,
+        help="a checkpoint saved by an earlier check (--save): the log must extend it, and only "
+        "what came after it is read again (a missing file: a full check)",
+    )
+    verify.add_argument(
+        "--save", type=Path, help="write the newest checkpoint here when the log verifies"
+    )
     verify.set_defaults(func=cmd_audit)
 
     receipt = sub.add_parser("receipt", help="signed approval receipts")

@@ -123,8 +123,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     state = args.state_dir
     pub = (args.public_key or state / "keys" / "device.pub.pem").read_bytes()
     trusted = json.loads(args.checkpoint.read_text()) if args.checkpoint else None
-    report = verify_log(state / "audit", pub, trusted_checkpoint=trusted)
+    since = None
+    if args.since and args.since.exists():
+        since = json.loads(args.since.read_text())
+    report = verify_log(state / "audit", pub, trusted_checkpoint=trusted, since=since)
     print(f"entries: {report.entries}, checkpoints: {report.checkpoints}")
+    if since is not None:
+        print(
+            f"checked from entry {report.read_from} on, extending the saved checkpoint of "
+            f"tree size {since.get('tree_size')}"
+        )
     if report.unsafe_signer:
         print("note: checkpoints were signed by the UNSAFE development key")
     for warning in report.warnings:
@@ -132,6 +140,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     print("audit log verifies" if report.ok else "audit log does NOT verify")
+    if report.ok and report.newest is not None and args.save:
+        # The next check can start here (--since): keep it where the box's
+        # card cannot rewrite it, e.g. on the desktop.
+        args.save.write_text(json.dumps(report.newest, sort_keys=True) + "\n")
+        print(
+            f"saved the newest checkpoint (tree size {report.newest['tree_size']}) to {args.save}"
+        )
     return 0 if report.ok else 1
 
 

@@ -300,3 +300,22 @@ def test_a_full_disk_is_a_507_and_the_log_goes_on(
     log.close()
     report = verify_log(d, pem)
     assert report.ok and report.warnings == []
+
+
+def test_appliance_audit_verify_saves_and_starts_from_a_checkpoint(tmp_path: Path, capsys) -> None:
+    from appliance.cli import main
+
+    keys = DevKeyStore(tmp_path / "keys")
+    signer = keys.device_signer()
+    assert (tmp_path / "keys" / "device.pub.pem").exists()
+    fill(tmp_path / "audit", signer, 10)
+    saved = tmp_path / "desk" / "checkpoint.json"
+    saved.parent.mkdir()
+    assert main(["audit", "verify", "--state-dir", str(tmp_path), "--save", str(saved)]) == 0
+    assert json.loads(saved.read_text())["tree_size"] == 10
+    fill(tmp_path / "audit", signer, 7, start=10)
+    args = ["audit", "verify", "--state-dir", str(tmp_path), "--since", str(saved)]
+    assert main([*args, "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "checked from entry 8 on" in out and "audit log verifies" in out
+    assert json.loads(saved.read_text())["tree_size"] == 17
