@@ -97,13 +97,14 @@ def _parts(
     now: Clock,
     stack: contextlib.ExitStack,
 ) -> Parts:
-    db = Database(config.db_path)
-    stack.callback(db.close)
     storage = Storage(
         config.state_dir,
         low_free_bytes=config.retention.low_free_bytes,
         reserve_bytes=config.retention.reserve_bytes,
     )
+    # A full disk: the reserve makes room for the entries of reads and approvals.
+    db = Database(config.db_path, on_full=storage.release)
+    stack.callback(db.close)
     signer = keystore.device_signer()
     audit = AuditLog(
         config.audit_dir,
@@ -111,7 +112,7 @@ def _parts(
         signer_label=keystore.label,
         boot_count=keystore.boot_count,
         session_signer=ephemeral_signer(unsafe=keystore.unsafe),
-        on_full=storage.release,  # a full disk: the reserve makes room for reads' entries
+        on_full=storage.release,
     )
     stack.callback(audit.close)
     policy = PolicyEngine.load(config.policy_dir)

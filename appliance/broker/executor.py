@@ -35,7 +35,7 @@ from appliance.broker.plans import ActionRow, ActionStatus, PlanRow, PlanStatus,
 from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
 from appliance.broker.storage import Storage
-from appliance.errors import ApplianceError, ExecutionError, InsufficientStorage, NotFound
+from appliance.errors import ApplianceError, ExecutionError, NotFound
 from appliance.intents import digest
 from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import Claims, TokenService
@@ -141,10 +141,7 @@ class Executor:
             # token is spent is known to have maybe begun.
             self.plans.mark_running(conn, action_id, token_id)
 
-        try:
-            verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
-        except sqlite3.OperationalError as e:
-            raise self._full(e) from None
+        verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
         try:
             result, snapshot_id, undo = self._act(action)
         except ApplianceError:
@@ -186,18 +183,6 @@ class Executor:
             original = self.plans.action(str(action.params.get("action_id", "")))
             if original is not None and original.undo is not None:
                 self.retention.check_undo(original.undo)
-
-    def _full(self, e: sqlite3.OperationalError) -> Exception:
-        """The database could not write: a full disk is a 507 (and gives the
-        reserve back, so reads go on), anything else stays what it was."""
-        if "full" not in str(e):
-            return e
-        self.storage.release()
-        return InsufficientStorage(
-            "the box's data partition is full: the database cannot record the action; "
-            "nothing was changed",
-            code="disk_full",
-        )
 
     def _keeper(self, action_id: str) -> _Keeper:
         return _Keeper(self.retention, action_id)
