@@ -38,7 +38,7 @@ WHEEL=$(ls "$OUT"/dist/appliance-*.whl)
 # appliance needs. The build tools are removed again after the venv is made
 # (llama-cpp-python and tpm2-pytss compile natively here).
 PI_OS="raspberrypi-archive-keyring,raspberrypi-sys-mods,raspi-firmware,linux-image-rpi-2712,rpi-eeprom,raspi-utils,raspi-config,systemd-sysv,systemd-timesyncd,udev,dbus,network-manager,avahi-daemon,ca-certificates,sudo,less,nano,openssh-server,firmware-brcm80211,wpasupplicant"
-APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,hailo-h10-all"
+APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,fdisk,hailo-h10-all"
 BUILD="python3-dev,gcc,g++,cmake,make,pkg-config,swig,libtss2-dev"
 
 ROOT=$OUT/rootfs

@@ -60,7 +60,7 @@ else
 rm -rf "$ROOT"
 mkdir -p "$OUT/pip-cache"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
-    --include=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,libtss2-dev,nftables,rauc,openssl,ca-certificates \
+    --include=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,libtss2-dev,nftables,rauc,openssl,ca-certificates,fdisk \
     --customize-hook='mkdir -p "$1/root/.cache/pip"' \
     --customize-hook="sync-in '$OUT/pip-cache' /root/.cache/pip" \
     --customize-hook="sh '$HERE/customize.sh' \"\$1\" '$HERE/requirements-check.txt' '$WHEEL' '$OUT/keys/ca.pem'" \
@@ -86,6 +86,7 @@ IMG=$OUT/appliance-check-arm64.img
     --stage "root=$OUT/stage/root" "$IMG" > "$OUT/assemble.txt" || fail "image assembly"
 "$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" "$IMG" >> "$OUT/assemble.txt" \
     || fail "image check"
+"$PY" "$HERE/growcheck.py" "$IMG" >> "$OUT/assemble.txt" || fail "data partition growth"
 tee -a "$REPORT" < "$OUT/assemble.txt"
 xz -T2 -1 -f -k "$IMG"
 (cd "$OUT" && sha256sum "$(basename "$IMG").xz" > "$(basename "$IMG").xz.sha256")

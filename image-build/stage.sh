@@ -33,7 +33,9 @@ cat > "$ROOT/etc/fstab" <<FSTAB
 # rootA or rootB). The boot partitions are not mounted: only RAUC writes them,
 # as whole images. Partition 1 is mounted for the tryboot backend (autoboot.txt).
 PARTLABEL=autoboot /boot/autoboot vfat defaults,noatime,umask=0077  0 2
-PARTLABEL=data   /data           ext4  defaults,noatime,nodev,nosuid  0 2
+# /data grows to the end of the card at the first boot (grow-data, then
+# systemd-growfs once mounted).
+PARTLABEL=data   /data           ext4  defaults,noatime,nodev,nosuid,x-systemd.requires=appliance-grow-data.service,x-systemd.growfs  0 2
 FSTAB
 rm -rf "$OUT/root"
 ln -s "$(cd "$ROOT" && pwd)" "$OUT/root"
