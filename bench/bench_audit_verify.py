@@ -189,7 +189,11 @@ def main() -> None:
                     f"{n:>9,} {every:>8} {what:<32} {s:>9.3f} {raw:>8.3f} {s / raw:>6.1f} "
                     f"{read:>9,}"
                 )
-            print(f"{'':>18} (generated in {gen_s:.1f} s; {report.checkpoints:,} checkpoints)")
+            disk = sum(p.stat().st_size for p in d.iterdir())
+            print(
+                f"{'':>18} (generated in {gen_s:.1f} s; {report.checkpoints:,} checkpoints; "
+                f"{disk / n:.0f} bytes on disk per entry)"
+            )
             assert verify_log(d, pem, since=saved).ok
 
 
