@@ -102,7 +102,7 @@ class RetentionSettings:
     # The state partition: below low_free_bytes free, changes are refused (507)
     # while reads and approvals go on, on room kept back in a reserve file.
     low_free_bytes: int = 64 << 20
-    reserve_bytes: int = 32 << 20
+    reserve_bytes: int = 16 << 20  # ~20,000 entries of reads and approvals
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ For a 1 GiB file and for a folder of 10,000 small files, on one file system:
   for a delete ``unlink(2)`` / removing the tree; for the undo of a delete,
   the ``rename(2)`` back that a trash needs);
 * the space the action took in the state directory (the snapshot store, the
-  database, the audit log; the 32 MiB reserve file is left out) and, for a
+  database, the audit log; the 16 MiB reserve file is left out) and, for a
   delete, what the share's trash now holds.
 
 Then a copy of the 1 GiB file: box throughput against ``cp`` + ``fsync``.

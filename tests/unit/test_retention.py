@@ -142,7 +142,7 @@ def test_status_shows_retention_and_the_disk(box: Box) -> None:
     assert status["retention"]["days"] == 30 and status["retention"]["items"] == 1
     assert status["retention"]["oldest"] and status["retention"]["next_purge"]
     assert status["disk"]["free_bytes"] > 0 and status["disk"]["reserve_held"] is True
-    assert (box.root / "state" / "reserve").stat().st_size == 32 << 20
+    assert (box.root / "state" / "reserve").stat().st_size == 16 << 20
     json.dumps(status)  # what `appliance status` prints
 
 
