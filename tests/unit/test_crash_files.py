@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from appliance.broker.files import TRASH_DIR, creating, deleting, moving
+from appliance.broker.files import TRASH_DIR, base, deleting, moving
 from tests.unit.files_box import DAY, Box, Clock
 
 PATCHED = ("link", "unlink", "rename", "replace", "rmdir", "mkdir", "fsync", "utime", "fchmod")
@@ -73,7 +73,7 @@ def patch(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Box, Killer], N
     def arm(box: Box, killer: Killer) -> None:
         for name in PATCHED:
             monkeypatch.setattr(os, name, killer.counting(getattr(os, name)))
-        for mod in (moving, deleting, creating):
+        for mod in (moving, deleting, base):
             monkeypatch.setattr(
                 mod, "renameat2_noreplace", killer.counting(mod.renameat2_noreplace)
             )

@@ -22,6 +22,7 @@ from appliance.broker.files import (
     Kept,
     Outcome,
     UndoRecord,
+    base,
     creating,
     deleting,
     fsutil,
@@ -700,14 +701,14 @@ def test_delete_on_another_file_system_takes_a_snapshot(
     """Where the trash cannot be reached by a rename (EXDEV: a mount point
     inside the share), the content goes into the store first, and the undo
     rebuilds it; the snapshot limits and the budget apply there."""
-    real = deleting.renameat2_noreplace
+    real = base.renameat2_noreplace
 
     def cross(a: int, b: str, c: int, d: str) -> None:
         if a != c:  # into the trash (another folder)
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         real(a, b, c, d)
 
-    monkeypatch.setattr(deleting, "renameat2_noreplace", cross)
+    monkeypatch.setattr(base, "renameat2_noreplace", cross)
     before = tree(env.docs, times=True)
     o = env.run("file.delete", "share:docs/sub")
     assert o.snapshot_id and o.result["trash"] is False and not (env.docs / "sub").exists()
@@ -892,7 +893,7 @@ class Faults:
 
     def __enter__(self) -> Faults:
         targets = [(os, n) for n in PATCHED] + [
-            (mod, "renameat2_noreplace") for mod in (fileops_mod, deleting, creating)
+            (mod, "renameat2_noreplace") for mod in (fileops_mod, deleting, base)
         ]
         for mod, name in targets:
             fn = getattr(mod, name)

@@ -25,6 +25,7 @@ from appliance.broker.files.fsutil import (
     write_all,
 )
 from appliance.broker.files.identity import Identity, identity_at
+from appliance.broker.files.trash import item_name
 from appliance.broker.files.trees import Tree, walk_tree
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
@@ -132,6 +133,38 @@ class FileActions:
     def _kept(self, kept: Kept) -> None:
         if self._keeper is not None:
             self._keeper.kept(kept)
+
+    def _into_trash(
+        self,
+        fd: int,
+        name: str,
+        tfd: int,
+        target: Target,
+        size: int,
+        what: str,
+        record: Callable[[str], UndoRecord | None],
+    ) -> str:
+        """Put ``name`` in the share's trash (``tfd``) with one no-replace
+        rename, after admitting and recording what it keeps and the undo
+        record ``record(item)`` makes (if any). Returns the item's name;
+        raises the rename's OSError (EXDEV: another file system after all)."""
+        item = item_name()
+        self._admit(size, what)
+        self._kept(Kept(f"trash:{target.share}/{item}", target.canonical, size))
+        undo = record(item)
+        if undo is not None:
+            self._saved(None, undo)
+        try:
+            renameat2_noreplace(fd, name, tfd, item)
+        except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise ExecutionError(
+                    "this file system cannot rename without replacing; refusing to risk it"
+                ) from None
+            raise
+        settle(tfd)
+        settle(fd)
+        return item
 
     def _walk(self, dir_fd: int, name: str, target: Target, *, store: bool) -> Tree:
         """The manifest of ``name`` (stored, or only hashed), within the

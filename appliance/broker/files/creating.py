@@ -20,11 +20,10 @@ from appliance.broker.files.fsutil import (
     copy_content,
     hash_fd,
     os_error,
-    renameat2_noreplace,
     settle,
 )
 from appliance.broker.files.identity import Identity, identity_at
-from appliance.broker.files.trash import item_name, open_trash
+from appliance.broker.files.trash import open_trash
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
     Target,
@@ -172,13 +171,9 @@ class Creating(FileActions):
             if st.st_dev != os.fstat(tfd).st_dev:
                 return self._remove_by_snapshot(fd, name, target, now)
             # Into the trash, so that this undo destroys nothing either.
-            item = item_name()
-            self._admit(st.st_size, f"undoing {undo.verb} of {target.canonical}")
-            self._kept(Kept(f"trash:{target.share}/{item}", target.canonical, st.st_size))
             self._check_same(fd, name, now, target)
-            renameat2_noreplace(fd, name, tfd, item)
-            settle(tfd)
-            settle(fd)
+            what = f"undoing {undo.verb} of {target.canonical}"
+            self._into_trash(fd, name, tfd, target, st.st_size, what, lambda item: None)
         return {"removed": target.canonical, "trash": True}
 
     def _is_made(self, fd: int, name: str, target: Target, undo: UndoRecord, now: Identity) -> bool:

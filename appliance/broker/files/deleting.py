@@ -27,7 +27,7 @@ from appliance.broker.files.fsutil import (
     tmp_name,
 )
 from appliance.broker.files.identity import Identity, identity_at
-from appliance.broker.files.trash import item_name, measure, open_trash
+from appliance.broker.files.trash import measure, open_trash
 from appliance.broker.files.trees import Tree, blob_chunks, build_tree
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
@@ -70,24 +70,21 @@ class Deleting(FileActions):
         ident = identity_at(fd, name)
         if ident is None:
             raise ExecutionError(f"{target.canonical} does not exist")
-        item = item_name()
-        self._admit(size, f"deleting {target.canonical}")
-        kept = Kept(f"trash:{target.share}/{item}", target.canonical, size)
-        self._kept(kept)
-        undo = UndoRecord("file.delete", target=target.canonical, trash=item, identity=ident)
-        self._saved(None, undo)
+        made: list[UndoRecord] = []
+
+        def record(item: str) -> UndoRecord:
+            made.append(
+                UndoRecord("file.delete", target=target.canonical, trash=item, identity=ident)
+            )
+            return made[0]
+
         try:
-            renameat2_noreplace(fd, name, tfd, item)
+            self._into_trash(fd, name, tfd, target, size, f"deleting {target.canonical}", record)
         except OSError as e:
             if e.errno == errno.EXDEV:
                 return None
-            if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise ExecutionError(
-                    "this file system cannot rename without replacing; refusing to delete"
-                ) from None
             raise
-        settle(tfd)
-        settle(fd)
+        undo = made[0]
         return Outcome({**result, "files": files, "bytes": size, "trash": True}, None, undo)
 
     def _delete_by_snapshot(
