@@ -98,6 +98,9 @@ class Retention:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self.now = now
+        # One purge at a time. Taken before the file actions' lock (a purge
+        # removes through them), never while holding it: the actions call
+        # admit() and keep() under their lock, and those take none of ours.
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,18 +125,19 @@ class Retention:
     def admit(self, size: int, what: str) -> None:
         """Refuse ``what`` before it changes anything if keeping ``size`` more
         bytes would go over the budget."""
-        with self._lock:
-            used, budget = self.used_bytes(), self.budget_bytes
-            if used + size <= budget:
-                return
-            oldest = self.db.one(
-                "SELECT MIN(created) AS t FROM retained WHERE status = ?", (Held.kept,)
-            )
-            frees = (
-                f"; the oldest item is purged on {_iso(oldest['t'] + self.settings.days * DAY_S)}"
-                if oldest and oldest["t"] is not None
-                else ""
-            )
+        # No lock of ours here: the file actions call this under their own
+        # (one action at a time), and a purge running meanwhile only frees.
+        used, budget = self.used_bytes(), self.budget_bytes
+        if used + size <= budget:
+            return
+        oldest = self.db.one(
+            "SELECT MIN(created) AS t FROM retained WHERE status = ?", (Held.kept,)
+        )
+        frees = (
+            f"; the oldest item is purged on {_iso(oldest['t'] + self.settings.days * DAY_S)}"
+            if oldest and oldest["t"] is not None
+            else ""
+        )
         raise InsufficientStorage(
             f"{what} is refused: the trash and snapshots would hold {used + size} bytes, over "
             f"the retention budget of {budget} bytes ({used} held now){frees}. Nothing was "
@@ -144,12 +148,11 @@ class Retention:
 
     def keep(self, action_id: str | None, kept: Kept) -> None:
         """Record ``kept`` (before the action changes anything)."""
-        with self._lock:
-            self.db.execute(
-                "INSERT OR REPLACE INTO retained (key, action_id, source, bytes, created, status)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (kept.key, action_id, kept.source, kept.size, self.now(), Held.kept),
-            )
+        self.db.execute(
+            "INSERT OR REPLACE INTO retained (key, action_id, source, bytes, created, status)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (kept.key, action_id, kept.source, kept.size, self.now(), Held.kept),
+        )
 
     def release(self, action_id: str, reason: str) -> None:
         """What ``action_id`` kept is not needed (it did not take effect)."""
