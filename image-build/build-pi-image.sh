@@ -43,7 +43,7 @@ WHEEL=$(ls "$OUT"/dist/appliance-*.whl)
 # tpm2-pytss and lgpio compile natively here); gcc and make stay, because
 # dkms depends on them and removing dkms would remove the Hailo driver.
 PI_OS="raspberrypi-archive-keyring,raspberrypi-sys-mods,raspi-firmware,linux-image-rpi-2712,rpi-eeprom,raspi-utils,raspi-config,systemd-sysv,systemd-timesyncd,udev,dbus,network-manager,avahi-daemon,ca-certificates,sudo,less,nano,openssh-server,firmware-brcm80211,wpasupplicant"
-APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,dkms,gcc,make,hailo-h10-all"
+APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,fdisk,dkms,gcc,make,hailo-h10-all"
 BUILD="python3-dev,g++,cmake,pkg-config,swig,libtss2-dev,linux-headers-rpi-2712"
 
 ROOT=$OUT/rootfs

@@ -69,7 +69,7 @@ mkdir -p "$OUT/pip-cache"
 BUILD="python3-dev swig pkg-config libtss2-dev"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
     --aptopt='APT::Install-Recommends "false"' \
-    --include=systemd,systemd-sysv,dbus,python3,python3-venv,gcc,make,libc6-dev,dkms,nftables,rauc,rauc-service,openssl,ca-certificates,$(echo "$BUILD" | tr ' ' ,) \
+    --include=systemd,systemd-sysv,dbus,python3,python3-venv,gcc,make,libc6-dev,dkms,nftables,rauc,rauc-service,openssl,ca-certificates,fdisk,$(echo "$BUILD" | tr ' ' ,) \
     --customize-hook='mkdir -p "$1/root/.cache/pip" "$1/tmp/standins"' \
     --customize-hook="sync-in '$OUT/pip-cache' /root/.cache/pip" \
     --customize-hook="sync-in '$OUT/standins' /tmp/standins" \
@@ -111,6 +111,7 @@ IMG=$OUT/appliance-check-arm64.img
 "$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" --boot-file kernel_2712.img \
     --boot-file bcm2712-rpi-5-b.dtb --boot-file overlays "$IMG" >> "$OUT/assemble.txt" \
     || fail "image check"
+"$PY" "$HERE/growcheck.py" "$IMG" >> "$OUT/assemble.txt" || fail "data partition growth"
 tee -a "$REPORT" < "$OUT/assemble.txt"
 xz -T2 -1 -f -k "$IMG"
 (cd "$OUT" && sha256sum "$(basename "$IMG").xz" > "$(basename "$IMG").xz.sha256")

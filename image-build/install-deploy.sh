@@ -38,4 +38,5 @@ for f in "$SRC"/docs/*.md; do
 done
 inst 0644 "$SRC/image-build/rauc/system.conf" /etc/rauc/system.conf
 inst 0755 "$SRC/image-build/rauc/tryboot-backend" /usr/lib/appliance/tryboot-backend
+inst 0755 "$SRC/image-build/grow-data.sh" /usr/lib/appliance/grow-data
 mkdir -p "$ROOT/data"

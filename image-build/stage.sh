@@ -44,7 +44,9 @@ cat > "$ROOT/etc/fstab" <<FSTAB
 # (autoboot.txt).
 PARTLABEL=rootA    /               ext4  defaults,noatime                0 1
 PARTLABEL=autoboot /boot/autoboot  vfat  defaults,noatime,umask=0077     0 2
-PARTLABEL=data     /data           ext4  defaults,noatime,nodev,nosuid   0 2
+# /data grows to the end of the card at the first boot (grow-data, then
+# systemd-growfs once mounted).
+PARTLABEL=data     /data           ext4  defaults,noatime,nodev,nosuid,x-systemd.requires=appliance-grow-data.service,x-systemd.growfs  0 2
 FSTAB
 rm -rf "$OUT/root"
 ln -s "$(cd "$ROOT" && pwd)" "$OUT/root"

@@ -35,7 +35,6 @@ from appliance.broker.executor import Executor
 from appliance.broker.files import FileOps
 from appliance.broker.pairing import Pairing
 from appliance.broker.plans import (
-    TERMINAL,
     ActionRow,
     ActionStatus,
     NewAction,
@@ -43,8 +42,10 @@ from appliance.broker.plans import (
     PlanStatus,
     PlanStore,
 )
+from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.storage import Storage
 from appliance.broker.taskrunner import TaskRunner
 from appliance.broker.tasks import TaskStore
 from appliance.broker.views import Views
@@ -58,7 +59,7 @@ from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import TokenService
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
-from appliance.verbs import READ_VERBS, UNDO_VERB
+from appliance.verbs import CHANGE_VERBS, READ_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
@@ -81,6 +82,8 @@ class Parts:
     shares: Shares
     snapshots: SnapshotStore
     files: FileOps
+    retention: Retention
+    storage: Storage
     plans: PlanStore
     task_store: TaskStore
     clients: Clients
@@ -109,6 +112,7 @@ class Broker:
         self.chain = parts.chain
         self.shares = parts.shares
         self.files = parts.files
+        self.retention = parts.retention
         self.plans = parts.plans
         self.clients = parts.clients
         self.receipts = parts.receipts
@@ -264,6 +268,8 @@ class Broker:
             raise ApplianceError(
                 f"action {action_id} cannot be undone: {why}", code="not_undoable", status=409
             )
+        if action.undo is not None:
+            self.retention.check_undo(action.undo)  # purged: why, before anyone presses
         return action
 
     def _undo_plan(self, requester: str, actions: list[ActionRow]) -> dict[str, Any]:
@@ -297,6 +303,14 @@ class Broker:
             status = PlanStatus.pending_approval
         else:
             status = PlanStatus.running
+        if status is not PlanStatus.denied and any(
+            e.intent.verb in CHANGE_VERBS for e in evaluated
+        ):
+            # A full data partition refuses changes now (507), before anyone is
+            # asked to press; the executor checks again when it runs.
+            self.parts.storage.check_change("this plan")
+        else:
+            self.parts.storage.room_for_records()
         digest = plan_digest(plan_id, requester, [e.digest for e in evaluated])
         decided = {
             "plan_id": plan_id,
@@ -453,16 +467,6 @@ class Broker:
         return epoch
 
     # ------------------------------------------------------------------ status
-    def wait_plan(self, plan_id: str, wait_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            plan = self.plans.public(plan_id)
-            if plan is None:
-                raise NotFound(f"no plan {plan_id!r}")
-            if plan["status"] in TERMINAL or time.monotonic() >= deadline:
-                return plan
-            time.sleep(0.05)
-
     def _update_fault(self) -> None:
         """The panel's fault light follows /healthz: on while nothing
         privileged can run (TPM gone or locked out, audit log closed)."""
@@ -487,6 +491,8 @@ class Broker:
             warnings.append("keys are UNSAFE development keys, not in a TPM")
         if self.rollback:
             warnings.append(self.rollback)
+        if self.parts.storage.status()["low"]:
+            warnings.append("the data partition is full: changes are refused, reads go on")
         return {
             "status": "ok" if not problems else "unavailable",
             "problems": problems,
@@ -514,6 +520,8 @@ class Broker:
             "lockouts": self.approvals.lockouts(),
             "audit_size": self.audit.size,
             "epoch": self.tokens.epoch(),
+            "retention": self.retention.status(),
+            "disk": self.parts.storage.status(),
         }
 
 

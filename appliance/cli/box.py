@@ -126,19 +126,41 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     return OK
 
 
+def cmd_retention(args: argparse.Namespace, out: Output) -> int:
+    """Empty the trash and the snapshot store early (each item audited)."""
+    result = _control(args, "retention.purge", older_than_days=args.older_than_days)
+    out.result(result, lines_view([f"purged {result.get('purged', 0)} items"], [], []))
+    return OK
+
+
 def cmd_audit(args: argparse.Namespace, out: Output) -> int:
     from appliance.audit import verify_log
 
     state = args.state_dir
     pub = (args.public_key or state / "keys" / "device.pub.pem").read_bytes()
     trusted = json.loads(args.checkpoint.read_text()) if args.checkpoint else None
-    report = verify_log(state / "audit", pub, trusted_checkpoint=trusted)
+    since = None
+    if args.since and args.since.exists():
+        since = json.loads(args.since.read_text())
+    report = verify_log(state / "audit", pub, trusted_checkpoint=trusted, since=since)
     counted = f"{report.entries} entries, {report.checkpoints} checkpoints"
+    if since is not None:
+        counted += (
+            f"; checked from entry {report.read_from} on, extending the saved checkpoint of "
+            f"tree size {since.get('tree_size')}"
+        )
     notes = list(report.warnings)
     if report.unsafe_signer:
         notes.append("checkpoints were signed by the UNSAFE development key")
     verdict = "audit log verifies" if report.ok else "audit log does NOT verify"
     ok = [counted] + ([verdict] if report.ok else [])
+    if report.ok and report.newest is not None and args.save:
+        # The next check can start here (--since): keep it where the box's
+        # card cannot rewrite it, e.g. on the desktop.
+        args.save.write_text(json.dumps(report.newest, sort_keys=True) + "\n")
+        ok.append(
+            f"saved the newest checkpoint (tree size {report.newest['tree_size']}) to {args.save}"
+        )
     bad = [*report.problems] + ([] if report.ok else [verdict])
     out.result(asdict(report), lines_view(ok, notes, bad))
     return OK if report.ok else REFUSED

@@ -14,6 +14,7 @@ from appliance.cli.box import (
     cmd_panel,
     cmd_plugins,
     cmd_receipt,
+    cmd_retention,
     cmd_selftest,
     cmd_status,
     cmd_up,
@@ -178,6 +179,18 @@ def _box_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _state(status)
     status.set_defaults(func=cmd_status)
 
+    retention = sub.add_parser("retention", help="the trash and snapshots kept for undo")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    purge = retention_sub.add_parser(
+        "purge", help="remove what is kept for undo now (those undos then say why they cannot)"
+    )
+    purge.add_argument(
+        "--older-than-days", type=float, default=0.0, help="only items kept longer (default: all)"
+    )
+    _state(purge)
+    _json(purge)
+    purge.set_defaults(func=cmd_retention)
+
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the log end to end")
@@ -186,6 +199,15 @@ def _box_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("--public-key", type=Path, help="device public key PEM")
     verify.add_argument(
         "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
+    )
+    verify.add_argument(
+        "--since",
+        type=Path,
+        help="a checkpoint saved by an earlier check (--save): the log must extend it, and only "
+        "what came after it is read again (a missing file: a full check)",
+    )
+    verify.add_argument(
+        "--save", type=Path, help="write the newest checkpoint here when the log verifies"
     )
     verify.set_defaults(func=cmd_audit)
 
