@@ -9,9 +9,10 @@ routes are in ``routes/``, one module per part of the contract.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from appliance import __version__
+from appliance.api.bodies import proper_text
 from appliance.api.errors import install_handlers
 from appliance.api.limits import BodyLimit, RateLimiter
 from appliance.api.routes import approvals, health, pairing, plans, plugins, proofs, tasks
@@ -30,6 +31,6 @@ def create_app(broker: Broker) -> FastAPI:
     app.state.limiter = RateLimiter(limits.requests_per_second, limits.burst)
     install_handlers(app)
     for module in (health, pairing, plans, plugins, tasks, approvals, proofs):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(proper_text)])
     app.add_middleware(BodyLimit, limit=limits.body_bytes)
     return app

@@ -190,6 +190,21 @@ class PluginHost:
             )
             e.reason = f"plugin {m.name} {m.version} (run {run_id}) was stopped: {e.reason}"
             raise
+        except Exception as e:
+            # Whatever ended the run, its end is in the log.
+            why = e.to_dict() if isinstance(e, ApplianceError) else {"code": "host_error"}
+            self.audit.append_quietly(
+                "plugin.stopped",
+                {
+                    "run_id": run_id,
+                    **ident,
+                    "verb": verb,
+                    "calls": calls.count,
+                    "reason": f"{type(e).__name__} in the broker",
+                    **why,
+                },
+            )
+            raise
         plan = None
         if calls.proposals:
             via = f"plugin {m.name} {m.version} (sha256 {plugin.sha256[:12]})"
@@ -369,6 +384,12 @@ class _Calls:
                 f"an HTTP call needs a url, a method of {HTTP_METHODS} and a text body",
                 code="plugin_bad_call",
             )
+        bad = next((c for c in url if ord(c) < 0x21 or 0x7F <= ord(c) <= 0x9F), None)
+        if bad is not None:
+            raise ScopeError(
+                f"not a plain http(s) URL: it holds U+{ord(bad):04X} at {url.index(bad)} "
+                "(spaces and control characters must be percent-encoded)"
+            )
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             raise ScopeError(f"{url[:200]!r} is not a plain http(s) URL")
@@ -407,7 +428,8 @@ class _Calls:
                     if len(data) > limit:
                         break
                 status = response.status_code
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            # InvalidURL is not an HTTPError: httpx refuses a URL before sending it.
             raise ExecutionError(
                 f"the request to {origin} failed: {e}", code="http_failed"
             ) from None

@@ -12,32 +12,48 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.api.deps import BrokerDep, Client, Wait, wait_for
-from appliance.broker.tasks import TERMINAL
+from appliance.api.openapi import AUTHENTICATED, WITH_BODY, answers
+from appliance.broker.tasks import FIELD_TYPES, TERMINAL, TEXT_MAX
 from appliance.errors import NotFound
+from appliance.names import class_of
 
 router = APIRouter()
 
 SSE_MAX_S = 600.0  # an event stream ends after this, whatever the task's state
 
 
+# A task's text holds at least one character that is not a space.
+_NOT_ONLY_SPACES = class_of((c for c in map(chr, range(0x3001)) if c.isspace()), negate=True)
+_FROM_CONTENT: dict[str, Any] = {
+    "properties": {
+        "field": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,31}$"},
+        "type": {"type": "string", "enum": list(FIELD_TYPES)},
+    },
+    "required": ["field", "type"],
+    "additionalProperties": False,
+}
+
+
 class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str
+    text: str = Field(
+        min_length=1, max_length=TEXT_MAX, json_schema_extra={"pattern": _NOT_ONLY_SPACES}
+    )
     # Optional: each move's destination folder is this value, read from inside
     # the file by the quarantined extractor (e.g. {"field": "year", "type": "integer"}).
-    from_content: dict[str, str] | None = None
+    from_content: dict[str, str] | None = Field(default=None, json_schema_extra=_FROM_CONTENT)
 
 
-@router.post("/v1/tasks", status_code=202)
+@router.post("/v1/tasks", status_code=202, responses=answers(*AUTHENTICATED, *WITH_BODY))
 def task(body: TaskRequest, client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     """Free text: the box's model plans it, then it takes the path of any plan."""
     return broker.tasks.start(client_id, body.text, body.from_content)
 
 
-@router.get("/v1/tasks/{task_id}")
+@router.get("/v1/tasks/{task_id}", responses=answers(*AUTHENTICATED, 404, 422))
 async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -> dict[str, Any]:
     def get() -> dict[str, Any] | None:
         try:
@@ -48,7 +64,17 @@ async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -
     return await wait_for(get, wait, lambda t: t["status"] in TERMINAL, f"no task {task_id!r}")
 
 
-@router.get("/v1/tasks/{task_id}/events")
+@router.get(
+    "/v1/tasks/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-sent events, one per step of the task, until it ends.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **answers(*AUTHENTICATED, 404, 422),
+    },
+)
 async def task_events(task_id: str, _: Client, broker: BrokerDep) -> StreamingResponse:
     """Server-sent events: each step of the task as it happens, until it ends."""
     first = await run_in_threadpool(broker.tasks.public, task_id)
