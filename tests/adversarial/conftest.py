@@ -21,6 +21,8 @@ from appliance.plugins import package
 from appliance.plugins.build import compile_plugin
 from tests.plugins.conftest import HOSTILE, PUBLISHER, hostile_manifest, make_plugin
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def share(tmp_path: Path) -> Path:
