@@ -163,6 +163,9 @@ class Intent(BaseModel):
                 continue
             value = self.params[name]
             typ = param.type
+            if typ is int and isinstance(value, float) and value.is_integer():
+                # JSON has numbers, not integers: 164.0 is the integer 164.
+                value = self.params[name] = int(value)
             # bool is an int in Python: refuse it where a number is meant.
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise ValueError(f"params.{name} of {self.verb} must be {typ.__name__}")
@@ -193,7 +196,24 @@ class Intent(BaseModel):
 class Plan(BaseModel):
     """What a client submits to ``POST /v1/intents``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"intents": [{"verb": "file.read", "resource": "share:docs/Inbox/a.pdf"}]},
+                {
+                    "intents": [
+                        {"verb": "file.list", "resource": "share:docs/Inbox"},
+                        {
+                            "verb": "file.move",
+                            "resource": "share:docs/Inbox/a.pdf",
+                            "params": {"to": "share:docs/2024/a.pdf"},
+                        },
+                    ]
+                },
+            ]
+        },
+    )
 
     intents: list[Intent] = Field(min_length=1, max_length=256)
 

@@ -52,7 +52,8 @@ _HTTP_CODES = {
 }
 _HTTP_REASONS = {
     # FastAPI's words for a body it could not read as JSON (not UTF-8, say).
-    "There was an error parsing the body": "the request body is not UTF-8 JSON",
+    "There was an error parsing the body": "the request body cannot be read as JSON "
+    "(not UTF-8, or nested too deeply)",
 }
 
 

@@ -59,6 +59,37 @@ AUTHENTICATED = (401, 429)
 WITH_BODY = (400, 413, 422)
 
 
+def _link(path: str, method: str, **parameters: str) -> dict[str, Any]:
+    ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+    return {"operationRef": ref, "parameters": parameters}
+
+
+# Where an answer's ids lead (OpenAPI links): a desktop, or the fuzzer,
+# follows a plan to its approval, its undo and its first action.
+PLAN_LINKS = {
+    "GetPlan": _link("/v1/plans/{plan_id}", "get", plan_id="$response.body#/plan_id"),
+    "UndoPlan": _link("/v1/plans/{plan_id}/undo", "post", plan_id="$response.body#/plan_id"),
+    "GetApproval": _link(
+        "/v1/approvals/{approval_id}", "get", approval_id="$response.body#/approval_id"
+    ),
+    "GetAction": _link(
+        "/v1/actions/{action_id}", "get", action_id="$response.body#/intents/0/action_id"
+    ),
+    "UndoAction": _link(
+        "/v1/actions/{action_id}/undo", "post", action_id="$response.body#/intents/0/action_id"
+    ),
+}
+TASK_LINKS = {
+    "GetTask": _link("/v1/tasks/{task_id}", "get", task_id="$response.body#/task_id"),
+    "TaskEvents": _link("/v1/tasks/{task_id}/events", "get", task_id="$response.body#/task_id"),
+}
+PAIRING_LINKS = {
+    "GetPairing": _link(
+        "/v1/pairings/{pairing_id}", "get", pairing_id="$response.body#/pairing_id"
+    ),
+}
+
+
 def answers(*statuses: int, plan: bool = False) -> dict[int | str, Any]:
     """The ``responses=`` of a route: each status with why and the error body.
 
@@ -68,9 +99,11 @@ def answers(*statuses: int, plan: bool = False) -> dict[int | str, Any]:
     out: dict[int | str, Any] = {}
     if plan:
         statuses = (*statuses, 403)
+        out[200] = {"description": "The plan ran: done, or failed.", "links": PLAN_LINKS}
         out[202] = {
             "description": "The plan waits for the owner's press, or is running.",
             "content": {"application/json": {"schema": _PLAN}},
+            "links": PLAN_LINKS,
         }
     for status in sorted(set(statuses)):
         if plan and status == 403:

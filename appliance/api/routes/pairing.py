@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from appliance.api.deps import BrokerDep, caller_ip, get_limiter
 from appliance.api.limits import RateLimiter
-from appliance.api.openapi import WITH_BODY, answers
+from appliance.api.openapi import PAIRING_LINKS, WITH_BODY, answers
 from appliance.names import CLIENT_NAME_MAX, check_client_name, client_name_pattern
 
 router = APIRouter()
@@ -30,11 +30,15 @@ ClientName = Annotated[
 
 
 class PairingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "laptop"}]})
     name: ClientName
 
 
-@router.post("/v1/pairings", status_code=202, responses=answers(*WITH_BODY, 403, 429, 503))
+@router.post(
+    "/v1/pairings",
+    status_code=202,
+    responses={202: {"links": PAIRING_LINKS}, **answers(*WITH_BODY, 403, 429, 503)},
+)
 def pair(
     body: PairingRequest, request: Request, broker: BrokerDep, limiter: Limiter
 ) -> dict[str, Any]:

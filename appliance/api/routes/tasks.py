@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.api.deps import BrokerDep, Client, Wait, wait_for
-from appliance.api.openapi import AUTHENTICATED, WITH_BODY, answers
+from appliance.api.openapi import AUTHENTICATED, TASK_LINKS, WITH_BODY, answers
 from appliance.broker.tasks import FIELD_TYPES, TERMINAL, TEXT_MAX
 from appliance.errors import NotFound
 from appliance.names import class_of
@@ -37,8 +37,31 @@ _FROM_CONTENT: dict[str, Any] = {
 }
 
 
+# One server-sent event: its name (planning, planned, running, done, failed...)
+# and the step as JSON.
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["event", "data"],
+}
+
+
 class TaskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "list what is in the inbox"},
+                {
+                    "text": "sort the inbox into folders by year",
+                    "from_content": {"field": "year", "type": "integer"},
+                },
+            ]
+        },
+    )
     text: str = Field(
         min_length=1, max_length=TEXT_MAX, json_schema_extra={"pattern": _NOT_ONLY_SPACES}
     )
@@ -47,7 +70,11 @@ class TaskRequest(BaseModel):
     from_content: dict[str, str] | None = Field(default=None, json_schema_extra=_FROM_CONTENT)
 
 
-@router.post("/v1/tasks", status_code=202, responses=answers(*AUTHENTICATED, *WITH_BODY))
+@router.post(
+    "/v1/tasks",
+    status_code=202,
+    responses={202: {"links": TASK_LINKS}, **answers(*AUTHENTICATED, *WITH_BODY)},
+)
 def task(body: TaskRequest, client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     """Free text: the box's model plans it, then it takes the path of any plan."""
     return broker.tasks.start(client_id, body.text, body.from_content)
@@ -70,7 +97,8 @@ async def get_task(task_id: str, _: Client, broker: BrokerDep, wait: Wait = 0) -
     responses={
         200: {
             "description": "Server-sent events, one per step of the task, until it ends.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # Before OpenAPI 3.2 (itemSchema), "schema" describes each event.
+            "content": {"text/event-stream": {"schema": _EVENT}},
         },
         **answers(*AUTHENTICATED, 404, 422),
     },
