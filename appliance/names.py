@@ -158,6 +158,11 @@ def _script(ch: str) -> str | None:
     return word.capitalize()
 
 
+# Writing systems that are used together (Unicode TS 39, "highly
+# restrictive"): Latin with the scripts of Chinese, Japanese and Korean.
+_USUAL_MIXES = (frozenset({"Latin", "Han"}), frozenset({"Latin", "Han", "Hangul"}))
+
+
 def scripts(name: str) -> list[str]:
     """The writing systems of the letters in ``name``, sorted."""
     return sorted({s for s in map(_script, name) if s is not None})
@@ -175,15 +180,16 @@ def name_warnings(name: str) -> list[str]:
     if any(hidden(ch) and ch not in BIDI_CONTROLS and ch not in _ZERO_WIDTH for ch in name):
         warnings.append("control characters")
     mixed = scripts(name)
-    if len(mixed) > 1:
+    if len(mixed) > 1 and not any(set(mixed) <= ok for ok in _USUAL_MIXES):
         warnings.append("mixed scripts: " + "+".join(mixed))
     return warnings
 
 
-def shown(name: str, *, limit: int = 120) -> str:
+def shown(name: str, *, quote: bool = False, limit: int = 120) -> str:
     """``name`` as a person may safely read it: every hidden character
-    escaped (``\\u202e``), cut at ``limit`` characters, and what is odd about
-    it said in brackets: ``pаypal [mixed scripts: Cyrillic+Latin]``.
+    escaped (``\\u202e``, and a backslash doubled so no name can fake an
+    escape), cut at ``limit`` characters, in quotes if asked, and what is odd
+    about it said in brackets: ``'pаypal' [mixed scripts: Cyrillic+Latin]``.
 
     The panel's summaries, the CLI and the console show names through this."""
     out = []
@@ -193,6 +199,8 @@ def shown(name: str, *, limit: int = 120) -> str:
         else:
             out.append(ch)
     text = "".join(out) + ("…" if len(name) > limit else "")
+    if quote:
+        text = f"'{text}'"
     warnings = name_warnings(name)
     return f"{text} [{'; '.join(warnings)}]" if warnings else text
 

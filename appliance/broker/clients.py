@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound, Unauthorized
+from appliance.names import check_client_name, shown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -40,19 +41,15 @@ CREATE TABLE IF NOT EXISTS pairings (
 );
 """
 
-NAME_MAX = 64
-
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ApplianceError("name must be a non-empty string", code="invalid_request", status=422)
-    if len(name) > NAME_MAX or any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise ApplianceError(
-            f"name must be at most {NAME_MAX} printable characters",
-            code="invalid_request",
-            status=422,
-        )
-    return name.strip()
+    """A desktop's name as a person will see it (appliance.names.check_client_name)."""
+    if not isinstance(name, str):
+        raise ApplianceError("name must be a string", code="invalid_request", status=422)
+    try:
+        return check_client_name(name)
+    except ValueError as e:
+        raise ApplianceError(str(e), code="invalid_request", status=422) from None
 
 
 class Clients:
@@ -135,7 +132,7 @@ class Clients:
     def display_name(self, client_id: str) -> str:
         """How a person is shown the client: its paired name and its id."""
         row = self.db.one("SELECT name FROM clients WHERE client_id = ?", (client_id,))
-        return f"{row['name']} ({client_id})" if row else client_id
+        return f"{shown(row['name'])} ({client_id})" if row else client_id
 
     def list(self) -> list[dict[str, Any]]:
         rows = self.db.all("SELECT client_id, name, created, revoked FROM clients ORDER BY created")

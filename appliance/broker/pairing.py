@@ -18,6 +18,7 @@ from appliance.broker.clients import Clients, check_name
 from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.intents import digest
+from appliance.names import shown
 from appliance.policy import PolicyEngine, PolicyRequest
 from appliance.verbs import PAIR_VERB
 
@@ -76,7 +77,7 @@ class Pairing:
                     kind="pairing",
                     subject_id=pairing_id,
                     requester=f"unpaired:{address}",
-                    summary=f"A desktop named {name!r} at {address} asks to pair",
+                    summary=f"A desktop named {shown(name, quote=True)} at {address} asks to pair",
                     digest=digest({"pairing_id": pairing_id, "name": name}),
                 )
             except ApplianceError:

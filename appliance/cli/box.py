@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.output import out
+from appliance.names import shown
 
 RETRY_S = 15.0
 
@@ -69,7 +70,10 @@ def cmd_panel(args: argparse.Namespace) -> int:
 
 def cmd_clients(args: argparse.Namespace) -> int:
     if args.action == "list":
-        out(_control(args, "clients.list"))
+        listed = _control(args, "clients.list")
+        for client in listed.get("clients", []):
+            client["shown"] = shown(client["name"])  # escaped, odd names flagged
+        out(listed)
     else:
         out(_control(args, "clients.revoke", client_id=args.client_id))
     return 0
