@@ -152,6 +152,9 @@ class EdgeProtocol(H11Protocol):
         self._phase: str | None = None  # "head", "body" or None (the broker's turn)
         self._timer: asyncio.TimerHandle | None = None
         self._started = False  # uvicorn's own connection_made ran
+        # Bytes TLS decrypted before the handshake's await returned to us
+        # (the request can come in the same read as the client's Finished).
+        self._early: list[bytes] = []
 
     # -- the connection's life ------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,6 +191,9 @@ class EdgeProtocol(H11Protocol):
         self._raw = None
         self._started = True
         super().connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
         self._watch()
 
     def _refuse(self, transport: asyncio.Transport, peer: str) -> None:
@@ -215,7 +221,9 @@ class EdgeProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._started:
-            return  # a refused connection's request, or TLS bytes before the handshake
+            if self._peer is not None and self.tls is not None:
+                self._early.append(data)  # decrypted already; h11 gets it in _start
+            return  # else a refused connection's request: dropped
         super().data_received(data)
         self._watch()
 

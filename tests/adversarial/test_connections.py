@@ -179,6 +179,49 @@ def test_a_tls_handshake_counts_against_the_head_deadline(tmp_path: Path) -> Non
         served.stop()
 
 
+def one_flight_tls_request(served: Served, request: bytes) -> bytes:
+    """A TLS client that sends its request in the same write as the end of
+    its handshake (as HTTP clients do): the gate must not lose it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="box")
+    with served.connect() as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(request)
+        sock.sendall(outgoing.read())  # the client's Finished and the request, at once
+        answer = b""
+        while not answer.endswith(b"ok 127.0.0.1"):
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+        return answer
+
+
+def test_a_request_in_the_same_flight_as_the_handshake_is_answered(tmp_path: Path) -> None:
+    cert, key, _ = ensure_certificate(tmp_path / "tls", ["127.0.0.1"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    served = Served(LIMITS, tls=context)
+    try:
+        for _ in range(3):
+            answer = one_flight_tls_request(served, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        served.stop()
+
+
 # ------------------------------------------------------------------ caps
 def test_one_address_holds_at_most_its_share(served: Served) -> None:
     flood = [served.connect() for _ in range(20)]

@@ -80,7 +80,9 @@ class Reading(FileActions):
         for key, value in (("max_bytes", max_bytes), ("offset", offset)):
             # Bounded above too: an offset past 2**63 is no file position at all.
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-                raise ExecutionError(f"params.{key} must be an integer from 0 to {MAX_COUNT}")
+                raise ExecutionError(
+                    f"params.{key} must be a non-negative integer, at most {MAX_COUNT}"
+                )
         max_bytes = min(max_bytes, self.limits.read_bytes)
         with self.shares.open_parent(target) as (dfd, name):
             fd = open_regular(dfd, name, target.canonical)
