@@ -16,13 +16,17 @@ front, given to uvicorn as ``http=``):
   ``body_s``. (While the broker works on a request nothing is timed here:
   long polls and event streams end on their own bounds.)
 * **Caps.** At most ``per_peer`` connections from one address and ``total``
-  in all. When either is full, a new connection takes the place of the one
-  that has waited longest for its request head: a slow or idle connection,
-  which is what an attacker holds. A desktop that sends its request promptly
-  is never the one waiting longest, so connections from a flooding address
-  cannot lock out a paired desktop at another. Only when every connection
-  concerned is busy with a request is the newcomer refused (a 503 on plain
-  HTTP).
+  in all. When an address is at its cap, a new connection from it takes the
+  place of its connection that has waited longest for its request head,
+  once that one has waited ``yield_after_s``; until then the newcomer is cut
+  at once (a flood's newcomers cost an accept and a close, nothing more).
+  When the box is at its total cap, a new connection takes the place of the
+  connection, from any address, that has waited longest for its head: a
+  slow or idle one, which is what an attacker holds. A desktop that sends its
+  request promptly is never the one waiting longest, so connections from
+  flooding addresses cannot lock out a paired desktop at another. Only when
+  every connection concerned is busy with a request is the newcomer refused
+  with a reason (a 503 on plain HTTP).
 
 TLS is done here too (``loop.start_tls`` once a connection is admitted)
 rather than by the event loop's server, so a connection is counted and timed
@@ -35,6 +39,7 @@ import asyncio
 import ipaddress
 import json
 import ssl
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +48,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+LINGERING_MAX = 64  # refused connections answering 503 at once; beyond, cut at once
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -50,6 +57,10 @@ class ConnectionLimits:
     body_s: float = 30.0  # the whole body, once the head is in
     per_peer: int = 32  # connections from one address at once
     total: int = 512  # connections at once (serve.py keeps it under half the fd limit)
+    # A connection waiting this long for its head gives its place to a new
+    # one from the same address (a prompt client sends its head in
+    # milliseconds; a flood's newcomers are refused until then, cheaply).
+    yield_after_s: float = 1.0
 
 
 def peer_key(peername: Any) -> str:
@@ -73,19 +84,21 @@ class Connections:
         self.limits = limits
         self.by_peer: dict[str, int] = {}
         self.open = 0
-        self._waiting: OrderedDict[EdgeProtocol, None] = OrderedDict()
-        self._waiting_by_peer: dict[str, OrderedDict[EdgeProtocol, None]] = {}
+        # Waiting for their request head, oldest first, with when they began.
+        self._waiting: OrderedDict[EdgeProtocol, float] = OrderedDict()
+        self._waiting_by_peer: dict[str, OrderedDict[EdgeProtocol, float]] = {}
         # What happened, for the tests and the log: refused, evicted, late.
         self.counts = {"admitted": 0, "refused": 0, "evicted": 0, "late_head": 0, "late_body": 0}
+        self.lingering = 0  # refused connections answering 503 before they close
 
     def admit(self, conn: EdgeProtocol, peer: str) -> bool:
         """Count ``conn`` in, making room if a waiting connection can go."""
         if self.by_peer.get(peer, 0) >= self.limits.per_peer and not self._evict(
-            self._waiting_by_peer.get(peer)
+            self._waiting_by_peer.get(peer), self.limits.yield_after_s
         ):
             self.counts["refused"] += 1
             return False
-        if self.open >= self.limits.total and not self._evict(self._waiting):
+        if self.open >= self.limits.total and not self._evict(self._waiting, 0.0):
             self.counts["refused"] += 1
             return False
         self.open += 1
@@ -93,10 +106,14 @@ class Connections:
         self.counts["admitted"] += 1
         return True
 
-    def _evict(self, waiting: OrderedDict[EdgeProtocol, None] | None) -> bool:
+    def _evict(self, waiting: OrderedDict[EdgeProtocol, float] | None, after_s: float) -> bool:
+        """Close the connection in ``waiting`` that has waited longest, if it
+        has waited ``after_s`` at least."""
         if not waiting:
             return False
-        victim = next(iter(waiting))
+        victim, since = next(iter(waiting.items()))
+        if time.monotonic() - since < after_s:
+            return False
         self.counts["evicted"] += 1
         victim.drop()
         return True
@@ -114,8 +131,7 @@ class Connections:
         """Mark ``conn`` as waiting for its request head (or not)."""
         mine = self._waiting_by_peer.setdefault(peer, OrderedDict())
         if waiting:
-            self._waiting[conn] = None
-            mine[conn] = None
+            self._waiting[conn] = mine[conn] = time.monotonic()
         else:
             self._waiting.pop(conn, None)
             mine.pop(conn, None)
@@ -125,6 +141,9 @@ class Connections:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def waiting_from(self, peer: str) -> int:
+        return len(self._waiting_by_peer.get(peer, ()))
 
 
 def _raw_response(status: int, phrase: str, code: str, reason: str) -> bytes:
@@ -145,13 +164,24 @@ class EdgeProtocol(H11Protocol):
     table: Connections
     tls: ssl.SSLContext | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's own state (an h11 connection, loggers) is made only once
+        # a connection is admitted (_start): a flood of refused connections
+        # costs the box as little as it can.
+        self._uvicorn = (config, server_state, app_state, _loop)
+        self.loop = _loop or asyncio.get_event_loop()
         self._peer: str | None = None  # set while counted in the table
         self._raw: asyncio.Transport | None = None  # before TLS is up
         self._phase: str | None = None  # "head", "body" or None (the broker's turn)
         self._timer: asyncio.TimerHandle | None = None
         self._started = False  # uvicorn's own connection_made ran
+        self._lingering = False  # refused, answering 503 before it closes
         # Bytes TLS decrypted before the handshake's await returned to us
         # (the request can come in the same read as the client's Finished).
         self._early: list[bytes] = []
@@ -190,6 +220,7 @@ class EdgeProtocol(H11Protocol):
     def _start(self, transport: asyncio.Transport) -> None:
         self._raw = None
         self._started = True
+        super().__init__(*self._uvicorn)
         super().connection_made(transport)
         early, self._early = self._early, []
         for data in early:
@@ -197,12 +228,17 @@ class EdgeProtocol(H11Protocol):
         self._watch()
 
     def _refuse(self, transport: asyncio.Transport, peer: str) -> None:
-        """Every connection of ``peer`` (or of the box) is busy with a request:
-        say so on plain HTTP, and close once the request has been read (so the
-        answer is not lost to a reset) or after a second."""
-        if self.tls is not None:
+        """No room for ``peer``. A flood (it has connections still waiting
+        for their heads) is cut at once. A client whose every connection is
+        busy with a request is told so on plain HTTP, and the connection
+        closed once its request has been read (so the answer is not lost to a
+        reset) or after a second; a few such answers at a time, at most."""
+        table = self.table
+        if self.tls is not None or table.waiting_from(peer) or table.lingering >= LINGERING_MAX:
             transport.abort()
             return
+        table.lingering += 1
+        self._lingering = True
         transport.write(
             _raw_response(
                 503,
@@ -213,6 +249,14 @@ class EdgeProtocol(H11Protocol):
         )
         transport.write_eof()
         self._timer = self.loop.call_later(1.0, transport.abort)
+
+    def pause_writing(self) -> None:
+        if self._started:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._started:
+            super().resume_writing()
 
     def eof_received(self) -> None:
         if self._raw is not None and self._peer is None:  # refused: the client is done
@@ -235,6 +279,9 @@ class EdgeProtocol(H11Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._lingering:
+            self._lingering = False
+            self.table.lingering -= 1
         self._release()
         if self._started:
             super().connection_lost(exc)

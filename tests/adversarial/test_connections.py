@@ -23,7 +23,7 @@ from appliance.api.tls import ensure_certificate
 from appliance.serve import connection_limits
 from tests.adversarial.conftest import REPO
 
-LIMITS = ConnectionLimits(head_s=0.6, body_s=0.6, per_peer=4, total=8)
+LIMITS = ConnectionLimits(head_s=0.6, body_s=0.6, per_peer=4, total=8, yield_after_s=0.3)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -224,18 +224,42 @@ def test_a_request_in_the_same_flight_as_the_handshake_is_answered(tmp_path: Pat
 
 # ------------------------------------------------------------------ caps
 def test_one_address_holds_at_most_its_share(served: Served) -> None:
-    flood = [served.connect() for _ in range(20)]
-    served.settle(lambda: served.table.counts["admitted"] == 20)
+    held = [served.connect() for _ in range(LIMITS.per_peer)]
+    served.settle(lambda: served.table.open == LIMITS.per_peer)
+    time.sleep(LIMITS.yield_after_s + 0.1)
+    flood = [served.connect() for _ in range(16)]
+    served.settle(lambda: served.table.counts["admitted"] + served.table.counts["refused"] == 20)
     assert served.table.by_peer == {"127.0.0.1": LIMITS.per_peer}
-    # The oldest were let go to make room for the newest.
-    assert served.table.counts["evicted"] == 20 - LIMITS.per_peer
-    data, _ = closed_within(flood[0], 2)
-    assert data == b""
+    # The connections that had waited longest gave their places to newcomers;
+    # newcomers past that were cut at once (no answer: the address floods).
+    counts = served.table.counts
+    assert counts["evicted"] >= LIMITS.per_peer and counts["evicted"] + counts["refused"] == 16
+    for s in held:
+        assert closed_within(s, 2)[0] == b""
+    assert closed_within(flood[-1], 2)[0] == b""
     # Another address is answered at once.
     start = time.monotonic()
     answer = served.get("127.0.0.2")
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok 127.0.0.2")
     assert time.monotonic() - start < 1.0
+
+
+def test_a_flood_of_new_connections_is_cut_at_once() -> None:
+    served = Served(ConnectionLimits(head_s=5, body_s=5, per_peer=4, total=8, yield_after_s=5))
+    try:
+        held = [served.connect() for _ in range(LIMITS.per_peer)]
+        served.settle(lambda: served.table.open == LIMITS.per_peer)
+        flood = [served.connect() for _ in range(10)]
+        served.settle(lambda: served.table.counts["refused"] == 10)
+        # The first four keep their places (they have not waited long), the
+        # ten are closed without an answer and hold nothing.
+        assert served.table.counts["evicted"] == 0 and served.table.lingering == 0
+        for s in flood:
+            assert closed_within(s, 2)[0] == b""
+        held[0].sendall(b"GET / HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+        assert read_all(held[0]).startswith(b"HTTP/1.1 200 ")
+    finally:
+        served.stop()
 
 
 def test_many_addresses_cannot_fill_the_box_against_a_prompt_client(served: Served) -> None:
