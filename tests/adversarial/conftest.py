@@ -20,6 +20,7 @@ from appliance.config import ApprovalSettings, Config
 from appliance.plugins import package
 from appliance.plugins.build import compile_plugin
 from tests.plugins.conftest import HOSTILE, PUBLISHER, hostile_manifest, make_plugin
+from tests.unit.test_api import pair
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,15 +54,6 @@ def broker(tmp_path: Path, share: Path, publisher: tuple[Path, str]) -> Iterator
     )
     yield b
     b.close()
-
-
-def pair(http: TestClient, broker: Broker, name: str = "laptop") -> str:
-    r = http.post("/v1/pairings", json={"name": name})
-    assert r.status_code == 202, r.text
-    assert broker.approvals.press("approve", source="test").accepted
-    r = http.get(f"/v1/pairings/{r.json()['pairing_id']}")
-    assert r.status_code == 200, r.text
-    return r.json()["credential"]
 
 
 @pytest.fixture

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from appliance.api.connections import ConnectionLimits, Connections, peer_key, server_config
+from appliance.api.connections import (
+    ConnectionLimits,
+    Connections,
+    peer_key,
+    server_config,
+    tls_context,
+)
 from appliance.api.tls import ensure_certificate
 from appliance.serve import connection_limits
 from tests.adversarial.conftest import REPO
@@ -158,11 +164,14 @@ def test_a_prompt_request_is_answered(served: Served) -> None:
     served.settle(lambda: served.table.open == 0 and served.table.waiting == 0)
 
 
-def test_a_tls_handshake_counts_against_the_head_deadline(tmp_path: Path) -> None:
+@pytest.fixture
+def tls(tmp_path: Path) -> ssl.SSLContext:
     cert, key, _ = ensure_certificate(tmp_path / "tls", ["127.0.0.1"])
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    served = Served(LIMITS, tls=context)
+    return tls_context(str(cert), str(key))
+
+
+def test_a_tls_handshake_counts_against_the_head_deadline(tls: ssl.SSLContext) -> None:
+    served = Served(LIMITS, tls=tls)
     try:
         silent = served.connect()  # a TCP connection that never says hello
         client = ssl.create_default_context()
@@ -209,11 +218,8 @@ def one_flight_tls_request(served: Served, request: bytes) -> bytes:
         return answer
 
 
-def test_a_request_in_the_same_flight_as_the_handshake_is_answered(tmp_path: Path) -> None:
-    cert, key, _ = ensure_certificate(tmp_path / "tls", ["127.0.0.1"])
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    served = Served(LIMITS, tls=context)
+def test_a_request_in_the_same_flight_as_the_handshake_is_answered(tls: ssl.SSLContext) -> None:
+    served = Served(LIMITS, tls=tls)
     try:
         for _ in range(3):
             answer = one_flight_tls_request(served, b"GET / HTTP/1.1\r\nHost: box\r\n\r\n")
