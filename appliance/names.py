@@ -15,6 +15,7 @@ import sys
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.config import Limits
 from appliance.errors import ScopeError
@@ -252,3 +253,34 @@ def client_name_pattern() -> str:
     first = class_of(shut | spaces, negate=True)
     rest = class_of(shut, negate=True)
     return f"^{space}*{first}{rest}*$"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where the first string holding a lone surrogate is in a parsed JSON
+    value (keys included), and which; None when every string is proper text.
+
+    JSON may spell half of a UTF-16 pair (``"\\udcae"``), which is no
+    character: Python's JSON reader lets it through, and the first thing that
+    encodes the string (a digest, the audit log, an answer) fails."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        where, item = todo.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found:
+                return f"{where or 'the value'} holds a lone surrogate U+{ord(found[0]):04X}"
+        elif isinstance(item, dict):
+            for key in item:
+                if _SURROGATE.search(key):
+                    return f"a field name in {where or 'the value'} holds a lone surrogate"
+            todo.extend((_join(where, k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            todo.extend((_join(where, i), v) for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def _join(where: str, key: object) -> str:
+    return f"{where}.{key}" if where else str(key)

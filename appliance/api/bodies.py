@@ -9,39 +9,10 @@ route sees it, and answered with a 400 that names where the bad string is.
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from fastapi import Request
 
 from appliance.errors import ApplianceError
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def lone_surrogate(value: Any) -> str | None:
-    """Where the first string holding a lone surrogate is in a parsed JSON
-    value (keys included), and which; None when every string is proper."""
-    todo: list[tuple[str, Any]] = [("", value)]
-    while todo:
-        where, item = todo.pop()
-        if isinstance(item, str):
-            found = _SURROGATE.search(item)
-            if found:
-                return f"{where or 'the body'} holds a lone surrogate U+{ord(found[0]):04X}"
-        elif isinstance(item, dict):
-            for key in item:
-                found = _SURROGATE.search(key)
-                if found:
-                    return f"a field name in {where or 'the body'} holds a lone surrogate"
-            todo.extend((_join(where, k), v) for k, v in reversed(item.items()))
-        elif isinstance(item, list):
-            todo.extend((_join(where, i), v) for i, v in reversed(list(enumerate(item))))
-    return None
-
-
-def _join(where: str, key: object) -> str:
-    return f"{where}.{key}" if where else str(key)
+from appliance.names import lone_surrogate
 
 
 async def proper_text(request: Request) -> None:

@@ -53,6 +53,7 @@ from appliance.issuer.plugin_tokens import (
     verify_plugin_call,
 )
 from appliance.issuer.tokens import TokenService
+from appliance.names import lone_surrogate
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
 from appliance.policy import PolicyRequest
@@ -225,7 +226,11 @@ class PluginHost:
             },
         )
         try:
-            parsed: Any = json.loads(output) if output else None
+            # What the plugin says goes back to the requester as JSON: no NaN,
+            # no lone surrogate (neither can be answered); else it is text.
+            parsed: Any = json.loads(output, parse_constant=_no_constant) if output else None
+            if lone_surrogate(parsed):
+                parsed = output
         except ValueError:
             parsed = output
         return {
@@ -238,6 +243,10 @@ class PluginHost:
             "fuel_used": result.fuel_used,
             "plan": plan,
         }
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a desktop can read")
 
 
 def _ident(plugin: Plugin) -> dict[str, str]:
@@ -285,6 +294,11 @@ class _Calls:
             raise PluginStopped(
                 'a host call must be a JSON object with "op" and "token"', code="plugin_bad_call"
             ) from None
+        bad = lone_surrogate(request)
+        if bad:
+            raise PluginStopped(
+                f"a host call must be proper Unicode: {bad}", code="plugin_bad_call"
+            )
         what = str(request.get("resource") or request.get("url") or "")[:200]
         try:
             if op == PLUGIN_HTTP_OP:

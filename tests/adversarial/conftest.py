@@ -118,3 +118,32 @@ def install_hostile(
         return broker.plugins.store.install(folder)
 
     return go
+
+
+UNICODE_PLUGIN = Path(__file__).parent / "unicode_plugin"
+
+
+@pytest.fixture(scope="session")
+def unicode_module(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    out = tmp_path_factory.mktemp("wasm") / "unicode.wasm"
+    return compile_plugin(UNICODE_PLUGIN, out).read_bytes()
+
+
+@pytest.fixture
+def install_unicode(
+    broker: Broker, tmp_path: Path, unicode_module: bytes, publisher: tuple[Path, str]
+):
+    """Sign and install the plugin that speaks broken Unicode (unicode_plugin/)."""
+
+    def go() -> package.Plugin:
+        manifest = {
+            "name": "unicode",
+            "version": "1.0.0",
+            "publisher": PUBLISHER,
+            "verbs": {v: v for v in ("url", "body", "write", "output", "nan")},
+            "capabilities": {"read": ["docs"], "write": ["docs"], "hosts": ["http://127.0.0.1:9"]},
+        }
+        folder = make_plugin(tmp_path / "dist", unicode_module, manifest, publisher[0])
+        return broker.plugins.store.install(folder)
+
+    return go

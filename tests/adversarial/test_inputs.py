@@ -271,6 +271,35 @@ def test_a_url_the_http_client_refuses_ends_the_call_not_the_run(
     assert kinds == ["plugin.started", "plugin.finished"], kinds
 
 
+@pytest.mark.parametrize("verb", ["url", "body", "write"])
+def test_a_plugin_host_call_with_a_lone_surrogate_stops_the_run(
+    http: TestClient, broker: Broker, install_unicode, witness: Witness, verb: str
+) -> None:
+    install_unicode()
+    witness.log_size = broker.audit.size
+    r = http.post("/v1/plugins/unicode/run", json={"verb": verb})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["code"] == "plugin_bad_call"
+    assert "a host call must be proper Unicode" in body["reason"], body["reason"]
+    kinds = [e["kind"] for e in witness.new_entries()]
+    assert kinds == ["plugin.started", "plugin.stopped"], kinds
+    assert witness.tree() == witness.files
+    assert broker.plans.db.all("SELECT plan_id FROM plans") == []
+
+
+@pytest.mark.parametrize(
+    ("verb", "text"), [("output", '{"said": "\\udcae"}'), ("nan", '{"value": NaN}')]
+)
+def test_plugin_output_json_cannot_carry_is_handed_back_as_text(
+    http: TestClient, install_unicode, verb: str, text: str
+) -> None:
+    install_unicode()
+    r = http.post("/v1/plugins/unicode/run", json={"verb": verb})
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == text
+
+
 # ------------------------------------------------------------------ methods
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
