@@ -10,9 +10,10 @@ serves the same contract as MCP tools (``routes/mcp.py``).
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from appliance import __version__
+from appliance.api.bodies import proper_text
 from appliance.api.errors import install_handlers
 from appliance.api.limits import BodyLimit, RateLimiter
 from appliance.api.routes import (
@@ -41,7 +42,7 @@ def create_app(broker: Broker) -> FastAPI:
     app.state.limiter = RateLimiter(limits.requests_per_second, limits.burst)
     install_handlers(app)
     for module in (health, pairing, plans, plugins, tasks, approvals, proofs, shares):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=[Depends(proper_text)])
     mcp.install(app)  # /mcp: the same contract as MCP tools (streamable HTTP)
     app.add_middleware(BodyLimit, limit=limits.body_bytes)
     return app

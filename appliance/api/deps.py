@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
 
 from appliance.api.limits import RateLimiter
+from appliance.api.openapi import bearer
 from appliance.broker.service import Broker
 from appliance.errors import NotFound, Unauthorized
 
@@ -32,7 +34,12 @@ def caller_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def current_client(request: Request) -> str:
+def current_client(
+    request: Request,
+    # Only for the OpenAPI document (the bearer security scheme); the header
+    # is read below, so a refusal stays the box's own 401 {code, reason}.
+    scheme_doc: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> str:
     """The paired client behind ``Authorization: Bearer``; rate-limited per client."""
     broker, limiter = get_broker(request), get_limiter(request)
     header = request.headers.get("authorization", "")

@@ -57,6 +57,7 @@ from appliance.issuer import attestation
 from appliance.issuer.keys import KeyStore, Signer
 from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import TokenService
+from appliance.names import shown
 from appliance.plugins.host import PluginHost
 from appliance.policy import PolicyEngine
 from appliance.verbs import CHANGE_VERBS, READ_VERBS, UNDO_VERB
@@ -201,6 +202,7 @@ class Broker:
 
     def close(self) -> None:
         self._stopping.set()
+        self.tasks.close()
         for thread in self._threads:
             thread.join(timeout=5)
         self._close_parts()
@@ -278,7 +280,7 @@ class Broker:
         more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
         summary = (
             f"{self.clients.display_name(requester)} wants to undo "
-            f"{first.verb} {first.resource}{more}"
+            f"{first.verb} {shown(first.resource)}{more}"
         )
         return self._decide(PlanKind.undo, requester, evaluated, summary)
 
@@ -286,7 +288,8 @@ class Broker:
         parts = []
         for e in evaluated[:3]:
             to = e.params.get("to") or e.params.get("name")
-            parts.append(f"{e.intent.verb} {e.resource}" + (f" -> {to}" if to else ""))
+            target = f" -> {shown(str(to))}" if to else ""
+            parts.append(f"{e.intent.verb} {shown(e.resource)}{target}")
         more = f" (+{len(evaluated) - 3} more)" if len(evaluated) > 3 else ""
         return f"{self.clients.display_name(requester)} wants to: " + "; ".join(parts) + more
 

@@ -24,6 +24,7 @@ from appliance.cli.views import (
     status_view,
     table,
 )
+from appliance.names import shown
 
 RETRY_S = 15.0
 
@@ -79,6 +80,8 @@ def cmd_panel(args: argparse.Namespace, out: Output) -> int:
 def cmd_clients(args: argparse.Namespace, out: Output) -> int:
     if args.action == "list":
         answer = _control(args, "clients.list")
+        for client in answer.get("clients", []):
+            client["shown"] = shown(client["name"])  # escaped, odd names flagged
     elif not args.client_id:
         raise UsageError("clients revoke needs a CLIENT_ID")
     else:

@@ -210,7 +210,12 @@ def clients_view(answer: dict[str, Any]) -> Render:
                 if c.get("revoked")
                 else (status("ok", "active"))
             )
-            t.add_row(plain(c["client_id"]), plain(c["name"]), when(c.get("created")), state)
+            t.add_row(
+                plain(c["client_id"]),
+                plain(c.get("shown", c["name"])),
+                when(c.get("created")),
+                state,
+            )
         console.print(t if answer.get("clients") else "no desktop is paired")
 
     return render

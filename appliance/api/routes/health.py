@@ -11,7 +11,20 @@ from appliance.api.deps import BrokerDep
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    response_class=JSONResponse,
+    responses={
+        503: {
+            "description": "Privileged actions cannot run now; problems says why.",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "required": ["status", "problems"]}
+                }
+            },
+        }
+    },
+)
 def healthz(broker: BrokerDep) -> JSONResponse:
     # api_versions: the LAN contract versions this box answers (clients negotiate).
     health = {**broker.health(), "api_versions": list(API_VERSIONS)}

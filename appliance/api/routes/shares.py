@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.api.deps import BrokerDep, Client
+from appliance.api.openapi import AUTHENTICATED, answers
 
 router = APIRouter()
 
 
-@router.get("/v1/shares")
+@router.get("/v1/shares", responses=answers(*AUTHENTICATED))
 def shares(client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     """Each share the caller's grant includes: its name, the resource that
     names its top folder, and ``access`` ("read" or "read-write"). Only
