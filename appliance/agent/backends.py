@@ -38,7 +38,8 @@ from appliance.agent.models import Manifest, require_sha256, verify
 
 @dataclass(frozen=True)
 class Generation:
-    """One answer. ``text`` is JSON that conforms to the schema asked for."""
+    """One answer. ``text`` is JSON that conforms to the schema asked for, or
+    an answer its :class:`AnswerForm` accepts."""
 
     text: str
     tokens: int  # generated tokens (Hailo: the context's size after the answer)
@@ -46,6 +47,26 @@ class Generation:
     cached_prefix: bool  # the system prompt's state came from the cache
     repaired: bool = False  # the first answer was invalid; the repair prompt's was not
     prompt_tokens: int = 0
+    # Each generated piece of text with the model's log-probability of it
+    # (llama.cpp only: the unconstrained distribution, before the grammar).
+    logprobs: tuple[tuple[str, float], ...] = ()
+
+
+class AnswerForm(Protocol):
+    """An answer that is not JSON (the planner's compact plans): a GBNF
+    grammar for a backend that constrains decoding, a check for those that
+    validate and repair, and when a streamed answer should stop early."""
+
+    @property
+    def gbnf(self) -> str: ...
+
+    def problems(self, text: str) -> list[str]:
+        """What is wrong with a whole answer (empty: nothing)."""
+        ...
+
+    def stop(self, text: str) -> bool:
+        """True when the answer so far should end here (e.g. a repeated step)."""
+        ...
 
 
 class Backend(Protocol):
@@ -61,6 +82,7 @@ class Backend(Protocol):
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation: ...
 
     def close(self) -> None: ...
@@ -78,6 +100,7 @@ class _Raw:
     tokens: int
     cached_prefix: bool
     prompt_tokens: int = 0
+    logprobs: tuple[tuple[str, float], ...] = ()
 
 
 def _checked(
@@ -86,18 +109,19 @@ def _checked(
     user: str,
     json_schema: dict[str, Any] | None,
     examples: Sequence[tuple[str, str]] = (),
+    form: AnswerForm | None = None,
 ) -> Generation:
     """Generate, parse, validate; one repair attempt with the errors quoted."""
     start = time.perf_counter()
     messages = templates.chat(system, user, examples)
     first = raw(messages, json_schema)
-    if json_schema is None:
+    if json_schema is None and form is None:
         return Generation(
             first.text, first.tokens, time.perf_counter() - start, first.cached_prefix
         )
-    errors = _problems(first.text, json_schema)
+    errors = _problems(first.text, json_schema, form)
     if not errors:
-        return _done(first, first.text, start, repaired=False)
+        return _done(first, start, repaired=False, form=form)
     shown = "; ".join(errors[:5])
     retry = [
         *messages,
@@ -105,34 +129,41 @@ def _checked(
         {"role": "user", "content": REPAIR_PROMPT.format(errors=shown)},
     ]
     second = raw(retry, json_schema)
-    again = _problems(second.text, json_schema)
+    again = _problems(second.text, json_schema, form)
     if again:
+        shape = "a plan" if form is not None else "valid JSON for the schema"
         raise ModelError(
-            "the model's answer is not valid JSON for the plan schema, even after one repair "
+            f"the model's answer is not {shape}, even after one repair "
             f"attempt: {'; '.join(again[:3])}"
         )
     second.tokens += first.tokens
     second.cached_prefix = first.cached_prefix
-    return _done(second, second.text, start, repaired=True)
+    return _done(second, start, repaired=True, form=form)
 
 
-def _problems(text: str, schema: dict[str, Any]) -> list[str]:
+def _problems(text: str, schema: dict[str, Any] | None, form: AnswerForm | None) -> list[str]:
+    if form is not None:
+        return form.problems(text)
     try:
         value = extract_json(text)
     except NoJson as e:
         return [str(e)]
-    return validate(value, schema)
+    return validate(value, schema or {})
 
 
-def _done(raw: _Raw, text: str, start: float, *, repaired: bool) -> Generation:
-    value = extract_json(text)
+def _done(raw: _Raw, start: float, *, repaired: bool, form: AnswerForm | None) -> Generation:
+    if form is not None:
+        text = raw.text.strip()
+    else:
+        text = json.dumps(extract_json(raw.text), ensure_ascii=False)
     return Generation(
-        text=json.dumps(value, ensure_ascii=False),
+        text=text,
         tokens=raw.tokens,
         seconds=time.perf_counter() - start,
         cached_prefix=raw.cached_prefix,
         repaired=repaired,
         prompt_tokens=raw.prompt_tokens,
+        logprobs=raw.logprobs,
     )
 
 
@@ -157,6 +188,30 @@ def _threads(manifest: Manifest) -> int:
     if isinstance(configured, int) and configured > 0:
         return configured
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Logits:
+    """A llama.cpp logits processor that changes nothing: it keeps the last
+    logits row (the model's own, before the grammar masks it) so that the
+    log-probability of the token then chosen can be read."""
+
+    def __init__(self) -> None:
+        self._row: Any = None
+        self._lse = 0.0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        row = np.array(scores, dtype=np.float64)
+        top = float(row.max())
+        self._row = row
+        self._lse = top + float(np.log(np.exp(row - top).sum()))
+        return scores
+
+    def logprob(self, token: int) -> float:
+        if self._row is None:
+            return 0.0
+        return float(self._row[token]) - self._lse
 
 
 class LlamaCppBackend:
@@ -194,6 +249,7 @@ class LlamaCppBackend:
         self._states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._grammars: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()  # one generation at a time per model
+        self._form: AnswerForm | None = None
 
     def tokens(self, pieces: list[tuple[str, bool]]) -> list[int]:
         """Tokenize a rendered prompt: the template's own text may hold control
@@ -257,17 +313,66 @@ class LlamaCppBackend:
                 cached = self._start_from_prefix(head)
         else:
             self._llm.reset()
+        form = self._form
+        if form is not None:
+            grammar = self._grammar_from(form.gbnf)
+        elif schema is not None:
+            grammar = self._grammar(schema)
+        else:
+            grammar = None
         max_tokens = min(self._max_tokens, self.context_tokens - len(prompt))
-        out = self._llm.create_completion(
-            prompt=prompt,
-            grammar=self._grammar(schema) if schema is not None else None,
-            temperature=0.0,
-            max_tokens=max_tokens,
-            seed=self.seed,
-            stop=list(self.manifest.stop) or None,
+        text, pieces_lp = self._complete(prompt, grammar, max_tokens, form)
+        return _Raw(text, len(pieces_lp), cached, len(prompt), tuple(pieces_lp))
+
+    def _grammar_from(self, gbnf: str) -> Any:
+        grammar = self._grammars.get(gbnf)
+        if grammar is None:
+            try:
+                grammar = self._llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+            except Exception as e:  # noqa: BLE001 - the parser raises bare exceptions
+                raise ModelError(f"cannot build the answer grammar: {e}") from None
+            self._grammars[gbnf] = grammar
+            while len(self._grammars) > 8:
+                self._grammars.popitem(last=False)
+        return grammar
+
+    def _complete(
+        self, prompt: list[int], grammar: Any, max_tokens: int, form: AnswerForm | None
+    ) -> tuple[str, list[tuple[str, float]]]:
+        """Greedy generation token by token: stops at an end-of-generation
+        token, at ``max_tokens``, or where ``form.stop`` says (a repeated
+        step); records each token's log-probability under the model's own,
+        unconstrained distribution (the logits before the grammar)."""
+        llm = self._llm
+        vocab = llm._model.vocab
+        seen = _Logits()
+        out = bytearray()
+        pieces: list[tuple[str, float]] = []
+        stream = llm.generate(
+            prompt,
+            temp=0.0,
+            repeat_penalty=1.0,
+            grammar=grammar,
+            logits_processor=self._llama_cpp.LogitsProcessorList([seen]),
         )
-        text = out["choices"][0]["text"]
-        return _Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
+        try:
+            for token in stream:
+                if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                piece = llm.detokenize([token])
+                out += piece
+                pieces.append((piece.decode("utf-8", "replace"), seen.logprob(token)))
+                if len(pieces) >= max_tokens:
+                    break
+                if (
+                    form is not None
+                    and b"\n" in piece
+                    and form.stop(out.decode("utf-8", "replace"))
+                ):
+                    break
+        finally:
+            stream.close()
+        return out.decode("utf-8", "replace"), pieces
 
     def generate(
         self,
@@ -277,11 +382,13 @@ class LlamaCppBackend:
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
             self._fixed = 1 + 2 * len(examples)
-            return _checked(self._raw, system, user, json_schema, examples)
+            self._form = form
+            return _checked(self._raw, system, user, json_schema, examples, form)
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
@@ -335,6 +442,7 @@ class HailoBackend:
                 raise ModelError(f"HailoRT could not load {path}: {e}") from None
         self._llm = llm
         self._lock = threading.Lock()
+        self._form: AnswerForm | None = None
         self.prompts: list[str] = []  # the last request's rendered prompts (for tests, debugging)
 
     def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
@@ -346,12 +454,15 @@ class HailoBackend:
         if hasattr(llm, "clear_context"):
             llm.clear_context()
         try:
-            text = llm.generate_all(
-                prompt=prompt,
-                temperature=self.temperature,
-                seed=self.seed,
-                max_generated_tokens=self._max_tokens,
-            )
+            if self._form is not None:
+                text = self._streamed(llm, prompt, self._form)
+            else:
+                text = llm.generate_all(
+                    prompt=prompt,
+                    temperature=self.temperature,
+                    seed=self.seed,
+                    max_generated_tokens=self._max_tokens,
+                )
         except Exception as e:  # noqa: BLE001
             raise ModelError(f"the Hailo-10H generation failed: {e}") from None
         used = llm.get_context_usage_size() if hasattr(llm, "get_context_usage_size") else 0
@@ -365,12 +476,30 @@ class HailoBackend:
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
             self._fixed = 1 + 2 * len(examples)
             self.prompts = []
-            return _checked(self._raw, system, user, json_schema, examples)
+            self._form = form
+            return _checked(self._raw, system, user, json_schema, examples, form)
+
+    def _streamed(self, llm: Any, prompt: str, form: AnswerForm) -> str:
+        """The answer from HailoRT's token stream, ended as soon as the form
+        says (a repeated step): a looping model costs one step, not minutes."""
+        text = ""
+        with llm.generate(
+            prompt=prompt,
+            temperature=self.temperature,
+            seed=self.seed,
+            max_generated_tokens=self._max_tokens,
+        ) as stream:
+            for token in stream:
+                text += str(token)
+                if "\n" in str(token) and form.stop(_strip_stops(text, self.manifest.stop)):
+                    break
+        return text
 
     def _release_device(self) -> None:
         if self._vdevice is not None:
@@ -449,11 +578,12 @@ class OllamaBackend:
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
             self._fixed = 1 + 2 * len(examples)
-            return _checked(self._raw, system, user, json_schema, examples)
+            return _checked(self._raw, system, user, json_schema, examples, form)
 
     def close(self) -> None:
         self._http.close()

@@ -36,9 +36,12 @@ from appliance.broker.snapshots import SnapshotStore
 from appliance.broker.tasks import (
     CONTENT_MAX,
     FOLDER_NAME,
+    NO_PLAN,
     TEXT_MAX,
     TaskStore,
+    approval_note,
     check_from_content,
+    proposal,
 )
 from appliance.config import Config
 from appliance.db import Database
@@ -848,6 +851,16 @@ class Broker:
         try:
             listing = self.listing()
             result = self._agent().plan(text, listing)
+            model = {"model_id": result["model_id"], "model_sha256": result["model_sha256"]}
+            if result.get("kind") in NO_PLAN:
+                # Nothing is proposed: the task ends with the model's question
+                # or reason, and the requester asks again.
+                status = NO_PLAN[result["kind"]]
+                self.audit.append("task.planned", {"task_id": task_id, **model, **proposal(result)})
+                self.tasks.update(
+                    task_id, status, status=status, detail={**model, **proposal(result)}, **model
+                )
+                return
             try:
                 intents = [Intent.model_validate(i) for i in result["intents"]]
                 if from_content is not None:
@@ -860,7 +873,6 @@ class Broker:
                     code="agent_invalid_plan",
                     status=502,
                 ) from None
-            model = {"model_id": result["model_id"], "model_sha256": result["model_sha256"]}
             self.audit.append(
                 "task.planned",
                 {
@@ -869,6 +881,7 @@ class Broker:
                     "seconds": result.get("seconds"),
                     "tokens": result.get("tokens"),
                     "intents": [i.model_dump(mode="json") for i in intents],
+                    **proposal(result),
                 },
             )
             self.tasks.update(
@@ -876,10 +889,10 @@ class Broker:
                 "planned",
                 status="planned",
                 time_to_plan_s=result.get("seconds"),
-                detail={**model, "intents": len(intents)},
+                detail={**model, "intents": len(intents), **proposal(result)},
                 **model,
             )
-            plan = self.submit(requester, intents)
+            plan = self.submit(requester, intents, via=approval_note(result))
         except ApplianceError as e:
             self._audit_quietly("task.failed", {"task_id": task_id, "error": e.to_dict()})
             self.tasks.update(

@@ -1,0 +1,580 @@
+"""The compact plan language: what the model writes, and how it becomes intents.
+
+The model says *what* in few tokens; the planner expands *how*, deterministically,
+against the listing. An answer is one of:
+
+    plan N: ONE LINE SAYING WHAT THE PLAN DOES
+    ...exactly N steps, one per line...
+
+    ask: A QUESTION FOR THE REQUESTER      (the request is ambiguous)
+    no: WHY NOT                            (no file action can do it)
+
+A step is one line. Paths are written ``SHARE:relative/path`` (``docs:`` is the
+top of the share ``docs``; folders end with ``/``), so a share can never be
+mistaken for a folder:
+
+    list FOLDER             stat PATH               read FILE
+    delete PATH|PATTERN     mkdir NEW_FOLDER/       rename PATH > NEW_NAME
+    move PATH|PATTERN > DESTINATION
+    copy FILE|PATTERN > DESTINATION
+    write FILE "TEXT"
+
+A PATTERN is ``FOLDER*`` or ``FOLDER*.EXT``: the files directly in that listed
+folder (with that extension). A DESTINATION is a folder, a new folder inside a
+listed one, or a template ``FOLDER{year}/``, ``FOLDER{year}/{month}/``,
+``FOLDER{year}-{month}/`` or ``FOLDER{month}/``, filled from each file's *name*
+(the first 19xx/20xx year in it, and the month right after it). So "sort the
+PDFs in Inbox into year folders inside Archive" is one step:
+``move docs:Inbox/*.pdf > docs:Archive/{year}/``, and its expansion names every
+file once.
+
+Nothing here widens what a plan may name: :func:`grammar` builds a GBNF
+grammar whose only paths are the listed ones (llama.cpp cannot write anything
+else), :func:`parse` accepts only listed paths, patterns over listed folders and
+new plain names inside listed folders (backends without a grammar are checked
+with it and repaired once), and :func:`expand` turns steps into intents over
+the listed names only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+MAX_STEPS = 12  # steps a plan may announce
+SAY_MAX = 200  # characters of an explanation, a question or a reason
+NAME_MAX = 100  # characters of a name the model makes
+WRITE_MAX = 2000  # characters of text a planned file.write may carry
+LINE_MAX = 600  # characters of any line of an answer: longer is babbling
+# New names the model may make: a folder starts with a letter or digit, then
+# letters, digits, space, "_" or "-" (no dots at all: never "." or "..", never
+# hidden, never the broker's reserved ".appliance-" prefix); a file name may
+# hold dots after its first character.
+NEW_FOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]*")
+NEW_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]*")
+_EXT = re.compile(r"\.[A-Za-z0-9]{1,10}")
+TEMPLATES = ("{year}/", "{year}/{month}/", "{year}-{month}/", "{month}/")
+_YEAR = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2})(?:[-_. ]?(0[1-9]|1[0-2])(?![0-9]))?")
+VERBS = {
+    "list": "file.list",
+    "stat": "file.stat",
+    "read": "file.read",
+    "delete": "file.delete",
+    "mkdir": "file.mkdir",
+    "move": "file.move",
+    "copy": "file.copy",
+    "rename": "file.rename",
+    "write": "file.write",
+}
+
+
+class CompactError(ValueError):
+    """An answer that is not a plan over these names; ``problems`` say why, in
+    words the one repair prompt quotes back to the model."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# ---------------------------------------------------------------- the names
+@dataclass(frozen=True)
+class Names:
+    """The listing as the model sees it: ``SHARE:rel`` paths, folders ending
+    with "/", each share's top as ``SHARE:``."""
+
+    shares: tuple[str, ...]
+    files: tuple[str, ...]
+    folders: tuple[str, ...]  # share tops first
+    left_out: int = 0
+    _files: frozenset[str] = field(init=False, repr=False, compare=False)
+    _folders: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_files", frozenset(self.files))
+        object.__setattr__(self, "_folders", frozenset(self.folders))
+
+    @property
+    def shown(self) -> list[str]:
+        """Every name, grouped by share, each share's top first."""
+        return sorted(set(self.files) | set(self.folders), key=lambda p: (p.split(":")[0], p))
+
+    def is_file(self, path: str) -> bool:
+        return path in self._files
+
+    def is_folder(self, path: str) -> bool:
+        return path in self._folders
+
+    def is_entry(self, path: str) -> bool:
+        """A listed file or folder other than a share's top."""
+        return path in self._files or (path in self._folders and not path.endswith(":"))
+
+    def exists(self, path: str) -> bool:
+        return path in self._files or path in self._folders
+
+    def files_in(self, folder: str) -> list[str]:
+        """The listed files directly inside ``folder``."""
+        return sorted(f for f in self.files if _parent(f) == folder)
+
+    def extensions(self) -> list[str]:
+        found = {os.path.splitext(f)[1] for f in self.files}
+        return sorted(e for e in found if _EXT.fullmatch(e))
+
+
+def _parent(path: str) -> str:
+    """``docs:A/b.pdf`` -> ``docs:A/``; ``docs:A/`` -> ``docs:``."""
+    body = path[:-1] if path.endswith("/") else path
+    cut = body.rfind("/")
+    return body[: cut + 1] if cut != -1 else body[: body.index(":") + 1]
+
+
+def _basename(path: str) -> str:
+    """``docs:A/b.pdf`` -> ``b.pdf``; ``docs:A/`` -> ``A``; ``docs:`` -> ``""``
+    (only the first ":" ends the share: a name may hold one)."""
+    body = path[:-1] if path.endswith("/") else path
+    return body.partition(":")[2].rsplit("/", 1)[-1]
+
+
+def resource(path: str) -> str:
+    """``docs:`` -> ``share:docs/``; ``docs:Inbox/`` -> ``share:docs/Inbox``."""
+    share, _, rel = path.partition(":")
+    return f"share:{share}/{rel.rstrip('/')}"
+
+
+# ---------------------------------------------------------------- the grammar
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _trie(name: str, words: Iterable[str], rules: list[str]) -> str:
+    """Rules matching exactly ``words``, as a radix tree: few grammar stacks
+    are alive at any point however many names are listed. Returns ``name``."""
+    counter = iter(range(1 << 30))
+
+    def build(rule: str, suffixes: list[str]) -> None:
+        groups: dict[str, list[str]] = {}
+        for w in suffixes:
+            if w:
+                groups.setdefault(w[0], []).append(w)
+        alts = []
+        for _, ws in sorted(groups.items()):
+            prefix = os.path.commonprefix(ws)
+            rest = [w[len(prefix) :] for w in ws]
+            if rest == [""]:
+                alts.append(_literal(prefix))
+            else:
+                child = f"{name}-{next(counter)}"
+                build(child, rest)
+                alts.append(f"{_literal(prefix)} {child}")
+        body = " | ".join(alts) if alts else '""'
+        if "" in suffixes and alts:
+            body = f"( {body} )?"
+        rules.append(f"{rule} ::= {body}")
+
+    build(name, sorted(set(words)))
+    return name
+
+
+def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
+    """The GBNF grammar of every answer over ``names``."""
+    rules: list[str] = []
+    entries = [p for p in names.shown if names.is_entry(p)]
+    _trie("folder", names.folders, rules)
+    _trie("path", names.shown, rules)
+    exts = names.extensions()
+    ext = f" ( {' | '.join(_literal(e) for e in exts)} )?" if exts else ""
+    template = " | ".join(_literal(t) for t in TEMPLATES)
+    verbs = ["list", "stat", "mkdir", "write"]
+    if entries:
+        _trie("entry", entries, rules)
+        verbs += ["delete", "move", "rename"]
+        rules += [
+            'delete ::= "delete " ( entry | pattern )',
+            'move ::= "move " ( entry | pattern ) " > " dest',
+            'rename ::= "rename " entry " > " newname',
+        ]
+    if names.files:
+        _trie("file", names.files, rules)
+        verbs += ["read", "copy"]
+        rules += [
+            'read ::= "read " file',
+            'copy ::= "copy " ( file | pattern ) " > " dest',
+            'write ::= "write " ( file | folder newname ) " " string',
+        ]
+    else:
+        rules.append('write ::= "write " folder newname " " string')
+    counts = " | ".join(f'"{n}:" say ' + " ".join(["step"] * n) for n in range(1, max_steps + 1))
+    rules += [
+        f'root ::= "plan " ( {counts} ) | "ask: " text "\\n" | "no: " text "\\n"',
+        'say ::= " " text "\\n"',
+        "text ::= [^\\n]+",
+        f"step ::= ( {' | '.join(verbs)} ) " + '"\\n"',
+        'list ::= "list " folder',
+        'stat ::= "stat " path',
+        'mkdir ::= "mkdir " newfolder',
+        f'pattern ::= folder "*"{ext}',
+        'newfolder ::= folder foldername "/"',
+        f'dest ::= folder ( foldername "/" | {template} )?',
+        "foldername ::= [A-Za-z0-9] [A-Za-z0-9 _-]*",
+        "newname ::= [A-Za-z0-9] [A-Za-z0-9 _.-]*",
+        'string ::= "\\"" ( [^"\\\\\\n] | "\\\\" ["\\\\nt] )* "\\""',
+    ]
+    return "\n".join(rules) + "\n"
+
+
+# ---------------------------------------------------------------- parsing
+@dataclass(frozen=True)
+class Step:
+    """One parsed step: ``source`` is a listed path or a pattern (``FOLDER*``,
+    ``FOLDER*.EXT``); ``target`` a destination, a new name or None."""
+
+    verb: str  # the compact word: "move", "list", ...
+    source: str
+    target: str | None = None
+    content: str | None = None
+    line: str = ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed answer: a plan (``steps``), a question or a refusal."""
+
+    kind: str  # "plan" | "question" | "refusal"
+    say: str  # the explanation, the question or the reason
+    steps: tuple[Step, ...] = ()
+    lines: tuple[str, ...] = ()  # the compact form as written (header and steps)
+    stopped_at_repeat: bool = False
+
+
+_HEAD = re.compile(r"(?i)plan\s+(\d+)\s*:\s*(.*)")
+_ASK = re.compile(r"(?i)(ask|no)\s*:\s*(.*)")
+
+
+# Control and bidirectional-text characters: never in text shown to a person.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _clean(text: str) -> str:
+    """Model text shown to a person: one line, no control or bidi characters."""
+    return " ".join(_UNSHOWN.sub(" ", text).split())[:SAY_MAX]
+
+
+def _pattern(text: str, names: Names) -> bool:
+    folder, star, ext = text.partition("*")
+    return bool(star) and names.is_folder(folder) and (not ext or bool(_EXT.fullmatch(ext)))
+
+
+def _destination(text: str, names: Names) -> bool:
+    if names.is_folder(text):
+        return True
+    for t in TEMPLATES:
+        if text.endswith(t) and names.is_folder(text[: -len(t)]):
+            return True
+    return _new_folder(text, names)
+
+
+def _new_folder(text: str, names: Names) -> bool:
+    if not text.endswith("/"):
+        return False
+    name = _basename(text)
+    return (
+        bool(NEW_FOLDER.fullmatch(name))
+        and len(name) <= NAME_MAX
+        and names.is_folder(_parent(text))
+        and _parent(text) + name + "/" == text
+    )
+
+
+def _new_file(text: str, names: Names) -> bool:
+    name = _basename(text)
+    return (
+        not text.endswith("/")
+        and bool(NEW_FILE.fullmatch(name))
+        and len(name) <= NAME_MAX
+        and names.is_folder(_parent(text))
+        and _parent(text) + name == text
+    )
+
+
+def _split(rest: str, sep: str, left: Any, right: Any) -> list[tuple[str, str]]:
+    """Every way to cut ``rest`` at ``sep`` with both sides acceptable: a name
+    may itself hold the separator, so the listing decides."""
+    out = []
+    start = 0
+    while (i := rest.find(sep, start)) != -1:
+        a, b = rest[:i], rest[i + len(sep) :]
+        if left(a) and right(b):
+            out.append((a, b))
+        start = i + 1
+    return out
+
+
+def parse_step(line: str, names: Names) -> Step:
+    """One step line, checked against the names; ValueError says why not."""
+    word, _, rest = line.partition(" ")
+    word = word.lower()
+    if word not in VERBS:
+        raise ValueError(f"{line!r}: a step starts with one of {', '.join(VERBS)}")
+    if word == "list":
+        if not names.is_folder(rest):
+            raise ValueError(f"{line!r}: list takes a listed folder")
+        return Step(word, rest, line=line)
+    if word == "stat":
+        if not names.exists(rest):
+            raise ValueError(f"{line!r}: stat takes a listed path")
+        return Step(word, rest, line=line)
+    if word == "read":
+        if not names.is_file(rest):
+            raise ValueError(f"{line!r}: read takes a listed file")
+        return Step(word, rest, line=line)
+    if word == "delete":
+        if not (names.is_entry(rest) or _pattern(rest, names)):
+            raise ValueError(f"{line!r}: delete takes a listed path or FOLDER*.EXT")
+        return Step(word, rest, line=line)
+    if word == "mkdir":
+        if not _new_folder(rest, names) and not names.is_folder(rest):
+            raise ValueError(f"{line!r}: mkdir takes a listed folder plus a new name and '/'")
+        return Step(word, rest, line=line)
+    if word in ("move", "copy"):
+        source_ok = names.is_entry if word == "move" else names.is_file
+        cuts = _split(
+            rest,
+            " > ",
+            lambda a: source_ok(a) or _pattern(a, names),
+            lambda b: _destination(b, names),
+        )
+        if len(cuts) != 1:
+            what = "a listed file" if word == "copy" else "a listed path"
+            raise ValueError(
+                f"{line!r}: {word} takes {what} or FOLDER*.EXT, ' > ', and a listed folder, "
+                "a new folder or a FOLDER{year}/ template"
+                + (" (it reads more than one way)" if cuts else "")
+            )
+        return Step(word, cuts[0][0], cuts[0][1], line=line)
+    if word == "rename":
+        cuts = _split(
+            rest,
+            " > ",
+            names.is_entry,
+            lambda b: bool(NEW_FILE.fullmatch(b)) and len(b) <= NAME_MAX,
+        )
+        if len(cuts) != 1:
+            raise ValueError(f"{line!r}: rename takes a listed path, ' > ' and a plain new name")
+        return Step(word, cuts[0][0], cuts[0][1], line=line)
+    # write PATH "TEXT"
+    found: list[tuple[str, str]] = []
+    start = 0
+    while (i := rest.find(' "', start)) != -1:
+        path, quoted = rest[:i], rest[i + 1 :]
+        start = i + 1
+        if not (names.is_file(path) or _new_file(path, names)):
+            continue
+        try:
+            text = json.loads(quoted)
+        except ValueError:
+            continue
+        if isinstance(text, str):
+            found.append((path, text))
+    if len(found) != 1:
+        raise ValueError(f'{line!r}: write takes a listed file or a new file name and "TEXT"')
+    if len(found[0][1]) > WRITE_MAX:
+        raise ValueError(f"{line!r}: a write carries at most {WRITE_MAX} characters")
+    return Step(word, found[0][0], content=found[0][1], line=line)
+
+
+def parse(text: str, names: Names) -> Answer:
+    """The model's answer as an :class:`Answer`, or :class:`CompactError`.
+
+    A plan stops at its first repeated step (a model that loops repeats its
+    plan): the steps before it are the plan, whatever count was announced."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("```")]
+    if not lines:
+        raise CompactError(["the answer is empty"])
+    if any(len(ln) > LINE_MAX for ln in lines):
+        raise CompactError([f"a line of the answer is over {LINE_MAX} characters"])
+    head = lines[0]
+    asked = _ASK.fullmatch(head)
+    if asked:
+        if len(lines) > 1:
+            raise CompactError([f"after {asked.group(1).lower()}: nothing else may follow"])
+        say = _clean(asked.group(2))
+        if not say:
+            raise CompactError([f"{asked.group(1).lower()}: needs a sentence"])
+        kind = "question" if asked.group(1).lower() == "ask" else "refusal"
+        return Answer(kind, say, lines=(head,))
+    match = _HEAD.fullmatch(head)
+    if not match:
+        raise CompactError(["the answer starts with 'plan N: ...', 'ask: ...' or 'no: ...'"])
+    count = int(match.group(1))
+    if not 1 <= count <= MAX_STEPS:
+        raise CompactError([f"a plan has 1 to {MAX_STEPS} steps"])
+    seen: set[str] = set()
+    body: list[str] = []
+    repeated = False
+    for ln in lines[1:]:
+        if ln in seen:
+            repeated = True
+            break
+        seen.add(ln)
+        body.append(ln)
+    if not repeated and len(body) != count:
+        raise CompactError([f"the plan announces {count} steps but has {len(body)}"])
+    if repeated and len(body) > count:
+        raise CompactError([f"the plan announces {count} steps but has {len(body)}"])
+    steps: list[Step] = []
+    problems: list[str] = []
+    for ln in body:
+        try:
+            steps.append(parse_step(ln, names))
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise CompactError(problems)
+    return Answer(
+        "plan", _clean(match.group(2)), tuple(steps), (head, *body), stopped_at_repeat=repeated
+    )
+
+
+def stop_here(text: str) -> bool:
+    """Should a streamed answer stop now? At the first complete step line that
+    repeats an earlier one (a model looping on its plan), or at a line past
+    LINE_MAX characters (babbling). :func:`parse` then reads what came before."""
+    *done, partial = text.split("\n")
+    if len(partial) > LINE_MAX or any(len(ln) > LINE_MAX for ln in done):
+        return True
+    steps = [ln.strip() for ln in done[1:] if ln.strip()]
+    return len(steps) != len(set(steps))
+
+
+@dataclass(frozen=True)
+class Form:
+    """The compact language over one listing, as backends use it: the grammar
+    (llama.cpp), the check that one repair quotes (Hailo, Ollama), and where a
+    streamed answer stops (a repeated step, a babbling line)."""
+
+    names: Names
+
+    @cached_property
+    def gbnf(self) -> str:
+        return grammar(self.names)
+
+    def problems(self, text: str) -> list[str]:
+        try:
+            parse(text, self.names)
+        except CompactError as e:
+            return e.problems
+        return []
+
+    def stop(self, text: str) -> bool:
+        return stop_here(text)
+
+
+# ---------------------------------------------------------------- expansion
+@dataclass
+class Expansion:
+    """The intents of a plan, with what expansion left out and why."""
+
+    intents: list[dict[str, Any]]
+    skipped: list[str]  # e.g. names without a year for a {year} template
+
+
+def _fill(template_dest: str, name: str) -> str | None:
+    """The folder a template names for a file called ``name`` (None: the name
+    has no year, or no month where one is needed)."""
+    for t in TEMPLATES:
+        if template_dest.endswith(t):
+            base = template_dest[: -len(t)]
+            m = _YEAR.search(name)
+            if m is None:
+                return None
+            year, month = m.group(1), m.group(2)
+            if "{month}" in t and month is None:
+                return None
+            return base + t.replace("{year}", year).replace("{month}", month or "")
+    return template_dest
+
+
+def _sources(step: Step, names: Names) -> list[str]:
+    if "*" not in step.source:
+        return [step.source]
+    folder, _, ext = step.source.partition("*")
+    return [f for f in names.files_in(folder) if not ext or f.lower().endswith(ext.lower())]
+
+
+def expand(answer: Answer, names: Names) -> Expansion:
+    """Steps to intents over the listing: a folder that a move or copy goes
+    into and that does not exist yet gets a ``file.mkdir`` first (and its
+    parents made by the plan); patterns and templates become one move or copy
+    per file; a step on something an earlier step moved, renamed or deleted
+    away, and exact repeats, are left out."""
+    intents: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    made: set[str] = set()
+    gone: set[str] = set()
+    keys: set[str] = set()
+
+    def add(intent: dict[str, Any]) -> None:
+        key = json.dumps(intent, sort_keys=True)
+        if key not in keys:
+            keys.add(key)
+            intents.append(intent)
+
+    def ensure(folder: str) -> None:
+        if names.is_folder(folder) or folder in made:
+            return
+        ensure(_parent(folder))
+        made.add(folder)
+        add({"verb": "file.mkdir", "resource": resource(folder), "params": {}})
+
+    def is_gone(path: str) -> bool:
+        return any(path == g or path.startswith(g if g.endswith("/") else g + "/") for g in gone)
+
+    for step in answer.steps:
+        verb = VERBS[step.verb]
+        if step.verb == "mkdir":
+            ensure(step.source)
+            continue
+        sources = _sources(step, names)
+        if not sources:
+            skipped.append(f"{step.source} matches no listed file")
+        for src in sources:
+            if is_gone(src):
+                skipped.append(f"{src} was already moved, renamed or deleted by the plan")
+                continue
+            intent: dict[str, Any] = {"verb": verb, "resource": resource(src), "params": {}}
+            if step.verb in ("move", "copy"):
+                assert step.target is not None
+                folder = _fill(step.target, _basename(src))
+                if folder is None:
+                    skipped.append(f"{src}: no year or month in its name")
+                    continue
+                if folder == _parent(src):
+                    continue  # already there
+                if src.endswith("/") and folder.startswith(src):
+                    skipped.append(f"{src} cannot go into itself")
+                    continue
+                ensure(folder)
+                intent["params"]["to"] = resource(folder + _basename(src))
+                if step.verb == "move":
+                    gone.add(src)
+            elif step.verb == "rename":
+                assert step.target is not None
+                intent["params"]["name"] = step.target
+                gone.add(src)
+            elif step.verb == "write":
+                intent["params"]["content"] = step.content or ""
+            elif step.verb == "delete":
+                gone.add(src)
+            add(intent)
+    return Expansion(intents, skipped)
+
+
+def render(lines: Iterable[str]) -> str:
+    """The compact form as kept with the plan (what was asked, in short)."""
+    return "\n".join(lines)

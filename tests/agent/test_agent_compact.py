@@ -1,0 +1,213 @@
+"""The compact plan language without a model: what it can say, what it can never
+say (a file outside the listing, a share outside the grant), how it expands,
+and where a looping or babbling answer is stopped."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.agent import compact
+from appliance.agent.compact import CompactError, Names, expand, parse, stop_here
+from appliance.agent.planner import listing_names
+
+LISTING = {
+    "docs": [
+        "Inbox/",
+        "Inbox/2021-03-invoice.pdf",
+        "Inbox/2022-07-receipt.pdf",
+        "Inbox/2022-07-receipt.png",
+        "Inbox/scan.pdf",
+        "Archive/",
+        "Archive/2021/",
+        "notes.txt",
+    ],
+    "family": ["Recipes/", "Recipes/soup.txt"],
+}
+
+
+@pytest.fixture
+def names() -> Names:
+    return listing_names(LISTING, 10_000)
+
+
+def plan(names: Names, *steps: str) -> list[dict[str, object]]:
+    text = f"plan {len(steps)}: test\n" + "\n".join(steps) + "\n"
+    return expand(parse(text, names), names).intents
+
+
+def mv(src: str, to: str) -> dict[str, object]:
+    return {"verb": "file.move", "resource": src, "params": {"to": to}}
+
+
+def mkdir(path: str) -> dict[str, object]:
+    return {"verb": "file.mkdir", "resource": path, "params": {}}
+
+
+# ---------------------------------------------------------------- expansion
+def test_a_sort_is_one_step_that_names_each_file_once(names: Names) -> None:
+    intents = plan(names, "move docs:Inbox/*.pdf > docs:Archive/{year}/")
+    assert intents == [
+        # 2021 exists: no mkdir; 2022 does not: made before the move into it.
+        mv("share:docs/Inbox/2021-03-invoice.pdf", "share:docs/Archive/2021/2021-03-invoice.pdf"),
+        mkdir("share:docs/Archive/2022"),
+        mv("share:docs/Inbox/2022-07-receipt.pdf", "share:docs/Archive/2022/2022-07-receipt.pdf"),
+    ]
+    # The .png is left where it is (only PDFs), scan.pdf has no year in its name.
+    result = expand(parse("plan 1: x\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names)
+    assert [i["resource"] for i in result.intents if i["verb"] == "file.mkdir"] == [
+        "share:docs/2021",
+        "share:docs/2021/03",
+        "share:docs/2022",
+        "share:docs/2022/07",
+    ]
+    assert result.skipped == ["docs:Inbox/scan.pdf: no year or month in its name"]
+
+
+def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
+    intents = plan(names, "copy docs:notes.txt > family:Recipes/")
+    assert intents == [
+        {
+            "verb": "file.copy",
+            "resource": "share:docs/notes.txt",
+            "params": {"to": "share:family/Recipes/notes.txt"},
+        }
+    ]
+    assert plan(names, "list family:") == [
+        {"verb": "file.list", "resource": "share:family/", "params": {}}
+    ]
+
+
+def test_a_step_on_something_already_moved_is_left_out(names: Names) -> None:
+    answer = parse(
+        "plan 3: x\nmove docs:notes.txt > docs:Archive/\ncopy docs:notes.txt > docs:Inbox/\n"
+        "delete docs:notes.txt\n",
+        names,
+    )
+    result = expand(answer, names)
+    assert result.intents == [mv("share:docs/notes.txt", "share:docs/Archive/notes.txt")]
+    assert len(result.skipped) == 2
+
+
+def test_every_verb(names: Names) -> None:
+    got = plan(
+        names,
+        "stat docs:Inbox/",
+        "read family:Recipes/soup.txt",
+        "rename docs:notes.txt > todo.txt",
+        'write docs:Inbox/new note.txt "milk, \\"eggs\\"\\nbread"',
+        "mkdir docs:Archive/Old/",
+        "delete docs:Inbox/*.png",
+    )
+    assert [(i["verb"], i["resource"], i["params"]) for i in got] == [
+        ("file.stat", "share:docs/Inbox", {}),
+        ("file.read", "share:family/Recipes/soup.txt", {}),
+        ("file.rename", "share:docs/notes.txt", {"name": "todo.txt"}),
+        ("file.write", "share:docs/Inbox/new note.txt", {"content": 'milk, "eggs"\nbread'}),
+        ("file.mkdir", "share:docs/Archive/Old", {}),
+        ("file.delete", "share:docs/Inbox/2022-07-receipt.png", {}),
+    ]
+
+
+def test_questions_and_refusals(names: Names) -> None:
+    ask = parse("ask: Which invoice do you mean?\n", names)
+    assert (ask.kind, ask.say, ask.steps) == ("question", "Which invoice do you mean?", ())
+    no = parse("no: I cannot send mail.", names)
+    assert (no.kind, no.say) == ("refusal", "I cannot send mail.")
+    with pytest.raises(CompactError):
+        parse("ask: which?\ndelete docs:notes.txt\n", names)  # nothing may follow
+
+
+def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
+    answer = parse("plan 1: Sort\u202e fdp.exe \x07 " + "x" * 400 + "\nlist docs:\n", names)
+    assert "\u202e" not in answer.say and "\x07" not in answer.say
+    assert len(answer.say) == compact.SAY_MAX
+
+
+# ---------------------------------------------------------------- what it can never say
+@pytest.mark.parametrize(
+    "step",
+    [
+        "delete docs:secret.txt",  # not listed
+        "delete music:song.mp3",  # a share outside the grant
+        "read docs:../../etc/passwd",
+        "read /etc/passwd",
+        "delete docs:",  # a share's top is not an entry
+        "move docs:notes.txt > music:",
+        "move docs:notes.txt > docs:Nowhere/Deeper/",  # a new folder only inside a listed one
+        "move docs:notes.txt > docs:../x/",
+        "move docs:notes.txt > docs:.hidden/",
+        "move docs:notes.txt > docs:.appliance-tmp-1/",
+        "move docs:Nowhere/*.pdf > docs:Archive/",  # a pattern over an unlisted folder
+        "move docs:Inbox/*.pdf > docs:Nowhere/{year}/",  # a template over an unlisted folder
+        "move docs:Inbox/*/../*.pdf > docs:Archive/",
+        "copy docs:Inbox/ > docs:Archive/",  # copies copy files only
+        "rename docs:notes.txt > ../../x",
+        "rename docs:notes.txt > a/b",
+        'write docs:Nowhere/x.txt "hi"',
+        'write docs:../x.txt "hi"',
+        "mkdir docs:a/b/",
+        "mkdir family:..//",
+        "format docs:",
+        "move docs:notes.txt",
+    ],
+)
+def test_nothing_outside_the_listing_parses(names: Names, step: str) -> None:
+    with pytest.raises(CompactError):
+        parse(f"plan 1: x\n{step}\n", names)
+
+
+def test_an_injected_file_name_is_only_a_name() -> None:
+    # A name that holds the step separator and a share: the listing decides
+    # how a step reads.
+    names = listing_names(
+        {"docs": ["a.pdf > family:", "a.pdf", "W/", "x.txt\u202e"], "family": []}, 10_000
+    )
+    assert plan(names, "move docs:a.pdf > family: > docs:W/") == [
+        mv("share:docs/a.pdf > family:", "share:docs/W/a.pdf > family:")
+    ]
+    assert plan(names, "move docs:a.pdf > family:") == [
+        mv("share:docs/a.pdf", "share:family/a.pdf")
+    ]
+    # A name the broker could not address anyway is never shown.
+    assert all("\u202e" not in n for n in names.shown)
+    # A step that reads two ways is refused, not guessed.
+    two_ways = listing_names({"docs": ["x", "x > docs:y", "y > docs:z/", "z/"]}, 10_000)
+    with pytest.raises(CompactError, match="more than one way"):
+        parse("plan 1: x\nmove docs:x > docs:y > docs:z/\n", two_ways)
+
+
+def test_the_grammar_names_only_the_listing(names: Names) -> None:
+    gbnf = compact.grammar(names)
+    for name in ('"soup.txt"', '"Recipes/"', '"family:"'):
+        assert name in gbnf
+    assert "music" not in gbnf and ".." not in gbnf
+    # Quotes and non-ASCII names are written as GBNF literals.
+    odd = compact.grammar(listing_names({"docs": ['say "hi".txt', "Über/"]}, 10_000))
+    assert '"say \\"hi\\".txt"' in odd and '"Über/"' in odd
+
+
+# ---------------------------------------------------------------- loops and babble
+def test_a_looping_plan_stops_at_its_first_repeated_step(names: Names) -> None:
+    loop = "plan 12: x\n" + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
+    assert stop_here("plan 12: x\nlist docs:Inbox/\nread docs:notes.txt\n") is False
+    assert stop_here("plan 12: x\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n")
+    answer = parse(loop, names)
+    assert answer.stopped_at_repeat and len(answer.steps) == 2
+
+
+def test_counts_and_babble_are_bounded(names: Names) -> None:
+    with pytest.raises(CompactError, match="announces 2 steps but has 1"):
+        parse("plan 2: x\nlist docs:\n", names)  # cut off, no repeat: refused
+    with pytest.raises(CompactError, match="1 to 12"):
+        parse("plan 40: x\nlist docs:\n", names)
+    babble = "plan 1: " + "and then " * 100
+    assert stop_here(babble)
+    with pytest.raises(CompactError, match="over"):
+        parse(babble + "\nlist docs:\n", names)
+    with pytest.raises(CompactError):
+        parse("Sure! Here is your plan:\nlist docs:\n", names)
+
+
+def test_a_pattern_that_matches_nothing_is_said(names: Names) -> None:
+    result = expand(parse("plan 1: x\ndelete docs:Archive/*.pdf\n", names), names)
+    assert result.intents == [] and result.skipped == ["docs:Archive/*.pdf matches no listed file"]
