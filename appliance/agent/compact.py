@@ -208,12 +208,17 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         ]
     else:
         rules.append('write ::= "write " folder newname " " string')
-    counts = " | ".join(f'"{n}:" say ' + " ".join(["step"] * n) for n in range(1, max_steps + 1))
+    # Steps are separated by newlines; the last may end the answer without one
+    # (where the model's own end-of-turn comes).
+    counts = " | ".join(
+        f'"{n}:" say ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?'
+        for n in range(1, max_steps + 1)
+    )
     rules += [
-        f'root ::= "plan " ( {counts} ) | "ask: " text "\\n" | "no: " text "\\n"',
+        f'root ::= "plan " ( {counts} ) | "ask: " text "\\n"? | "no: " text "\\n"?',
         'say ::= " " text "\\n"',
         "text ::= [^\\n]+",
-        f"step ::= ( {' | '.join(verbs)} ) " + '"\\n"',
+        f"step ::= {' | '.join(verbs)}",
         'list ::= "list " folder',
         'stat ::= "stat " path',
         'mkdir ::= "mkdir " newfolder',

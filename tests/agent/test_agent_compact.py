@@ -53,7 +53,9 @@ def test_a_sort_is_one_step_that_names_each_file_once(names: Names) -> None:
         mv("share:docs/Inbox/2022-07-receipt.pdf", "share:docs/Archive/2022/2022-07-receipt.pdf"),
     ]
     # The .png is left where it is (only PDFs), scan.pdf has no year in its name.
-    result = expand(parse("plan 1: x\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names)
+    result = expand(
+        parse("plan 1: x\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names
+    )
     assert [i["resource"] for i in result.intents if i["verb"] == "file.mkdir"] == [
         "share:docs/2021",
         "share:docs/2021/03",
