@@ -211,8 +211,7 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
     # Steps are separated by newlines; the last may end the answer without one
     # (where the model's own end-of-turn comes).
     counts = " | ".join(
-        f'"{n}:" say ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?'
-        for n in range(1, max_steps + 1)
+        f'"{n}:" say ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?' for n in range(1, max_steps + 1)
     )
     rules += [
         f'root ::= "plan " ( {counts} ) | "ask: " text "\\n"? | "no: " text "\\n"?',
@@ -395,42 +394,44 @@ def parse_step(line: str, names: Names) -> Step:
 def parse(text: str, names: Names) -> Answer:
     """The model's answer as an :class:`Answer`, or :class:`CompactError`.
 
-    A plan stops at its first repeated step (a model that loops repeats its
-    plan): the steps before it are the plan, whatever count was announced."""
+    Read from its first header line (``plan N:``, ``ask:``, ``no:``; a
+    thought, prose or a code fence before it is skipped, as a chatty model
+    without a grammar writes them): the count was decided first, so the N
+    lines after it are the plan and anything after them is not read. A plan
+    stops at its first repeated step (a model that loops repeats its plan):
+    the steps before it are the plan, whatever count was announced."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("```")]
-    if not lines:
-        raise CompactError(["the answer is empty"])
     if any(len(ln) > LINE_MAX for ln in lines):
         raise CompactError([f"a line of the answer is over {LINE_MAX} characters"])
-    head = lines[0]
+    start = next(
+        (i for i, ln in enumerate(lines) if _HEAD.fullmatch(ln) or _ASK.fullmatch(ln)), None
+    )
+    if start is None:
+        raise CompactError(["the answer starts with 'plan N: ...', 'ask: ...' or 'no: ...'"])
+    head, lines = lines[start], lines[start + 1 :]
     asked = _ASK.fullmatch(head)
     if asked:
-        if len(lines) > 1:
-            raise CompactError([f"after {asked.group(1).lower()}: nothing else may follow"])
         say = _clean(asked.group(2))
         if not say:
             raise CompactError([f"{asked.group(1).lower()}: needs a sentence"])
         kind = "question" if asked.group(1).lower() == "ask" else "refusal"
         return Answer(kind, say, lines=(head,))
     match = _HEAD.fullmatch(head)
-    if not match:
-        raise CompactError(["the answer starts with 'plan N: ...', 'ask: ...' or 'no: ...'"])
+    assert match is not None
     count = int(match.group(1))
     if not 1 <= count <= MAX_STEPS:
         raise CompactError([f"a plan has 1 to {MAX_STEPS} steps"])
-    seen: set[str] = set()
     body: list[str] = []
     repeated = False
-    for ln in lines[1:]:
-        if ln in seen:
+    for ln in lines[:count]:
+        if ln in body:
             repeated = True
             break
-        seen.add(ln)
         body.append(ln)
     if not repeated and len(body) != count:
-        raise CompactError([f"the plan announces {count} steps but has {len(body)}"])
-    if repeated and len(body) > count:
         raise CompactError([f"the plan announces {count} steps but has {len(body)}"])
     steps: list[Step] = []
     problems: list[str] = []
@@ -447,14 +448,24 @@ def parse(text: str, names: Names) -> Answer:
 
 
 def stop_here(text: str) -> bool:
-    """Should a streamed answer stop now? At the first complete step line that
-    repeats an earlier one (a model looping on its plan), or at a line past
-    LINE_MAX characters (babbling). :func:`parse` then reads what came before."""
+    """Should a streamed answer stop now? When its header's announced steps
+    are complete, at the first complete step line that repeats an earlier one
+    (a model looping on its plan), after a whole question or refusal, or at a
+    line past LINE_MAX characters (babbling). :func:`parse` reads the rest."""
     *done, partial = text.split("\n")
     if len(partial) > LINE_MAX or any(len(ln) > LINE_MAX for ln in done):
         return True
-    steps = [ln.strip() for ln in done[1:] if ln.strip()]
-    return len(steps) != len(set(steps))
+    done = [ln.strip() for ln in done if ln.strip() and not ln.strip().startswith("```")]
+    start = next(
+        (i for i, ln in enumerate(done) if _HEAD.fullmatch(ln) or _ASK.fullmatch(ln)), None
+    )
+    if start is None:
+        return False
+    match = _HEAD.fullmatch(done[start])
+    if match is None:
+        return True  # a whole question or refusal
+    steps = done[start + 1 :]
+    return len(steps) >= int(match.group(1)) or len(steps) != len(set(steps))
 
 
 @dataclass(frozen=True)

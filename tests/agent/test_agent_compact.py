@@ -116,7 +116,7 @@ def test_questions_and_refusals(names: Names) -> None:
     no = parse("no: I cannot send mail.", names)
     assert (no.kind, no.say) == ("refusal", "I cannot send mail.")
     with pytest.raises(CompactError):
-        parse("ask: which?\ndelete docs:notes.txt\n", names)  # nothing may follow
+        parse("ask:\n", names)  # a question says something
 
 
 def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
@@ -207,7 +207,10 @@ def test_counts_and_babble_are_bounded(names: Names) -> None:
     with pytest.raises(CompactError, match="over"):
         parse(babble + "\nlist docs:\n", names)
     with pytest.raises(CompactError):
-        parse("Sure! Here is your plan:\nlist docs:\n", names)
+        parse("Sure! Here is your plan:\nlist docs:\n", names)  # no header at all
+    # The count is decided first: lines after the announced steps are not read.
+    answer = parse("plan 1: x\nlist docs:\ndelete docs:notes.txt\nSee you!\n", names)
+    assert [s.line for s in answer.steps] == ["list docs:"]
 
 
 def test_a_pattern_that_matches_nothing_is_said(names: Names) -> None:
