@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 RETRY_S = 15.0
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct.toml"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-1.5b-instruct.toml"
 DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -406,11 +406,30 @@ def cmd_task(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if event["event"] in ("planned", "question", "refused"):
+            print(_proposal(event), file=sys.stderr, flush=True)
         if event["event"] == "pending_approval":
+            plan = client.task_status(task["task_id"])["plan"] or {}
+            for intent in plan.get("intents", []):
+                to = intent.get("params", {}).get("to") or intent.get("params", {}).get("name")
+                line = f"  {intent['verb']} {intent['resource']}" + (f" -> {to}" if to else "")
+                print(line, file=sys.stderr, flush=True)
             print(f"approve on the box: {_code(event.get('code'))}", file=sys.stderr, flush=True)
     task = client.task_status(task["task_id"])
     _out(task)
     return 0 if task["status"] == "done" else 1
+
+
+def _proposal(event: dict[str, Any]) -> str:
+    """The model's words on a task: its explanation (or question, or reason),
+    its confidence, and the compact plan it wrote (expanded below it)."""
+    conf = event.get("confidence")
+    sure = f" (confidence {conf:.2f})" if isinstance(conf, int | float) else ""
+    label = {"question": "the box asks", "refused": "the box cannot"}.get(event["event"], "plan")
+    lines = [f"{label}{sure}: {event.get('explanation', '')}"]
+    if event["event"] == "planned":
+        lines += [f"  | {line}" for line in str(event.get("compact", "")).splitlines()[1:]]
+    return "\n".join(lines)
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
@@ -464,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=DEFAULT_MODEL,
-        help="development: the model manifest the agent runs (default: SmolLM2-135M on the CPU)",
+        help="development: the model manifest the agent runs "
+        "(default: Qwen2.5-Coder-1.5B-Instruct on the CPU)",
     )
     up.add_argument(
         "--no-agent", action="store_true", help="development: do not start the model agent"

@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -103,6 +103,13 @@ class Names:
     def shown(self) -> list[str]:
         """Every name, grouped by share, each share's top first."""
         return sorted(set(self.files) | set(self.folders), key=lambda p: (p.split(":")[0], p))
+
+    def canon(self, path: str) -> str:
+        """``docs:Inbox`` -> ``docs:Inbox/`` when that is a listed folder;
+        anything else as it is."""
+        if path not in self._files and path + "/" in self._folders:
+            return path + "/"
+        return path
 
     def is_file(self, path: str) -> bool:
         return path in self._files
@@ -180,23 +187,29 @@ def _trie(name: str, words: Iterable[str], rules: list[str]) -> str:
     return name
 
 
+def _slashless(paths: Iterable[str]) -> list[str]:
+    out = list(paths)
+    return out + [p[:-1] for p in out if p.endswith("/")]
+
+
 def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
     """The GBNF grammar of every answer over ``names``."""
     rules: list[str] = []
     entries = [p for p in names.shown if names.is_entry(p)]
-    _trie("folder", names.folders, rules)
-    _trie("path", names.shown, rules)
+    # A folder may be written without its trailing "/" (parse puts it back).
+    _trie("folder", _slashless(names.folders), rules)
+    _trie("path", _slashless(names.shown), rules)
     exts = names.extensions()
     ext = f" ( {' | '.join(_literal(e) for e in exts)} )?" if exts else ""
     template = " | ".join(_literal(t) for t in TEMPLATES)
     verbs = ["list", "stat", "mkdir", "write"]
     if entries:
-        _trie("entry", entries, rules)
+        _trie("entry", _slashless(entries), rules)
         verbs += ["delete", "move", "rename"]
         rules += [
             'delete ::= "delete " ( entry | pattern )',
             'move ::= "move " ( entry | pattern ) " > " dest',
-            'rename ::= "rename " entry " > " newname',
+            'rename ::= "rename " entry " > " folder? newname "/"?',
         ]
     if names.files:
         _trie("file", names.files, rules)
@@ -305,85 +318,112 @@ def _new_file(text: str, names: Names) -> bool:
     )
 
 
-def _split(rest: str, sep: str, left: Any, right: Any) -> list[tuple[str, str]]:
-    """Every way to cut ``rest`` at ``sep`` with both sides acceptable: a name
-    may itself hold the separator, so the listing decides."""
+def _split(
+    rest: str, sep: str, left: Callable[[str], str | None], right: Callable[[str, str], str | None]
+) -> list[tuple[str, str]]:
+    """Every way to cut ``rest`` at ``sep`` with both sides acceptable (each
+    side as ``left``/``right`` make it canonical, or None): a name may itself
+    hold the separator, so the listing decides."""
     out = []
     start = 0
     while (i := rest.find(sep, start)) != -1:
-        a, b = rest[:i], rest[i + len(sep) :]
-        if left(a) and right(b):
+        a = left(rest[:i])
+        b = right(a, rest[i + len(sep) :]) if a is not None else None
+        if a is not None and b is not None:
             out.append((a, b))
         start = i + 1
     return out
 
 
+def _one(line: str, cuts: list[tuple[str, str]], usage: str) -> tuple[str, str]:
+    if len(cuts) != 1:
+        raise ValueError(f"{line!r}: {usage}" + (" (it reads more than one way)" if cuts else ""))
+    return cuts[0]
+
+
 def parse_step(line: str, names: Names) -> Step:
-    """One step line, checked against the names; ValueError says why not."""
+    """One step line, checked against the names; ValueError says why not. A
+    listed folder may be written without its trailing "/"."""
     word, _, rest = line.partition(" ")
     word = word.lower()
     if word not in VERBS:
         raise ValueError(f"{line!r}: a step starts with one of {', '.join(VERBS)}")
+    path = names.canon(rest)
     if word == "list":
-        if not names.is_folder(rest):
+        if not names.is_folder(path):
             raise ValueError(f"{line!r}: list takes a listed folder")
-        return Step(word, rest, line=line)
+        return Step(word, path, line=line)
     if word == "stat":
-        if not names.exists(rest):
+        if not names.exists(path):
             raise ValueError(f"{line!r}: stat takes a listed path")
-        return Step(word, rest, line=line)
+        return Step(word, path, line=line)
     if word == "read":
-        if not names.is_file(rest):
+        if not names.is_file(path):
             raise ValueError(f"{line!r}: read takes a listed file")
-        return Step(word, rest, line=line)
+        return Step(word, path, line=line)
     if word == "delete":
-        if not (names.is_entry(rest) or _pattern(rest, names)):
+        if not (names.is_entry(path) or _pattern(path, names)):
             raise ValueError(f"{line!r}: delete takes a listed path or FOLDER*.EXT")
-        return Step(word, rest, line=line)
+        return Step(word, path, line=line)
     if word == "mkdir":
-        if not _new_folder(rest, names) and not names.is_folder(rest):
+        path = path if path.endswith("/") else path + "/"
+        if not _new_folder(path, names) and not names.is_folder(path):
             raise ValueError(f"{line!r}: mkdir takes a listed folder plus a new name and '/'")
-        return Step(word, rest, line=line)
+        return Step(word, path, line=line)
     if word in ("move", "copy"):
         source_ok = names.is_entry if word == "move" else names.is_file
-        cuts = _split(
-            rest,
-            " > ",
-            lambda a: source_ok(a) or _pattern(a, names),
-            lambda b: _destination(b, names),
+
+        def source(a: str) -> str | None:
+            a = names.canon(a)
+            return a if source_ok(a) or _pattern(a, names) else None
+
+        def destination(_: str, b: str) -> str | None:
+            for d in (names.canon(b), b + "/"):
+                if _destination(d, names):
+                    return d
+            return None
+
+        what = "a listed file" if word == "copy" else "a listed path"
+        src, dest = _one(
+            line,
+            _split(rest, " > ", source, destination),
+            f"{word} takes {what} or FOLDER*.EXT, ' > ', and a listed folder, a new folder "
+            "or a FOLDER{year}/ template",
         )
-        if len(cuts) != 1:
-            what = "a listed file" if word == "copy" else "a listed path"
-            raise ValueError(
-                f"{line!r}: {word} takes {what} or FOLDER*.EXT, ' > ', and a listed folder, "
-                "a new folder or a FOLDER{year}/ template"
-                + (" (it reads more than one way)" if cuts else "")
-            )
-        return Step(word, cuts[0][0], cuts[0][1], line=line)
+        return Step(word, src, dest, line=line)
     if word == "rename":
-        cuts = _split(
-            rest,
-            " > ",
-            names.is_entry,
-            lambda b: bool(NEW_FILE.fullmatch(b)) and len(b) <= NAME_MAX,
+
+        def entry(a: str) -> str | None:
+            a = names.canon(a)
+            return a if names.is_entry(a) else None
+
+        def new_name(src: str, b: str) -> str | None:
+            # A bare name, or the same folder written again with the new name.
+            b = b.removesuffix("/")
+            name = b.removeprefix(_parent(src)) if b.startswith(_parent(src)) else b
+            ok = NEW_FILE.fullmatch(name) and len(name) <= NAME_MAX
+            return name if ok else None
+
+        src, name = _one(
+            line,
+            _split(rest, " > ", entry, new_name),
+            "rename takes a listed path, ' > ' and a new name in the same folder",
         )
-        if len(cuts) != 1:
-            raise ValueError(f"{line!r}: rename takes a listed path, ' > ' and a plain new name")
-        return Step(word, cuts[0][0], cuts[0][1], line=line)
+        return Step(word, src, name, line=line)
     # write PATH "TEXT"
     found: list[tuple[str, str]] = []
     start = 0
     while (i := rest.find(' "', start)) != -1:
-        path, quoted = rest[:i], rest[i + 1 :]
+        target, quoted = rest[:i], rest[i + 1 :]
         start = i + 1
-        if not (names.is_file(path) or _new_file(path, names)):
+        if not (names.is_file(target) or _new_file(target, names)):
             continue
         try:
             text = json.loads(quoted)
         except ValueError:
             continue
         if isinstance(text, str):
-            found.append((path, text))
+            found.append((target, text))
     if len(found) != 1:
         raise ValueError(f'{line!r}: write takes a listed file or a new file name and "TEXT"')
     if len(found[0][1]) > WRITE_MAX:

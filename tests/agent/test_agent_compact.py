@@ -110,6 +110,18 @@ def test_every_verb(names: Names) -> None:
     ]
 
 
+def test_folders_without_their_slash_and_renames_written_as_paths(names: Names) -> None:
+    assert plan(names, "list docs:Inbox") == plan(names, "list docs:Inbox/")
+    assert plan(names, "move docs:notes.txt > docs:Archive") == [
+        mv("share:docs/notes.txt", "share:docs/Archive/notes.txt")
+    ]
+    renamed = {"verb": "file.rename", "resource": "share:docs/Inbox", "params": {"name": "In"}}
+    assert plan(names, "rename docs:Inbox/ > docs:In/") == [renamed]
+    assert plan(names, "rename docs:Inbox > In") == [renamed]
+    with pytest.raises(CompactError):  # a rename stays in its folder
+        parse("plan 1: x\nrename docs:notes.txt > family:notes.txt\n", names)
+
+
 def test_questions_and_refusals(names: Names) -> None:
     ask = parse("ask: Which invoice do you mean?\n", names)
     assert (ask.kind, ask.say, ask.steps) == ("question", "Which invoice do you mean?", ())
@@ -180,12 +192,12 @@ def test_an_injected_file_name_is_only_a_name() -> None:
 
 def test_the_grammar_names_only_the_listing(names: Names) -> None:
     gbnf = compact.grammar(names)
-    for name in ('"soup.txt"', '"Recipes/"', '"family:"'):
+    for name in ('"soup.txt"', '"Recipes"', '"family:"'):
         assert name in gbnf
     assert "music" not in gbnf and ".." not in gbnf
     # Quotes and non-ASCII names are written as GBNF literals.
     odd = compact.grammar(listing_names({"docs": ['say "hi".txt', "Über/"]}, 10_000))
-    assert '"say \\"hi\\".txt"' in odd and '"Über/"' in odd
+    assert '"say \\"hi\\".txt"' in odd and '"Über"' in odd
 
 
 # ---------------------------------------------------------------- loops and babble
