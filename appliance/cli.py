@@ -428,7 +428,7 @@ def _proposal(event: dict[str, Any]) -> str:
     label = {"question": "the box asks", "refused": "the box cannot"}.get(event["event"], "plan")
     lines = [f"{label}{sure}: {event.get('explanation', '')}"]
     if event["event"] == "planned":
-        lines += [f"  | {line}" for line in str(event.get("compact", "")).splitlines()[1:]]
+        lines += [f"  | {line}" for line in str(event.get("compact", "")).splitlines()[2:]]
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 The model says *what* in few tokens; the planner expands *how*, deterministically,
 against the listing. An answer is one of:
 
-    plan N: ONE LINE SAYING WHAT THE PLAN DOES
+    plan: ONE LINE SAYING WHAT THE PLAN DOES
+    steps: N
     ...exactly N steps, one per line...
 
     ask: A QUESTION FOR THE REQUESTER      (the request is ambiguous)
@@ -221,14 +222,15 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         ]
     else:
         rules.append('write ::= "write " folder newname " " string')
-    # Steps are separated by newlines; the last may end the answer without one
-    # (where the model's own end-of-turn comes).
+    # The kind first ("plan", "ask", "no"), then the model's one line, then
+    # the plan's length, then exactly that many steps, separated by newlines;
+    # the last may end the answer without one (the model's end of turn).
     counts = " | ".join(
-        f'"{n}:" say ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?' for n in range(1, max_steps + 1)
+        f'"{n}\\n" ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?' for n in range(1, max_steps + 1)
     )
     rules += [
-        f'root ::= "plan " ( {counts} ) | "ask: " text "\\n"? | "no: " text "\\n"?',
-        'say ::= " " text "\\n"',
+        f'root ::= "plan: " text "\\n" "steps: " ( {counts} ) | "ask: " text "\\n"? '
+        '| "no: " text "\\n"?',
         "text ::= [^\\n]+",
         f"step ::= {' | '.join(verbs)}",
         'list ::= "list " folder',
@@ -268,7 +270,8 @@ class Answer:
     stopped_at_repeat: bool = False
 
 
-_HEAD = re.compile(r"(?i)plan\s+(\d+)\s*:\s*(.*)")
+_HEAD = re.compile(r"(?i)plan\s*:\s*(.*)")
+_COUNT = re.compile(r"(?i)steps\s*:\s*(\d+)")
 _ASK = re.compile(r"(?i)(ask|no)\s*:\s*(.*)")
 
 
@@ -431,26 +434,34 @@ def parse_step(line: str, names: Names) -> Step:
     return Step(word, found[0][0], content=found[0][1], line=line)
 
 
-def parse(text: str, names: Names) -> Answer:
-    """The model's answer as an :class:`Answer`, or :class:`CompactError`.
-
-    Read from its first header line (``plan N:``, ``ask:``, ``no:``; a
-    thought, prose or a code fence before it is skipped, as a chatty model
-    without a grammar writes them): the count was decided first, so the N
-    lines after it are the plan and anything after them is not read. A plan
-    stops at its first repeated step (a model that loops repeats its plan):
-    the steps before it are the plan, whatever count was announced."""
+def _lines(text: str) -> list[str]:
     if "</think>" in text:
         text = text.rsplit("</think>", 1)[1]
     lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("```")]
-    if any(len(ln) > LINE_MAX for ln in lines):
-        raise CompactError([f"a line of the answer is over {LINE_MAX} characters"])
-    start = next(
+    return [ln for ln in lines if ln and not ln.startswith("```")]
+
+
+def _header(lines: list[str]) -> int | None:
+    return next(
         (i for i, ln in enumerate(lines) if _HEAD.fullmatch(ln) or _ASK.fullmatch(ln)), None
     )
+
+
+def parse(text: str, names: Names) -> Answer:
+    """The model's answer as an :class:`Answer`, or :class:`CompactError`.
+
+    Read from its first header line (``plan:``, ``ask:``, ``no:``; a thought,
+    prose or a code fence before it is skipped, as a chatty model without a
+    grammar writes them). A plan's length (``steps: N``) is decided before
+    its steps, so the N lines after it are the plan and anything after them
+    is not read. A plan stops at its first repeated step (a model that loops
+    repeats its plan): the steps before it are the plan."""
+    lines = _lines(text)
+    if any(len(ln) > LINE_MAX for ln in lines):
+        raise CompactError([f"a line of the answer is over {LINE_MAX} characters"])
+    start = _header(lines)
     if start is None:
-        raise CompactError(["the answer starts with 'plan N: ...', 'ask: ...' or 'no: ...'"])
+        raise CompactError(["the answer starts with 'plan: ...', 'ask: ...' or 'no: ...'"])
     head, lines = lines[start], lines[start + 1 :]
     asked = _ASK.fullmatch(head)
     if asked:
@@ -461,12 +472,15 @@ def parse(text: str, names: Names) -> Answer:
         return Answer(kind, say, lines=(head,))
     match = _HEAD.fullmatch(head)
     assert match is not None
-    count = int(match.group(1))
+    counted = _COUNT.fullmatch(lines[0]) if lines else None
+    if counted is None:
+        raise CompactError(["after 'plan: ...' comes 'steps: N', then the N steps"])
+    count = int(counted.group(1))
     if not 1 <= count <= MAX_STEPS:
         raise CompactError([f"a plan has 1 to {MAX_STEPS} steps"])
     body: list[str] = []
     repeated = False
-    for ln in lines[:count]:
+    for ln in lines[1 : count + 1]:
         if ln in body:
             repeated = True
             break
@@ -483,29 +497,33 @@ def parse(text: str, names: Names) -> Answer:
     if problems:
         raise CompactError(problems)
     return Answer(
-        "plan", _clean(match.group(2)), tuple(steps), (head, *body), stopped_at_repeat=repeated
+        "plan",
+        _clean(match.group(1)),
+        tuple(steps),
+        (head, lines[0], *body),
+        stopped_at_repeat=repeated,
     )
 
 
 def stop_here(text: str) -> bool:
-    """Should a streamed answer stop now? When its header's announced steps
-    are complete, at the first complete step line that repeats an earlier one
-    (a model looping on its plan), after a whole question or refusal, or at a
+    """Should a streamed answer stop now? When its announced steps are all
+    written, at the first complete step line that repeats an earlier one (a
+    model looping on its plan), after a whole question or refusal, or at a
     line past LINE_MAX characters (babbling). :func:`parse` reads the rest."""
     *done, partial = text.split("\n")
     if len(partial) > LINE_MAX or any(len(ln) > LINE_MAX for ln in done):
         return True
-    done = [ln.strip() for ln in done if ln.strip() and not ln.strip().startswith("```")]
-    start = next(
-        (i for i, ln in enumerate(done) if _HEAD.fullmatch(ln) or _ASK.fullmatch(ln)), None
-    )
+    lines = _lines("\n".join(done))
+    start = _header(lines)
     if start is None:
         return False
-    match = _HEAD.fullmatch(done[start])
-    if match is None:
+    if _HEAD.fullmatch(lines[start]) is None:
         return True  # a whole question or refusal
-    steps = done[start + 1 :]
-    return len(steps) >= int(match.group(1)) or len(steps) != len(set(steps))
+    counted = _COUNT.fullmatch(lines[start + 1]) if len(lines) > start + 1 else None
+    if counted is None:
+        return len(lines) > start + 1  # no count where it belongs: nothing to wait for
+    steps = lines[start + 2 :]
+    return len(steps) >= int(counted.group(1)) or len(steps) != len(set(steps))
 
 
 @dataclass(frozen=True)

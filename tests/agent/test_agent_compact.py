@@ -31,7 +31,7 @@ def names() -> Names:
 
 
 def plan(names: Names, *steps: str) -> list[dict[str, object]]:
-    text = f"plan {len(steps)}: test\n" + "\n".join(steps) + "\n"
+    text = f"plan: test\nsteps: {len(steps)}\n" + "\n".join(steps) + "\n"
     return expand(parse(text, names), names).intents
 
 
@@ -54,7 +54,7 @@ def test_a_sort_is_one_step_that_names_each_file_once(names: Names) -> None:
     ]
     # The .png is left where it is (only PDFs), scan.pdf has no year in its name.
     result = expand(
-        parse("plan 1: x\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names
+        parse("plan: x\nsteps: 1\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names
     )
     assert [i["resource"] for i in result.intents if i["verb"] == "file.mkdir"] == [
         "share:docs/2021",
@@ -81,7 +81,7 @@ def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
 
 def test_a_step_on_something_already_moved_is_left_out(names: Names) -> None:
     answer = parse(
-        "plan 3: x\nmove docs:notes.txt > docs:Archive/\ncopy docs:notes.txt > docs:Inbox/\n"
+        "plan: x\nsteps: 3\nmove docs:notes.txt > docs:Archive/\ncopy docs:notes.txt > docs:Inbox/\n"
         "delete docs:notes.txt\n",
         names,
     )
@@ -119,7 +119,7 @@ def test_folders_without_their_slash_and_renames_written_as_paths(names: Names) 
     assert plan(names, "rename docs:Inbox/ > docs:In/") == [renamed]
     assert plan(names, "rename docs:Inbox > In") == [renamed]
     with pytest.raises(CompactError):  # a rename stays in its folder
-        parse("plan 1: x\nrename docs:notes.txt > family:notes.txt\n", names)
+        parse("plan: x\nsteps: 1\nrename docs:notes.txt > family:notes.txt\n", names)
 
 
 def test_questions_and_refusals(names: Names) -> None:
@@ -132,7 +132,7 @@ def test_questions_and_refusals(names: Names) -> None:
 
 
 def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
-    answer = parse("plan 1: Sort\u202e fdp.exe \x07 " + "x" * 400 + "\nlist docs:\n", names)
+    answer = parse("plan: Sort\u202e fdp.exe \x07 " + "x" * 400 + "\nsteps: 1\nlist docs:\n", names)
     assert "\u202e" not in answer.say and "\x07" not in answer.say
     assert len(answer.say) == compact.SAY_MAX
 
@@ -167,7 +167,7 @@ def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
 )
 def test_nothing_outside_the_listing_parses(names: Names, step: str) -> None:
     with pytest.raises(CompactError):
-        parse(f"plan 1: x\n{step}\n", names)
+        parse(f"plan: x\nsteps: 1\n{step}\n", names)
 
 
 def test_an_injected_file_name_is_only_a_name() -> None:
@@ -187,7 +187,7 @@ def test_an_injected_file_name_is_only_a_name() -> None:
     # A step that reads two ways is refused, not guessed.
     two_ways = listing_names({"docs": ["x", "x > docs:y", "y > docs:z/", "z/"]}, 10_000)
     with pytest.raises(CompactError, match="more than one way"):
-        parse("plan 1: x\nmove docs:x > docs:y > docs:z/\n", two_ways)
+        parse("plan: x\nsteps: 1\nmove docs:x > docs:y > docs:z/\n", two_ways)
 
 
 def test_the_grammar_names_only_the_listing(names: Names) -> None:
@@ -202,29 +202,31 @@ def test_the_grammar_names_only_the_listing(names: Names) -> None:
 
 # ---------------------------------------------------------------- loops and babble
 def test_a_looping_plan_stops_at_its_first_repeated_step(names: Names) -> None:
-    loop = "plan 12: x\n" + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
-    assert stop_here("plan 12: x\nlist docs:Inbox/\nread docs:notes.txt\n") is False
-    assert stop_here("plan 12: x\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n")
+    loop = "plan: x\nsteps: 12\n" + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
+    assert stop_here("plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\n") is False
+    assert stop_here("plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n")
     answer = parse(loop, names)
     assert answer.stopped_at_repeat and len(answer.steps) == 2
 
 
 def test_counts_and_babble_are_bounded(names: Names) -> None:
     with pytest.raises(CompactError, match="announces 2 steps but has 1"):
-        parse("plan 2: x\nlist docs:\n", names)  # cut off, no repeat: refused
+        parse("plan: x\nsteps: 2\nlist docs:\n", names)  # cut off, no repeat: refused
+    with pytest.raises(CompactError, match="steps: N"):
+        parse("plan: x\nlist docs:\n", names)  # no length
     with pytest.raises(CompactError, match="1 to 12"):
-        parse("plan 40: x\nlist docs:\n", names)
-    babble = "plan 1: " + "and then " * 100
+        parse("plan: x\nsteps: 40\nlist docs:\n", names)
+    babble = "plan: " + "and then " * 100
     assert stop_here(babble)
     with pytest.raises(CompactError, match="over"):
         parse(babble + "\nlist docs:\n", names)
     with pytest.raises(CompactError):
         parse("Sure! Here is your plan:\nlist docs:\n", names)  # no header at all
     # The count is decided first: lines after the announced steps are not read.
-    answer = parse("plan 1: x\nlist docs:\ndelete docs:notes.txt\nSee you!\n", names)
+    answer = parse("plan: x\nsteps: 1\nlist docs:\ndelete docs:notes.txt\nSee you!\n", names)
     assert [s.line for s in answer.steps] == ["list docs:"]
 
 
 def test_a_pattern_that_matches_nothing_is_said(names: Names) -> None:
-    result = expand(parse("plan 1: x\ndelete docs:Archive/*.pdf\n", names), names)
+    result = expand(parse("plan: x\nsteps: 1\ndelete docs:Archive/*.pdf\n", names), names)
     assert result.intents == [] and result.skipped == ["docs:Archive/*.pdf matches no listed file"]

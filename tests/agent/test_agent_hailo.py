@@ -102,7 +102,8 @@ def test_good_output_plans_without_repair() -> None:
     Plan.model_validate({"intents": result.intents})
     assert result.intents == _sorted("2021", "2022", "2023")
     assert result.compact == (
-        "plan 1: Sorting the PDFs in Inbox into year folders.\nmove docs:Inbox/*.pdf > docs:{year}/"
+        "plan: Sorting the PDFs in Inbox into year folders.\nsteps: 1\n"
+        "move docs:Inbox/*.pdf > docs:{year}/"
     )
     assert result.explanation == "Sorting the PDFs in Inbox into year folders."
     assert result.confidence is None  # HailoRT gives no probabilities
@@ -127,9 +128,9 @@ def test_a_looping_model_is_stopped_on_the_token_stream() -> None:
     assert result.intents == _sorted("2021", "2022")
     assert result.stopped_at_repeat and not result.repaired
     total = len(re.findall(r"\S+\s*|\s+", loop))
-    # Read: the header (9 word tokens), the two steps and their first repeat
-    # (4 each); of 73 recorded.
-    assert llm.streamed == [9 + 3 * 4] and total == 73
+    # Read: the header (8 word tokens and 2 for the count), the two steps and
+    # their first repeat (4 each); of 74 recorded.
+    assert llm.streamed == [8 + 2 + 3 * 4] and total == 74
 
 
 def test_chatty_output_in_a_code_fence_is_read() -> None:

@@ -127,7 +127,7 @@ class StopAfterFirstStep(compact.Form):
     """The compact form over a listing, told to stop after its first step."""
 
     def stop(self, text: str) -> bool:
-        return text.count("\n") >= 2
+        return text.count("\n") >= 3
 
 
 def test_the_grammar_holds_and_generation_stops_where_the_form_says(
@@ -154,7 +154,7 @@ def test_the_grammar_holds_and_generation_stops_where_the_form_says(
         examples=PLAN_EXAMPLES,
     )
     lines = stopped.text.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("plan 3:"), stopped.text
+    assert len(lines) == 3 and lines[1] == "steps: 3", stopped.text
     assert stopped.tokens < 40
     # Every generated token comes with the model's log-probability of it.
     assert len(free.logprobs) == free.tokens > 0
@@ -169,7 +169,10 @@ def test_a_plan_carries_its_explanation_compact_form_and_confidence(planner: Pla
         {"docs": ["Inbox/", "Inbox/2021-a.pdf", "Inbox/2022-b.pdf", "Inbox/c.png", "Archive/"]},
     )
     assert result.kind == "plan" and result.explanation
-    assert result.compact.splitlines()[1:] == ["move docs:Inbox/*.pdf > docs:Archive/{year}/"]
+    assert result.compact.splitlines()[1:] == [
+        "steps: 1",
+        "move docs:Inbox/*.pdf > docs:Archive/{year}/",
+    ]
     assert result.confidence is not None and 0 < result.confidence <= 1
     assert [i["verb"] for i in result.intents] == ["file.mkdir", "file.move"] * 2
     assert result.tokens < 60
