@@ -18,6 +18,7 @@ mistaken for a folder:
     delete PATH|PATTERN     mkdir NEW_FOLDER/       rename PATH > NEW_NAME
     move PATH|PATTERN > DESTINATION
     copy FILE|PATTERN > DESTINATION
+    sort PATTERN > TEMPLATE                 (a move, said as what it is)
     write FILE "TEXT"
 
 A PATTERN is ``FOLDER*`` or ``FOLDER*.EXT``: the files directly in that listed
@@ -26,7 +27,7 @@ listed one, or a template ``FOLDER{year}/``, ``FOLDER{year}/{month}/``,
 ``FOLDER{year}-{month}/`` or ``FOLDER{month}/``, filled from each file's *name*
 (the first 19xx/20xx year in it, and the month right after it). So "sort the
 PDFs in Inbox into year folders inside Archive" is one step:
-``move docs:Inbox/*.pdf > docs:Archive/{year}/``, and its expansion names every
+``sort docs:Inbox/*.pdf > docs:Archive/{year}/``, and its expansion names every
 file once.
 
 Nothing here widens what a plan may name: :func:`grammar` builds a GBNF
@@ -68,6 +69,7 @@ VERBS = {
     "delete": "file.delete",
     "mkdir": "file.mkdir",
     "move": "file.move",
+    "sort": "file.move",  # a move of a pattern into a template: the sort macro
     "copy": "file.copy",
     "rename": "file.rename",
     "write": "file.write",
@@ -197,7 +199,10 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
     """The GBNF grammar of every answer over ``names``."""
     rules: list[str] = []
     entries = [p for p in names.shown if names.is_entry(p)]
-    # A folder may be written without its trailing "/" (parse puts it back).
+    # As a whole argument a folder may be written without its trailing "/"
+    # (parse puts it back); as the start of something longer (a pattern, a
+    # template, a new name) it keeps it.
+    _trie("dir", names.folders, rules)
     _trie("folder", _slashless(names.folders), rules)
     _trie("path", _slashless(names.shown), rules)
     exts = names.extensions()
@@ -210,18 +215,19 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         rules += [
             'delete ::= "delete " ( entry | pattern )',
             'move ::= "move " ( entry | pattern ) " > " dest',
-            'rename ::= "rename " entry " > " folder? newname "/"?',
+            'rename ::= "rename " entry " > " dir? newname "/"?',
         ]
     if names.files:
         _trie("file", names.files, rules)
-        verbs += ["read", "copy"]
+        verbs += ["read", "copy", "sort"]
         rules += [
             'read ::= "read " file',
             'copy ::= "copy " ( file | pattern ) " > " dest',
-            'write ::= "write " ( file | folder newname ) " " string',
+            'sort ::= "sort " pattern " > " dir template',
+            'write ::= "write " ( file | dir newname ) " " string',
         ]
     else:
-        rules.append('write ::= "write " folder newname " " string')
+        rules.append('write ::= "write " dir newname " " string')
     # The kind first ("plan", "ask", "no"), then the model's one line, then
     # the plan's length, then exactly that many steps, separated by newlines;
     # the last may end the answer without one (the model's end of turn).
@@ -236,9 +242,10 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         'list ::= "list " folder',
         'stat ::= "stat " path',
         'mkdir ::= "mkdir " newfolder',
-        f'pattern ::= folder "*"{ext}',
-        'newfolder ::= folder foldername "/"',
-        f'dest ::= folder ( foldername "/" | {template} )?',
+        f'pattern ::= dir "*"{ext}',
+        'newfolder ::= dir foldername "/"?',
+        f"template ::= {template}",
+        'dest ::= folder | dir ( foldername "/"? | template )',
         "foldername ::= [A-Za-z0-9] [A-Za-z0-9 _-]*",
         "newname ::= [A-Za-z0-9] [A-Za-z0-9 _.-]*",
         'string ::= "\\"" ( [^"\\\\\\n] | "\\\\" ["\\\\nt] )* "\\""',
@@ -373,6 +380,24 @@ def parse_step(line: str, names: Names) -> Step:
         if not _new_folder(path, names) and not names.is_folder(path):
             raise ValueError(f"{line!r}: mkdir takes a listed folder plus a new name and '/'")
         return Step(word, path, line=line)
+    if word == "sort":
+
+        def pattern(a: str) -> str | None:
+            return a if _pattern(a, names) else None
+
+        def template(_: str, b: str) -> str | None:
+            b = b if b.endswith("/") else b + "/"
+            for t in TEMPLATES:
+                if b.endswith(t) and names.is_folder(b[: -len(t)]):
+                    return b
+            return None
+
+        src, dest = _one(
+            line,
+            _split(rest, " > ", pattern, template),
+            "sort takes FOLDER* or FOLDER*.EXT, ' > ', and FOLDER{year}/ (or {year}/{month}/)",
+        )
+        return Step(word, src, dest, line=line)
     if word in ("move", "copy"):
         source_ok = names.is_entry if word == "move" else names.is_file
 
@@ -622,7 +647,7 @@ def expand(answer: Answer, names: Names) -> Expansion:
                 skipped.append(f"{src} was already moved, renamed or deleted by the plan")
                 continue
             intent: dict[str, Any] = {"verb": verb, "resource": resource(src), "params": {}}
-            if step.verb in ("move", "copy"):
+            if step.verb in ("move", "copy", "sort"):
                 assert step.target is not None
                 folder = _fill(step.target, _basename(src))
                 if folder is None:
@@ -635,7 +660,7 @@ def expand(answer: Answer, names: Names) -> Expansion:
                     continue
                 ensure(folder)
                 intent["params"]["to"] = resource(folder + _basename(src))
-                if step.verb == "move":
+                if step.verb != "copy":
                     gone.add(src)
             elif step.verb == "rename":
                 assert step.target is not None

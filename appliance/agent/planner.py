@@ -64,7 +64,8 @@ plan: one short sentence saying what you will do, in the language of the request
 steps: N
 (then exactly N steps, one per line)
 ask: a short question, when the request is unclear (which file? which share? where to?)
-no: a short reason, when no file action can do it (mail, web, printing, settings)
+no: a short reason, only when it is not about these files at all (mail, web, \
+printing, settings)
 Steps:
 list FOLDER
 stat PATH
@@ -75,13 +76,15 @@ move PATH > FOLDER
 copy FILE > FOLDER
 rename PATH > NEW_PATH
 write FILE "TEXT"
+sort FOLDER*.EXT > FOLDER/{year}/
 Rules:
 - Copy every path exactly from NAMES. The share comes first: "on the family share" is \
 family:..., and "the backup share" itself is backup:
-- To sort files into folders by year or month, write one step: move FOLDER*.pdf > \
-TARGET/{year}/ (FOLDER* is every file directly in FOLDER, FOLDER*.pdf only its PDFs; \
-{year} and {month} come from each file's name). Use {year} even when some year folders \
-exist. "next to X" means in the folder that holds X.
+- Sorting into folders by year or month ("by year", "a folder for each year", "the \
+folder for its year") is one step: sort FOLDER* > TARGET/{year}/ (FOLDER* is every \
+file directly in FOLDER, FOLDER*.pdf only its PDFs; {year} and {month} come from each \
+file's name). Use it even when some year folders exist. "next to X" means in the \
+folder that holds X.
 - A missing folder is made when something moves or copies into it: no mkdir before a move.
 - Otherwise one step per file, in the order asked.
 - "keep the original", "a copy", "back up": copy. "bin", "trash", "throw away": delete. \
@@ -123,7 +126,23 @@ PLAN_EXAMPLES: tuple[tuple[str, str], ...] = (
         ),
         _plan(
             "Sorting the PDFs in Post into year folders in Files.",
-            "move home:Post/*.pdf > home:Files/{year}/",
+            "sort home:Post/*.pdf > home:Files/{year}/",
+        ),
+    ),
+    (
+        _ask(
+            [
+                "home:",
+                "home:Scans/",
+                "home:Scans/2019-tax.pdf",
+                "home:Scans/2021-tax.pdf",
+                "home:2019/",
+                "home:Music/",
+            ],
+            "put each scan into the folder for its year, next to Scans",
+        ),
+        _plan(
+            "Sorting the scans into year folders next to Scans.", "sort home:Scans/* > home:{year}/"
         ),
     ),
     (

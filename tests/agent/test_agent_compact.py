@@ -65,6 +65,23 @@ def test_a_sort_is_one_step_that_names_each_file_once(names: Names) -> None:
     assert result.skipped == ["docs:Inbox/scan.pdf: no year or month in its name"]
 
 
+def test_sort_is_a_move_of_a_pattern_into_a_template(names: Names) -> None:
+    assert plan(names, "sort docs:Inbox/*.pdf > docs:Archive/{year}/") == plan(
+        names, "move docs:Inbox/*.pdf > docs:Archive/{year}/"
+    )
+    assert plan(names, "sort docs:Inbox/*.pdf > docs:Archive/{year}") == plan(
+        names, "sort docs:Inbox/*.pdf > docs:Archive/{year}/"
+    )
+    for bad in (
+        "sort docs:Inbox/2021-03-invoice.pdf > docs:Archive/{year}/",  # one file: a move
+        "sort docs:Inbox/*.pdf > docs:Archive/",  # no template: a move
+        "sort docs:Inbox/*.pdf > docs:Nowhere/{year}/",
+        "sort family:*.pdf > music:{year}/",
+    ):
+        with pytest.raises(CompactError):
+            parse(f"plan: x\nsteps: 1\n{bad}\n", names)
+
+
 def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
     intents = plan(names, "copy docs:notes.txt > family:Recipes/")
     assert intents == [

@@ -171,7 +171,7 @@ def test_a_plan_carries_its_explanation_compact_form_and_confidence(planner: Pla
     assert result.kind == "plan" and result.explanation
     assert result.compact.splitlines()[1:] == [
         "steps: 1",
-        "move docs:Inbox/*.pdf > docs:Archive/{year}/",
+        "sort docs:Inbox/*.pdf > docs:Archive/{year}/",
     ]
     assert result.confidence is not None and 0 < result.confidence <= 1
     assert [i["verb"] for i in result.intents] == ["file.mkdir", "file.move"] * 2

@@ -80,7 +80,7 @@ def test_the_sort_in_plain_words_is_planned_right_approved_and_done(tmp_path: Pa
         planned = next(e for e in task["events"] if e["event"] == "planned")
         assert planned["compact"].splitlines()[1:] == [
             "steps: 1",
-            "move docs:Inbox/*.pdf > docs:Archive/{year}/",
+            "sort docs:Inbox/*.pdf > docs:Archive/{year}/",
         ]
         assert planned["explanation"] and 0 < planned["confidence"] <= 1
         assert [(i["verb"], i["resource"]) for i in task["plan"]["intents"]] == [
