@@ -98,8 +98,8 @@ def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
 
 def test_a_step_on_something_already_moved_is_left_out(names: Names) -> None:
     answer = parse(
-        "plan: x\nsteps: 3\nmove docs:notes.txt > docs:Archive/\ncopy docs:notes.txt > docs:Inbox/\n"
-        "delete docs:notes.txt\n",
+        "plan: x\nsteps: 3\nmove docs:notes.txt > docs:Archive/\n"
+        "copy docs:notes.txt > docs:Inbox/\ndelete docs:notes.txt\n",
         names,
     )
     result = expand(answer, names)
@@ -221,7 +221,9 @@ def test_the_grammar_names_only_the_listing(names: Names) -> None:
 def test_a_looping_plan_stops_at_its_first_repeated_step(names: Names) -> None:
     loop = "plan: x\nsteps: 12\n" + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
     assert stop_here("plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\n") is False
-    assert stop_here("plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n")
+    assert stop_here(
+        "plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n"
+    )
     answer = parse(loop, names)
     assert answer.stopped_at_repeat and len(answer.steps) == 2
 
