@@ -369,7 +369,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def in_process(
-    manifest_path: Path, *, warm: bool = True
+    manifest_path: Path, *, warm: bool = True, confidence_floor: float | None = None
 ) -> tuple[PlanFn, dict[str, Any], Callable[[], None]]:
     """A planner in this process on the manifest's backend (sha256 checked
     before the model loads), warmed like the agent warms at start, so the
@@ -381,6 +381,8 @@ def in_process(
     manifest = load_manifest(manifest_path)
     backend = make_backend(manifest)
     planner = Planner(backend)
+    if confidence_floor is not None:
+        planner.confidence_floor = confidence_floor
     warm_s = None
     if warm:
         start = time.perf_counter()
@@ -398,6 +400,7 @@ def in_process(
         "backend": manifest.backend,
         "via": f"in-process ({manifest_path})",
         "warm_up_seconds": warm_s,
+        "confidence_floor": planner.confidence_floor,
     }
     return plan, model, backend.close
 
@@ -505,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="score only the first N requests")
     p.add_argument("--only", action="append", default=[], help="score only this request id")
     p.add_argument("--no-warm", action="store_true", help="time the first request cold")
+    p.add_argument(
+        "--confidence-floor",
+        type=float,
+        help="in process: propose plans down to this confidence (default: the planner's own; "
+        "0 proposes every plan, to measure where the floor belongs)",
+    )
     p.add_argument("--timeout", type=float, default=300, help="seconds per request (--socket)")
     p.add_argument("--show", action="store_true", help="print wanted and got plans of misses")
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
@@ -530,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = args.model or default_manifest_path()
             if not manifest.exists() and (REPO / manifest).exists():
                 manifest = REPO / manifest  # models/NAME.toml from anywhere
-            plan_fn, model, close = in_process(manifest, warm=not args.no_warm)
+            plan_fn, model, close = in_process(
+                manifest, warm=not args.no_warm, confidence_floor=args.confidence_floor
+            )
         if not args.json:
             print(f"model {model['model_id']} (sha256 {model['model_sha256']}) via {model['via']}")
             if model.get("warm_up_seconds") is not None:
