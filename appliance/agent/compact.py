@@ -674,6 +674,33 @@ def expand(answer: Answer, names: Names) -> Expansion:
     return Expansion(intents, skipped)
 
 
+def _marks(path: str) -> set[str]:
+    """What tells a place apart in words: its share's name and its folders'."""
+    share, _, rel = _parent(path).partition(":")
+    return {share.lower(), *(p.lower() for p in rel.split("/") if p)}
+
+
+def unsaid_choice(answer: Answer, names: Names, request: str) -> tuple[str, str] | None:
+    """A step that picks one of two listed entries of the same name, when the
+    request names it but says nothing that tells the chosen one from the
+    other (its share, its folder): ``(chosen, other)``, to be asked about
+    rather than guessed. Picking the plainer of the two (``docs:a.txt`` over
+    ``docs:Old/a.txt``) is fine unless the request says the other's place."""
+    words = request.lower()
+    for step in answer.steps:
+        if "*" in step.source or _basename(step.source).lower() not in words:
+            continue
+        for other in names.shown:
+            if other == step.source or _basename(other) != _basename(step.source):
+                continue
+            own, theirs = _marks(step.source), _marks(other)
+            said_own = any(m in words for m in own - theirs)
+            said_theirs = any(m in words for m in theirs - own)
+            if not said_own and (own - theirs or said_theirs):
+                return step.source, other
+    return None
+
+
 def render(lines: Iterable[str]) -> str:
     """The compact form as kept with the plan (what was asked, in short)."""
     return "\n".join(lines)

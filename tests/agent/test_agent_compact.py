@@ -249,3 +249,23 @@ def test_counts_and_babble_are_bounded(names: Names) -> None:
 def test_a_pattern_that_matches_nothing_is_said(names: Names) -> None:
     result = expand(parse("plan: x\nsteps: 1\ndelete docs:Archive/*.pdf\n", names), names)
     assert result.intents == [] and result.skipped == ["docs:Archive/*.pdf matches no listed file"]
+
+
+def test_a_choice_between_two_same_names_the_request_does_not_make_is_asked() -> None:
+    names = listing_names(
+        {"docs": ["notes.txt", "Old/", "Old/a.txt", "a.txt"], "family": ["notes.txt"]}, 10_000
+    )
+
+    def choice(step: str, request: str) -> tuple[str, str] | None:
+        return compact.unsaid_choice(parse(f"plan: x\nsteps: 1\n{step}\n", names), names, request)
+
+    assert choice("read docs:notes.txt", "Read notes.txt") == ("docs:notes.txt", "family:notes.txt")
+    # The request's words choose, or the model went against them: asked.
+    assert choice("read family:notes.txt", "Read notes.txt on the family share") is None
+    assert choice("read docs:notes.txt", "Read notes.txt on the family share") is not None
+    # The plainer of two is what "a.txt" means, unless the other's place is said.
+    assert choice("delete docs:a.txt", "delete a.txt") is None
+    assert choice("delete docs:a.txt", "delete a.txt in Old") == ("docs:a.txt", "docs:Old/a.txt")
+    assert choice("delete docs:Old/a.txt", "delete a.txt") == ("docs:Old/a.txt", "docs:a.txt")
+    # Names the request does not use are the model's to choose.
+    assert choice("read docs:notes.txt", "read my notes") is None
