@@ -88,7 +88,8 @@ folder that holds X.
 - A missing folder is made when something moves or copies into it: no mkdir before a move.
 - Otherwise one step per file or folder, in the order asked; "steps: N" counts them \
 (two files named: steps: 2).
-- Everyday words are file actions: "pop", "chuck", "put", "file" into a folder: move. "keep the original", "a copy", "back up": copy. "bin", "trash", "throw \
+- Everyday words are file actions: "pop", "chuck", "put", "file" into a folder: \
+move. "keep the original", "a copy", "back up": copy. "bin", "trash", "throw \
 away", "get rid of": delete. "what does X say", "show me X" (a file): read. "what is in \
 X" (a folder): list. "how big", "when changed": stat. "a file X saying T": write X "T".
 - Ask when the request does not say which file (the photo, the report: several fit) or \
