@@ -4,8 +4,8 @@ The model says *what* in few tokens; the planner expands *how*, deterministicall
 against the listing. An answer is one of:
 
     plan: ONE LINE SAYING WHAT THE PLAN DOES
-    steps: N
-    ...exactly N steps, one per line...
+    steps: VERB, VERB, ...        (the plan's length: one word per step)
+    ...exactly that many steps, one per line...
 
     ask: A QUESTION FOR THE REQUESTER      (the request is ambiguous)
     no: WHY NOT                            (no file action can do it)
@@ -232,13 +232,18 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
     # the plan's length, then exactly that many steps, separated by newlines;
     # the last may end the answer without one (the model's end of turn).
     counts = " | ".join(
-        f'"{n}\\n" ' + ' "\\n" '.join(["step"] * n) + ' "\\n"?' for n in range(1, max_steps + 1)
+        '"steps: " verb'
+        + ' ", " verb' * (n - 1)
+        + ' "\\n" '
+        + ' "\\n" '.join(["step"] * n)
+        + ' "\\n"?'
+        for n in range(1, max_steps + 1)
     )
     rules += [
-        f'root ::= "plan: " text "\\n" "steps: " ( {counts} ) | "ask: " text "\\n"? '
-        '| "no: " text "\\n"?',
+        f'root ::= "plan: " text "\\n" ( {counts} ) | "ask: " text "\\n"? | "no: " text "\\n"?',
         "text ::= [^\\n]+",
         f"step ::= {' | '.join(verbs)}",
+        f"verb ::= {' | '.join(_literal(v) for v in verbs)}",
         'list ::= "list " folder',
         'stat ::= "stat " path',
         'mkdir ::= "mkdir " newfolder',
@@ -278,7 +283,15 @@ class Answer:
 
 
 _HEAD = re.compile(r"(?i)plan\s*:\s*(.*)")
-_COUNT = re.compile(r"(?i)steps\s*:\s*(\d+)")
+_COUNT = re.compile(r"(?i)steps\s*:\s*([a-z]+(?:\s*,\s*[a-z]+)*)")
+
+
+def _count(line: str) -> int | None:
+    """The plan's length from its ``steps: move, move`` line (None: not one)."""
+    match = _COUNT.fullmatch(line)
+    return None if match is None else len(match.group(1).split(","))
+
+
 _ASK = re.compile(r"(?i)(ask|no)\s*:\s*(.*)")
 
 
@@ -477,7 +490,8 @@ def parse(text: str, names: Names) -> Answer:
 
     Read from its first header line (``plan:``, ``ask:``, ``no:``; a thought,
     prose or a code fence before it is skipped, as a chatty model without a
-    grammar writes them). A plan's length (``steps: N``) is decided before
+    grammar writes them). A plan's length (``steps: VERB, ...``, one word per
+    step) is decided before
     its steps, so the N lines after it are the plan and anything after them
     is not read. A plan stops at its first repeated step (a model that loops
     repeats its plan): the steps before it are the plan."""
@@ -497,10 +511,11 @@ def parse(text: str, names: Names) -> Answer:
         return Answer(kind, say, lines=(head,))
     match = _HEAD.fullmatch(head)
     assert match is not None
-    counted = _COUNT.fullmatch(lines[0]) if lines else None
-    if counted is None:
-        raise CompactError(["after 'plan: ...' comes 'steps: N', then the N steps"])
-    count = int(counted.group(1))
+    count = _count(lines[0]) if lines else None
+    if count is None:
+        raise CompactError(
+            ["after 'plan: ...' comes 'steps: ' with one word per step, then the steps"]
+        )
     if not 1 <= count <= MAX_STEPS:
         raise CompactError([f"a plan has 1 to {MAX_STEPS} steps"])
     body: list[str] = []
@@ -544,11 +559,11 @@ def stop_here(text: str) -> bool:
         return False
     if _HEAD.fullmatch(lines[start]) is None:
         return True  # a whole question or refusal
-    counted = _COUNT.fullmatch(lines[start + 1]) if len(lines) > start + 1 else None
-    if counted is None:
-        return len(lines) > start + 1  # no count where it belongs: nothing to wait for
+    count = _count(lines[start + 1]) if len(lines) > start + 1 else None
+    if count is None:
+        return len(lines) > start + 1  # no length where it belongs: nothing to wait for
     steps = lines[start + 2 :]
-    return len(steps) >= int(counted.group(1)) or len(steps) != len(set(steps))
+    return len(steps) >= count or len(steps) != len(set(steps))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def names() -> Names:
 
 
 def plan(names: Names, *steps: str) -> list[dict[str, object]]:
-    text = f"plan: test\nsteps: {len(steps)}\n" + "\n".join(steps) + "\n"
+    words = ", ".join(step.split(" ", 1)[0] for step in steps)
+    text = f"plan: test\nsteps: {words}\n" + "\n".join(steps) + "\n"
     return expand(parse(text, names), names).intents
 
 
@@ -54,7 +55,7 @@ def test_a_sort_is_one_step_that_names_each_file_once(names: Names) -> None:
     ]
     # The .png is left where it is (only PDFs), scan.pdf has no year in its name.
     result = expand(
-        parse("plan: x\nsteps: 1\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names
+        parse("plan: x\nsteps: x\nmove docs:Inbox/*.pdf > docs:{year}/{month}/\n", names), names
     )
     assert [i["resource"] for i in result.intents if i["verb"] == "file.mkdir"] == [
         "share:docs/2021",
@@ -79,7 +80,7 @@ def test_sort_is_a_move_of_a_pattern_into_a_template(names: Names) -> None:
         "sort family:*.pdf > music:{year}/",
     ):
         with pytest.raises(CompactError):
-            parse(f"plan: x\nsteps: 1\n{bad}\n", names)
+            parse(f"plan: x\nsteps: x\n{bad}\n", names)
 
 
 def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
@@ -98,7 +99,7 @@ def test_shares_are_written_so_they_cannot_be_folders(names: Names) -> None:
 
 def test_a_step_on_something_already_moved_is_left_out(names: Names) -> None:
     answer = parse(
-        "plan: x\nsteps: 3\nmove docs:notes.txt > docs:Archive/\n"
+        "plan: x\nsteps: x, x, x\nmove docs:notes.txt > docs:Archive/\n"
         "copy docs:notes.txt > docs:Inbox/\ndelete docs:notes.txt\n",
         names,
     )
@@ -136,7 +137,7 @@ def test_folders_without_their_slash_and_renames_written_as_paths(names: Names) 
     assert plan(names, "rename docs:Inbox/ > docs:In/") == [renamed]
     assert plan(names, "rename docs:Inbox > In") == [renamed]
     with pytest.raises(CompactError):  # a rename stays in its folder
-        parse("plan: x\nsteps: 1\nrename docs:notes.txt > family:notes.txt\n", names)
+        parse("plan: x\nsteps: x\nrename docs:notes.txt > family:notes.txt\n", names)
 
 
 def test_questions_and_refusals(names: Names) -> None:
@@ -149,7 +150,7 @@ def test_questions_and_refusals(names: Names) -> None:
 
 
 def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
-    answer = parse("plan: Sort\u202e fdp.exe \x07 " + "x" * 400 + "\nsteps: 1\nlist docs:\n", names)
+    answer = parse("plan: Sort\u202e fdp.exe \x07 " + "x" * 400 + "\nsteps: x\nlist docs:\n", names)
     assert "\u202e" not in answer.say and "\x07" not in answer.say
     assert len(answer.say) == compact.SAY_MAX
 
@@ -184,7 +185,7 @@ def test_model_text_shown_to_a_person_is_one_clean_line(names: Names) -> None:
 )
 def test_nothing_outside_the_listing_parses(names: Names, step: str) -> None:
     with pytest.raises(CompactError):
-        parse(f"plan: x\nsteps: 1\n{step}\n", names)
+        parse(f"plan: x\nsteps: x\n{step}\n", names)
 
 
 def test_an_injected_file_name_is_only_a_name() -> None:
@@ -204,7 +205,7 @@ def test_an_injected_file_name_is_only_a_name() -> None:
     # A step that reads two ways is refused, not guessed.
     two_ways = listing_names({"docs": ["x", "x > docs:y", "y > docs:z/", "z/"]}, 10_000)
     with pytest.raises(CompactError, match="more than one way"):
-        parse("plan: x\nsteps: 1\nmove docs:x > docs:y > docs:z/\n", two_ways)
+        parse("plan: x\nsteps: x\nmove docs:x > docs:y > docs:z/\n", two_ways)
 
 
 def test_the_grammar_names_only_the_listing(names: Names) -> None:
@@ -219,22 +220,24 @@ def test_the_grammar_names_only_the_listing(names: Names) -> None:
 
 # ---------------------------------------------------------------- loops and babble
 def test_a_looping_plan_stops_at_its_first_repeated_step(names: Names) -> None:
-    loop = "plan: x\nsteps: 12\n" + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
-    assert stop_here("plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\n") is False
-    assert stop_here(
-        "plan: x\nsteps: 12\nlist docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n"
-    )
+    head = "plan: x\nsteps: " + ", ".join(["move"] * 12) + "\n"
+    loop = head + "move docs:notes.txt > docs:Archive/\nlist docs:Inbox/\n" * 6
+    assert stop_here(head + "list docs:Inbox/\nread docs:notes.txt\n") is False
+    assert stop_here(head + "list docs:Inbox/\nread docs:notes.txt\nlist docs:Inbox/\n")
     answer = parse(loop, names)
     assert answer.stopped_at_repeat and len(answer.steps) == 2
 
 
 def test_counts_and_babble_are_bounded(names: Names) -> None:
     with pytest.raises(CompactError, match="announces 2 steps but has 1"):
-        parse("plan: x\nsteps: 2\nlist docs:\n", names)  # cut off, no repeat: refused
-    with pytest.raises(CompactError, match="steps: N"):
+        parse("plan: x\nsteps: x, x\nlist docs:\n", names)  # cut off, no repeat: refused
+    with pytest.raises(CompactError, match="one word per step"):
         parse("plan: x\nlist docs:\n", names)  # no length
     with pytest.raises(CompactError, match="1 to 12"):
-        parse("plan: x\nsteps: 40\nlist docs:\n", names)
+        parse(
+            "plan: x\nsteps: " + ", ".join(["list"] * 40) + "\nlist docs:\n",
+            names,
+        )
     babble = "plan: " + "and then " * 100
     assert stop_here(babble)
     with pytest.raises(CompactError, match="over"):
@@ -242,12 +245,12 @@ def test_counts_and_babble_are_bounded(names: Names) -> None:
     with pytest.raises(CompactError):
         parse("Sure! Here is your plan:\nlist docs:\n", names)  # no header at all
     # The count is decided first: lines after the announced steps are not read.
-    answer = parse("plan: x\nsteps: 1\nlist docs:\ndelete docs:notes.txt\nSee you!\n", names)
+    answer = parse("plan: x\nsteps: x\nlist docs:\ndelete docs:notes.txt\nSee you!\n", names)
     assert [s.line for s in answer.steps] == ["list docs:"]
 
 
 def test_a_pattern_that_matches_nothing_is_said(names: Names) -> None:
-    result = expand(parse("plan: x\nsteps: 1\ndelete docs:Archive/*.pdf\n", names), names)
+    result = expand(parse("plan: x\nsteps: x\ndelete docs:Archive/*.pdf\n", names), names)
     assert result.intents == [] and result.skipped == ["docs:Archive/*.pdf matches no listed file"]
 
 
@@ -257,7 +260,7 @@ def test_a_choice_between_two_same_names_the_request_does_not_make_is_asked() ->
     )
 
     def choice(step: str, request: str) -> tuple[str, str] | None:
-        return compact.unsaid_choice(parse(f"plan: x\nsteps: 1\n{step}\n", names), names, request)
+        return compact.unsaid_choice(parse(f"plan: x\nsteps: x\n{step}\n", names), names, request)
 
     assert choice("read docs:notes.txt", "Read notes.txt") == ("docs:notes.txt", "family:notes.txt")
     # The request's words choose, or the model went against them: asked.

@@ -102,7 +102,7 @@ def test_good_output_plans_without_repair() -> None:
     Plan.model_validate({"intents": result.intents})
     assert result.intents == _sorted("2021", "2022", "2023")
     assert result.compact == (
-        "plan: Sorting the PDFs in Inbox into year folders.\nsteps: 1\n"
+        "plan: Sorting the PDFs in Inbox into year folders.\nsteps: move\n"
         "move docs:Inbox/*.pdf > docs:{year}/"
     )
     assert result.explanation == "Sorting the PDFs in Inbox into year folders."
@@ -128,9 +128,9 @@ def test_a_looping_model_is_stopped_on_the_token_stream() -> None:
     assert result.intents == _sorted("2021", "2022")
     assert result.stopped_at_repeat and not result.repaired
     total = len(re.findall(r"\S+\s*|\s+", loop))
-    # Read: the header (8 word tokens and 2 for the count), the two steps and
-    # their first repeat (4 each); of 74 recorded.
-    assert llm.streamed == [8 + 2 + 3 * 4] and total == 74
+    # Read: the header (8 word tokens, then 13 for the length), the two steps
+    # and their first repeat (4 each); of 85 recorded.
+    assert llm.streamed == [8 + 13 + 3 * 4] and total == 85
 
 
 def test_chatty_output_in_a_code_fence_is_read() -> None:

@@ -154,7 +154,7 @@ def test_the_grammar_holds_and_generation_stops_where_the_form_says(
         examples=PLAN_EXAMPLES,
     )
     lines = stopped.text.splitlines()
-    assert len(lines) == 3 and lines[1] == "steps: 3", stopped.text
+    assert len(lines) == 3 and lines[1].count(",") == 2, stopped.text
     assert stopped.tokens < 40
     # Every generated token comes with the model's log-probability of it.
     assert len(free.logprobs) == free.tokens > 0
@@ -170,7 +170,7 @@ def test_a_plan_carries_its_explanation_compact_form_and_confidence(planner: Pla
     )
     assert result.kind == "plan" and result.explanation
     assert result.compact.splitlines()[1:] == [
-        "steps: 1",
+        "steps: sort",
         "sort docs:Inbox/*.pdf > docs:Archive/{year}/",
     ]
     assert result.confidence is not None and 0 < result.confidence <= 1

@@ -79,7 +79,7 @@ def test_the_sort_in_plain_words_is_planned_right_approved_and_done(tmp_path: Pa
         assert task["status"] == "pending_approval", task
         planned = next(e for e in task["events"] if e["event"] == "planned")
         assert planned["compact"].splitlines()[1:] == [
-            "steps: 1",
+            "steps: sort",
             "sort docs:Inbox/*.pdf > docs:Archive/{year}/",
         ]
         assert planned["explanation"] and 0 < planned["confidence"] <= 1
