@@ -16,8 +16,8 @@ mistaken for a folder:
 
     list FOLDER             stat PATH               read FILE
     delete PATH|PATTERN     mkdir NEW_FOLDER/       rename PATH > NEW_NAME
-    move PATH|PATTERN > DESTINATION
-    copy FILE|PATTERN > DESTINATION
+    move PATH|PATTERN[, ...] > DESTINATION
+    copy FILE|PATTERN[, ...] > DESTINATION
     sort PATTERN > TEMPLATE                 (a move, said as what it is)
     write FILE "TEXT"
 
@@ -213,8 +213,9 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         _trie("entry", _slashless(entries), rules)
         verbs += ["delete", "move", "rename"]
         rules += [
-            'delete ::= "delete " ( entry | pattern )',
-            'move ::= "move " ( entry | pattern ) " > " dest',
+            'delete ::= "delete " src ( ", " src )*',
+            'move ::= "move " src ( ", " src )* " > " dest',
+            "src ::= entry | pattern",
             'rename ::= "rename " entry " > " dir? newname "/"?',
         ]
     if names.files:
@@ -222,7 +223,8 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
         verbs += ["read", "copy", "sort"]
         rules += [
             'read ::= "read " file',
-            'copy ::= "copy " ( file | pattern ) " > " dest',
+            'copy ::= "copy " fsrc ( ", " fsrc )* " > " dest',
+            "fsrc ::= file | pattern",
             'sort ::= "sort " pattern " > " dir template',
             'write ::= "write " ( file | dir newname ) " " string',
         ]
@@ -262,13 +264,19 @@ def grammar(names: Names, max_steps: int = MAX_STEPS) -> str:
 @dataclass(frozen=True)
 class Step:
     """One parsed step: ``source`` is a listed path or a pattern (``FOLDER*``,
-    ``FOLDER*.EXT``); ``target`` a destination, a new name or None."""
+    ``FOLDER*.EXT``), ``more`` further ones (``move A, B > F/``); ``target`` a
+    destination, a new name or None."""
 
     verb: str  # the compact word: "move", "list", ...
     source: str
     target: str | None = None
     content: str | None = None
     line: str = ""
+    more: tuple[str, ...] = ()
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return (self.source, *self.more)
 
 
 @dataclass(frozen=True)
@@ -358,6 +366,28 @@ def _split(
     return out
 
 
+def _sources_of(text: str, ok: Callable[[str], bool], names: Names) -> list[str] | None:
+    """``text`` as one or more sources joined by ", " (each made canonical and
+    ``ok``), when it reads exactly one way; else None."""
+    readings: list[list[str]] = []
+
+    def walk(rest: str, got: list[str]) -> None:
+        if len(readings) > 1:
+            return
+        whole = names.canon(rest)
+        if ok(whole):
+            readings.append([*got, whole])
+        start = 0
+        while (i := rest.find(", ", start)) != -1:
+            head = names.canon(rest[:i])
+            if ok(head):
+                walk(rest[i + 2 :], [*got, head])
+            start = i + 1
+
+    walk(text, [])
+    return readings[0] if len(readings) == 1 else None
+
+
 def _one(line: str, cuts: list[tuple[str, str]], usage: str) -> tuple[str, str]:
     if len(cuts) != 1:
         raise ValueError(f"{line!r}: {usage}" + (" (it reads more than one way)" if cuts else ""))
@@ -385,9 +415,10 @@ def parse_step(line: str, names: Names) -> Step:
             raise ValueError(f"{line!r}: read takes a listed file")
         return Step(word, path, line=line)
     if word == "delete":
-        if not (names.is_entry(path) or _pattern(path, names)):
-            raise ValueError(f"{line!r}: delete takes a listed path or FOLDER*.EXT")
-        return Step(word, path, line=line)
+        found = _sources_of(rest, lambda a: names.is_entry(a) or _pattern(a, names), names)
+        if found is None:
+            raise ValueError(f"{line!r}: delete takes listed paths or FOLDER*.EXT")
+        return Step(word, found[0], line=line, more=found[1:])
     if word == "mkdir":
         path = path if path.endswith("/") else path + "/"
         if not _new_folder(path, names) and not names.is_folder(path):
@@ -415,8 +446,8 @@ def parse_step(line: str, names: Names) -> Step:
         source_ok = names.is_entry if word == "move" else names.is_file
 
         def source(a: str) -> str | None:
-            a = names.canon(a)
-            return a if source_ok(a) or _pattern(a, names) else None
+            found = _sources_of(a, lambda p: source_ok(p) or _pattern(p, names), names)
+            return None if found is None else "\n".join(found)
 
         def destination(_: str, b: str) -> str | None:
             for d in (names.canon(b), b + "/"):
@@ -428,10 +459,11 @@ def parse_step(line: str, names: Names) -> Step:
         src, dest = _one(
             line,
             _split(rest, " > ", source, destination),
-            f"{word} takes {what} or FOLDER*.EXT, ' > ', and a listed folder, a new folder "
-            "or a FOLDER{year}/ template",
+            f"{word} takes {what} or FOLDER*.EXT (or several, with ', '), ' > ', and a "
+            "listed folder, a new folder or a FOLDER{year}/ template",
         )
-        return Step(word, src, dest, line=line)
+        first, *more = src.split("\n")
+        return Step(word, first, dest, line=line, more=tuple(more))
     if word == "rename":
 
         def entry(a: str) -> str | None:
@@ -615,10 +647,14 @@ def _fill(template_dest: str, name: str) -> str | None:
 
 
 def _sources(step: Step, names: Names) -> list[str]:
-    if "*" not in step.source:
-        return [step.source]
-    folder, _, ext = step.source.partition("*")
-    return [f for f in names.files_in(folder) if not ext or f.lower().endswith(ext.lower())]
+    out: list[str] = []
+    for source in step.sources:
+        if "*" not in source:
+            out.append(source)
+            continue
+        folder, _, ext = source.partition("*")
+        out += [f for f in names.files_in(folder) if not ext or f.lower().endswith(ext.lower())]
+    return out
 
 
 def expand(answer: Answer, names: Names) -> Expansion:
@@ -656,7 +692,7 @@ def expand(answer: Answer, names: Names) -> Expansion:
             continue
         sources = _sources(step, names)
         if not sources:
-            skipped.append(f"{step.source} matches no listed file")
+            skipped.append(f"{', '.join(step.sources)} matches no listed file")
         for src in sources:
             if is_gone(src):
                 skipped.append(f"{src} was already moved, renamed or deleted by the plan")
@@ -702,17 +738,17 @@ def unsaid_choice(answer: Answer, names: Names, request: str) -> tuple[str, str]
     rather than guessed. Picking the plainer of the two (``docs:a.txt`` over
     ``docs:Old/a.txt``) is fine unless the request says the other's place."""
     words = request.lower()
-    for step in answer.steps:
-        if "*" in step.source or _basename(step.source).lower() not in words:
+    for source in (src for step in answer.steps for src in step.sources):
+        if "*" in source or _basename(source).lower() not in words:
             continue
         for other in names.shown:
-            if other == step.source or _basename(other) != _basename(step.source):
+            if other == source or _basename(other) != _basename(source):
                 continue
-            own, theirs = _marks(step.source), _marks(other)
+            own, theirs = _marks(source), _marks(other)
             said_own = any(m in words for m in own - theirs)
             said_theirs = any(m in words for m in theirs - own)
             if not said_own and (own - theirs or said_theirs):
-                return step.source, other
+                return source, other
     return None
 
 

@@ -54,7 +54,7 @@ STRING_MAX = 200  # characters of an extracted string value
 # A plan whose least likely decision the model gave less than this probability
 # is returned as a question, not proposed (measured on the eval's tuning part:
 # docs/performance.md).
-CONFIDENCE_FLOOR = 0.05
+CONFIDENCE_FLOOR = 0.1
 
 PLAN_SYSTEM = """\
 You plan file actions on a home file server. You get NAMES (every file and folder, \
@@ -72,8 +72,8 @@ stat PATH
 read FILE
 delete PATH
 mkdir FOLDER/NEW/
-move PATH > FOLDER
-copy FILE > FOLDER
+move PATH, PATH > FOLDER
+copy FILE, FILE > FOLDER
 rename PATH > NEW_PATH
 write FILE "TEXT"
 sort FOLDER*.EXT > FOLDER/{year}/
@@ -83,11 +83,12 @@ family:..., and "the backup share" itself is backup:
 - Sorting into folders by year or month ("by year", "a folder for each year", "the \
 folder for its year") is one step: sort FOLDER* > TARGET/{year}/ (FOLDER* is every \
 file directly in FOLDER, FOLDER*.pdf only its PDFs; {year} and {month} come from each \
-file's name). Use it even when some year folders exist. "next to X" means in the \
-folder that holds X.
+file's name). When year folders exist already, sort into them. "next to X" means in \
+the folder that holds X.
 - Moving or copying into a folder that is not there yet makes that folder: no separate \
 mkdir step is needed for it.
-- Otherwise one step per file or folder, in the order asked.
+- Otherwise one step per action, in the order asked; a step may name several files \
+(move A, B > FOLDER).
 - Everyday words are file actions: "pop", "chuck", "put" into a folder: move. \
 "keep the original", "a copy", "back up": copy. "bin", "trash", "throw \
 away", "get rid of": delete. "what does X say", "show me X" (a file): read. "what is in \
@@ -177,8 +178,7 @@ PLAN_EXAMPLES: tuple[tuple[str, str], ...] = (
         ),
         _plan(
             "Moving one.mp3 and two.mp3 into a new folder Mix on the work share.",
-            "move home:one.mp3 > work:Mix/",
-            "move home:two.mp3 > work:Mix/",
+            "move home:one.mp3, home:two.mp3 > work:Mix/",
         ),
     ),
     (

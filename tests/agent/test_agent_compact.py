@@ -108,6 +108,27 @@ def test_a_step_on_something_already_moved_is_left_out(names: Names) -> None:
     assert len(result.skipped) == 2
 
 
+def test_a_step_may_name_several_files(names: Names) -> None:
+    assert plan(names, "move docs:notes.txt, docs:Inbox/scan.pdf > docs:Archive/") == [
+        mv("share:docs/notes.txt", "share:docs/Archive/notes.txt"),
+        mv("share:docs/Inbox/scan.pdf", "share:docs/Archive/scan.pdf"),
+    ]
+    assert [i["resource"] for i in plan(names, "delete docs:notes.txt, docs:Inbox/*.png")] == [
+        "share:docs/notes.txt",
+        "share:docs/Inbox/2022-07-receipt.png",
+    ]
+    with pytest.raises(CompactError):  # every one of them must be listed
+        parse("plan: x\nsteps: move\nmove docs:notes.txt, docs:secret.txt > docs:Archive/\n", names)
+    # A name holding ", " is read the one way the listing allows, or refused.
+    odd = listing_names({"docs": ["a, b.txt", "a", "b.txt", "W/"]}, 10_000)
+    assert plan(odd, "move docs:a, b.txt > docs:W/") == [
+        mv("share:docs/a, b.txt", "share:docs/W/a, b.txt")
+    ]
+    odder = listing_names({"docs": ["a, docs:b.txt", "a", "b.txt", "W/"]}, 10_000)
+    with pytest.raises(CompactError):
+        parse("plan: x\nsteps: move\nmove docs:a, docs:b.txt > docs:W/\n", odder)
+
+
 def test_every_verb(names: Names) -> None:
     got = plan(
         names,
