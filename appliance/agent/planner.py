@@ -64,8 +64,8 @@ plan: one short sentence saying what you will do, in the language of the request
 steps: the step words, one per step (e.g. "steps: move, move")
 (then exactly those steps, one per line)
 ask: a short question, when the request is unclear (which file? which share? where to?)
-no: a short reason, only when it is not about these files at all (mail, web, \
-printing, settings)
+no: a short reason, when it needs something other than moving, copying, reading or \
+changing these files (mail, web, printing, settings)
 Steps:
 list FOLDER
 stat PATH
