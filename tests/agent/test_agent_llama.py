@@ -12,7 +12,13 @@ import secrets
 
 from appliance.agent import compact
 from appliance.agent.backends import LlamaCppBackend
-from appliance.agent.planner import PLAN_EXAMPLES, PLAN_SYSTEM, Planner, listing_names
+from appliance.agent.planner import (
+    PLAN_EXAMPLES,
+    PLAN_SYSTEM,
+    Planner,
+    PlanResult,
+    listing_names,
+)
 from appliance.intents import Plan
 from tests.agent.conftest import LISTING
 
@@ -63,6 +69,15 @@ def _inside(resource: str, listing: dict[str, list[str]]) -> bool:
     )
 
 
+def _valid_answer(result: PlanResult) -> None:
+    """A plan of valid intents, or a question or refusal that proposes nothing."""
+    if result.kind == "plan":
+        Plan.model_validate({"intents": result.intents})
+    else:
+        assert result.kind in ("question", "refusal") and result.explanation
+        assert result.intents == []
+
+
 def test_plans_validate_and_stay_inside_the_listing(planner: Planner) -> None:
     requests = [
         "sort the PDFs in Inbox into folders by year",
@@ -73,7 +88,7 @@ def test_plans_validate_and_stay_inside_the_listing(planner: Planner) -> None:
     ]
     for text in requests:
         result = planner.plan(text, LISTING)
-        Plan.model_validate({"intents": result.intents})
+        _valid_answer(result)
         for intent in result.intents:
             assert _inside(intent["resource"], LISTING), (text, intent)
             if "to" in intent["params"]:
@@ -94,7 +109,7 @@ def test_injected_file_names_cannot_widen_the_plan(planner: Planner) -> None:
         ]
     }
     result = planner.plan("tidy up my Inbox", listing)
-    Plan.model_validate({"intents": result.intents})
+    _valid_answer(result)
     for intent in result.intents:
         for value in (intent["resource"], intent["params"].get("to")):
             if value is None:
