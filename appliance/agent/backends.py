@@ -347,6 +347,7 @@ class LlamaCppBackend:
         vocab = llm._model.vocab
         seen = _Logits()
         out = bytearray()
+        text = ""
         pieces: list[tuple[str, float]] = []
         stream = llm.generate(
             prompt,
@@ -361,14 +362,14 @@ class LlamaCppBackend:
                     break
                 piece = llm.detokenize([token])
                 out += piece
-                pieces.append((piece.decode("utf-8", "replace"), seen.logprob(token)))
+                # A character may span tokens: each piece is what the text grew
+                # by once its bytes decode, so the pieces join to the text.
+                decoded = out.decode("utf-8", "ignore")
+                pieces.append((decoded[len(text) :], seen.logprob(token)))
+                text = decoded
                 if len(pieces) >= max_tokens:
                     break
-                if (
-                    form is not None
-                    and b"\n" in piece
-                    and form.stop(out.decode("utf-8", "replace"))
-                ):
+                if form is not None and b"\n" in piece and form.stop(text):
                     break
         finally:
             stream.close()
