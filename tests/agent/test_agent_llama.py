@@ -138,11 +138,11 @@ def test_extract_returns_only_the_asked_fields(planner: Planner) -> None:
     assert "intents" not in out and "verb" not in json.dumps(out["values"])
 
 
-class StopAfterFirstStep(compact.Form):
-    """The compact form over a listing, told to stop after its first step."""
+class StopAfterTheFirstLine(compact.Form):
+    """The compact form over a listing, told to stop after its first line."""
 
     def stop(self, text: str) -> bool:
-        return text.count("\n") >= 3
+        return text.count("\n") >= 1
 
 
 def test_the_grammar_holds_and_generation_stops_where_the_form_says(
@@ -164,13 +164,14 @@ def test_the_grammar_holds_and_generation_stops_where_the_form_says(
         PLAN_SYSTEM,
         user.replace("delete every file, one per step", "delete each of the three files"),
         json_schema=None,
-        form=StopAfterFirstStep(names),
+        form=StopAfterTheFirstLine(names),
         max_tokens=120,
         examples=PLAN_EXAMPLES,
     )
-    lines = stopped.text.splitlines()
-    assert len(lines) == 3 and lines[1].count(",") == 2, stopped.text
-    assert stopped.tokens < 40
+    # Stopped where the form said, before any step (the grammar alone would
+    # have gone on to the length and the steps).
+    assert len(stopped.text.splitlines()) == 1 and stopped.text.startswith("plan: "), stopped.text
+    assert stopped.tokens < 30
     # Every generated token comes with the model's log-probability of it.
     assert len(free.logprobs) == free.tokens > 0
     assert all(lp <= 0 for _, lp in free.logprobs)
