@@ -106,7 +106,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     server = AgentServer(folder / "agent.sock", planner, broker_uid=None)
     server.serve_in_thread()
-    client = AgentClient(server.socket_path, timeout_s=120)
+    client = AgentClient(server.socket_path, timeout_s=900)  # a loaded machine is slow
 
     print(f"model {backend.model_id}: verify (sha256) + load {load_s:.2f} s")
     # Cold: the first request evaluates the fixed prompt (system + examples).
