@@ -415,10 +415,10 @@ def parse_step(line: str, names: Names) -> Step:
             raise ValueError(f"{line!r}: read takes a listed file")
         return Step(word, path, line=line)
     if word == "delete":
-        found = _sources_of(rest, lambda a: names.is_entry(a) or _pattern(a, names), names)
-        if found is None:
+        doomed = _sources_of(rest, lambda a: names.is_entry(a) or _pattern(a, names), names)
+        if doomed is None:
             raise ValueError(f"{line!r}: delete takes listed paths or FOLDER*.EXT")
-        return Step(word, found[0], line=line, more=found[1:])
+        return Step(word, doomed[0], line=line, more=tuple(doomed[1:]))
     if word == "mkdir":
         path = path if path.endswith("/") else path + "/"
         if not _new_folder(path, names) and not names.is_folder(path):
