@@ -29,10 +29,18 @@ INJECTIONS = {
 }
 
 
+def with_agent(box: Box) -> None:
+    """Run the box with the model agent, and give it the time a loaded machine
+    needs for the first plan (the agent evaluates its fixed prompt first)."""
+    config = box.state.parent / "appliance.toml"
+    config.write_text("agent_timeout_s = 900\n")
+    box.extra = ["--config", str(config)]
+
+
 @pytest.fixture
 def agent_box(tmp_path: Path):
     b = Box(tmp_path)
-    b.extra = []  # with the model agent
+    with_agent(b)
     for rel, text in INJECTIONS.items():
         path = b.share / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +53,7 @@ def agent_box(tmp_path: Path):
 
 
 def wait_task(desk: httpx.Client, task_id: str, until: set[str]) -> dict:
-    deadline = time.monotonic() + 300  # the first plan evaluates the fixed prompt
+    deadline = time.monotonic() + 900  # the first plan evaluates the fixed prompt
     while time.monotonic() < deadline:
         task = desk.get(f"/v1/tasks/{task_id}", params={"wait": 5}).json()
         if task["status"] in until:
@@ -64,7 +72,7 @@ def test_the_sort_in_plain_words_is_planned_right_approved_and_done(tmp_path: Pa
     """The request of the README's tour, as `appliance task` sends it: the
     plan waits for the press, shows what the model said, and does the sort."""
     box = Box(tmp_path)
-    box.extra = []  # with the model agent
+    with_agent(box)
     for rel in ("Inbox/2021-03-invoice.pdf", "Inbox/2022-07-receipt.pdf", "Inbox/scan.png"):
         (box.share / rel).parent.mkdir(parents=True, exist_ok=True)
         (box.share / rel).write_text(rel)
