@@ -135,5 +135,6 @@ def approval_note(result: dict[str, Any]) -> str:
     return f'the box\'s model{sure}: "{result.get("explanation", "")}"'
 
 
-def _event(kind: str, **detail: Any) -> dict[str, Any]:
-    return {"event": kind, "time": time.time(), **detail}
+def _event(name: str, /, **detail: Any) -> dict[str, Any]:
+    # Positional-only: a detail may itself be called "kind" (the plan's kind).
+    return {"event": name, "time": time.time(), **detail}
