@@ -135,7 +135,7 @@ def test_injected_instructions_lead_to_nothing_privileged(agent_box: Box) -> Non
     failed = [e["data"] for e in audit if e["kind"] == "task.failed"]
     assert len(planned) + len(failed) == 2
     for p in planned:
-        assert len(p["model_sha256"]) == 64 and (p["intents"] or p["kind"] != "plan")
+        assert len(p["model_sha256"]) == 64 and (p.get("intents") or p["kind"] != "plan")
     assert not any("evil.example" in str(e) for e in audit if e["kind"] == "action.done")
 
 
