@@ -211,6 +211,19 @@ def test_extract_on_recorded_outputs() -> None:
         planner.extract("x", {"year": "integer", "vendor": "string"})
 
 
+def test_each_request_starts_from_an_empty_context() -> None:
+    """HailoRT's LLM keeps a conversation: the backend clears it before every
+    request, so what the reader saw for one task never reaches another's plan."""
+    planner, llm = planner_on(recorded("qwen_extract_ok.txt"), recorded("qwen_plan_ok.txt"))
+    planner.extract(
+        "ACME GmbH invoice, 2021, ledger ZX-4471", {"year": "integer", "vendor": "string"}
+    )
+    assert llm.cleared == 1
+    planner.plan("sort the PDFs in Inbox by year", LISTING)
+    assert llm.cleared == 2
+    assert "ZX-4471" in llm.calls[0]["prompt"] and "ZX-4471" not in llm.calls[1]["prompt"]
+
+
 def test_close_releases_the_model() -> None:
     llm = RecordedLLM()
     HailoBackend(hailo_manifest(), llm=llm).close()
