@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.broker.clients import ClientRecord, Clients
+from appliance.broker.files.creating import write_data
 from appliance.broker.plans import ActionRow
 from appliance.broker.quota import ReadQuota
 from appliance.broker.scope import Shares, Target
-from appliance.errors import ScopeError
+from appliance.errors import ExecutionError, ScopeError
 from appliance.intents import Intent, digest
 from appliance.policy import Decision, PolicyEngine, PolicyRequest
 from appliance.verbs import UNDO_VERB, spec
@@ -144,6 +145,12 @@ class Evaluator:
                 to = self.shares.parse(params[name])
                 self.shares.inspect(to)
                 params[name] = to.canonical
+        if intent.verb == "file.write":
+            # What it would write, checked before anyone is asked to approve it.
+            try:
+                write_data(params, self.shares.limits.write_bytes)
+            except ExecutionError as e:
+                raise ScopeError(e.reason) from None
         if intent.verb == "file.rename":
             # The new name must be a valid name in the same directory.
             to = self.shares.parse(target.parent().child(params["name"]).canonical)

@@ -389,3 +389,28 @@ def test_the_intent_schema_states_each_verbs_parameters(http: TestClient) -> Non
         "utf-8",
         "base64",
     ]
+
+
+# ------------------------------------------------------------------ a write that cannot run
+@pytest.mark.parametrize(
+    ("params", "why"),
+    [
+        ({"content": "not base64!", "encoding": "base64"}, "not valid base64"),
+        ({"content": "QUJD" * 400_000, "encoding": "base64"}, "byte limit"),
+        ({"content": "x" * ((1 << 20) + 1)}, "byte limit"),
+    ],
+    ids=["bad-base64", "base64-too-big", "text-too-big"],
+)
+def test_a_write_that_could_not_run_is_refused_before_anyone_is_asked(
+    http: TestClient, broker: Broker, witness: Witness, params: dict, why: str
+) -> None:
+    """A person must never press for a write that would then fail: its
+    content is checked when the plan is decided, not after the press."""
+    intent = {"verb": "file.write", "resource": "share:docs/new.bin", "params": params}
+    r = http.post("/v1/intents", json={"intents": [intent]})
+    assert r.status_code == 403, r.text[:300]  # under the 2 MiB body limit: the plan decides
+    plan = r.json()
+    assert plan["status"] == "denied", plan
+    assert why in " ".join(plan["intents"][0]["reasons"])
+    assert broker.approvals.current() is None  # nothing reached the panel
+    assert witness.tree() == witness.files

@@ -85,29 +85,7 @@ class Creating(FileActions):
 
     @handles("file.write")
     def _write(self, target: Target, params: dict[str, Any]) -> Outcome:
-        content = params.get("content")
-        encoding = params.get("encoding", "utf-8")
-        if not isinstance(content, str):
-            raise ExecutionError("params.content must be a string")
-        if encoding == "utf-8":
-            try:
-                data = content.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ExecutionError("params.content is not valid UTF-8") from None
-        elif encoding == "base64":
-            # Refuse before decoding what could only decode to too much.
-            if len(content) > 4 * (self.limits.write_bytes // 3 + 1) + 4:
-                raise ExecutionError(f"content is over the {self.limits.write_bytes} byte limit")
-            try:
-                data = base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError):
-                raise ExecutionError("params.content is not valid base64") from None
-        else:
-            raise ExecutionError("params.encoding must be 'utf-8' or 'base64'")
-        if len(data) > self.limits.write_bytes:
-            raise ExecutionError(
-                f"content of {len(data)} bytes is over the {self.limits.write_bytes} byte limit"
-            )
+        data = write_data(params, self.limits.write_bytes)
         with self.shares.open_parent(target) as (fd, name):
             if lstat_at(fd, name) is not None:
                 raise ExecutionError(
@@ -230,3 +208,31 @@ class Creating(FileActions):
                 settle(fd)
             removed.append(t)
         return {"removed": created}
+
+
+def write_data(params: dict[str, Any], limit: int) -> bytes:
+    """The bytes a ``file.write`` would write, or why it cannot: checked when
+    the plan is decided (a person never approves a write that cannot run) and
+    again when it runs."""
+    content = params.get("content")
+    encoding = params.get("encoding", "utf-8")
+    if not isinstance(content, str):
+        raise ExecutionError("params.content must be a string")
+    if encoding == "utf-8":
+        try:
+            data = content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ExecutionError("params.content is not valid UTF-8") from None
+    elif encoding == "base64":
+        # Refuse before decoding what could only decode to too much.
+        if len(content) > 4 * (limit // 3 + 1) + 4:
+            raise ExecutionError(f"content is over the {limit} byte limit")
+        try:
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise ExecutionError("params.content is not valid base64") from None
+    else:
+        raise ExecutionError("params.encoding must be 'utf-8' or 'base64'")
+    if len(data) > limit:
+        raise ExecutionError(f"content of {len(data)} bytes is over the {limit} byte limit")
+    return data
