@@ -14,8 +14,11 @@ once. For a task the worker:
 3. when asked for values from inside the files (``from_content``), reads
    them as one read-only plan under the requester's grant, and lets the
    agent's extractor name the destination folder (``provenance: content``);
-4. submits the plan (scope, policy, approval, token, executor, audit), and
-   follows it to its end.
+4. submits the plan (scope, policy, approval, token, executor, audit), its
+   approval's summary opening with the model's explanation and confidence
+   (escaped, marked as the model's words), and follows it to its end. A
+   model that answers with a question or a refusal proposes nothing: the
+   task ends as ``question`` or ``refused`` with its words.
 
 Nothing the model says is trusted; any failure of the agent ends the task
 with a fixed message for its code (its own words may quote a file), and
