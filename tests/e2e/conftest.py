@@ -80,9 +80,20 @@ class Box:
         return out
 
     def press(self, decision: str = "approve") -> subprocess.CompletedProcess[str]:
-        """Press the virtual panel once the arming delay (1 s) has passed."""
-        time.sleep(1.2)
-        return self.cli("panel", decision, "--state-dir", str(self.state))
+        """Press the virtual panel once a request is shown and its arming delay
+        (1 s) has passed. A press the box ignores (nothing shown yet: the
+        desktop's process is still starting on a loaded machine; or inside the
+        arming delay) is tried again, as a person would; any other refusal fails."""
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(1.2)
+            out = self.cli("panel", decision, "--state-dir", str(self.state), check=False)
+            said = out.stdout + out.stderr
+            if out.returncode == 0:
+                return out
+            waiting = "nothing is waiting" in said or "arming delay" in said
+            if not waiting or time.monotonic() > deadline:
+                raise AssertionError(f"appliance panel {decision} failed:\n{said}")
 
     def pair(self, name: str = "laptop", grant: dict | None = None) -> httpx.Client:
         """A desktop paired to read and change the share docs (unless ``grant``)."""
