@@ -14,22 +14,38 @@ from fastapi import FastAPI
 from appliance import __version__
 from appliance.api.errors import install_handlers
 from appliance.api.limits import BodyLimit, RateLimiter
-from appliance.api.routes import approvals, health, pairing, plans, plugins, proofs, tasks
+from appliance.api.routes import (
+    approvals,
+    health,
+    history,
+    owner,
+    pairing,
+    plans,
+    plugins,
+    proofs,
+    review,
+    tasks,
+)
 from appliance.broker.service import Broker
+from appliance.console.mount import mount
 
 
-def create_app(broker: Broker) -> FastAPI:
+def create_app(broker: Broker, *, secure: bool | None = None) -> FastAPI:
+    """The LAN API and the box's console. ``secure``: served over TLS (the
+    console's cookies are ``Secure``); default: outside development."""
     limits = broker.config.limits
     app = FastAPI(
         title="Safe agent appliance",
         version=__version__,
         description="LAN API of the appliance broker. Every /v1 call except pairing needs "
-        "`Authorization: Bearer <credential>`.",
+        "`Authorization: Bearer <credential>` (or the box's console's session).",
     )
     app.state.broker = broker
     app.state.limiter = RateLimiter(limits.requests_per_second, limits.burst)
     install_handlers(app)
-    for module in (health, pairing, plans, plugins, tasks, approvals, proofs):
+    routes = (health, pairing, plans, history, plugins, tasks, approvals, review, proofs, owner)
+    for module in routes:
         app.include_router(module.router)
+    mount(app, broker, secure=not broker.config.dev if secure is None else secure)
     app.add_middleware(BodyLimit, limit=limits.body_bytes)
     return app

@@ -45,6 +45,7 @@ from appliance.broker.plans import (
 )
 from appliance.broker.scope import Shares
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.summary import needs_console, origin_label, plan_summary
 from appliance.broker.taskrunner import TaskRunner
 from appliance.broker.tasks import TaskStore
 from appliance.broker.views import Views
@@ -203,17 +204,25 @@ class Broker:
 
     # ------------------------------------------------------------------ submit
     def submit(
-        self, requester: str, intents: list[Intent], *, via: str | None = None
+        self,
+        requester: str,
+        intents: list[Intent],
+        *,
+        via: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Decide a plan as a whole; run it now, queue it for approval, or refuse it.
 
-        ``via`` names what proposed the plan for the requester (a plugin), for
-        the approval's summary."""
+        ``via`` names what proposed the plan for the requester (a plugin);
+        ``origin`` says the box's model did (``task_id``, ``model_id``,
+        ``model_sha256``). Both are kept with the plan, for the approval's
+        summary and the console."""
+        origin = origin or ({"via": via} if via else None)
         evaluated = [self.evaluator.evaluate(i, requester) for i in intents]
-        summary = self._summary(requester, evaluated)
-        if via:
-            summary = f"[{via}] {summary}"
-        return self._decide(PlanKind.intents, requester, evaluated, summary)
+        summary = origin_label(origin) + plan_summary(
+            self.clients.display_name(requester), evaluated
+        )
+        return self._decide(PlanKind.intents, requester, evaluated, summary, origin)
 
     def run_plugin(self, requester: str, name: str, verb: str, value: Any = None) -> dict[str, Any]:
         """Run a plugin's verb for ``requester``; what it proposes becomes one plan."""
@@ -268,24 +277,16 @@ class Broker:
 
     def _undo_plan(self, requester: str, actions: list[ActionRow]) -> dict[str, Any]:
         evaluated = [self.evaluator.evaluate_undo(a, requester) for a in actions]
-        first = actions[0]
-        more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
-        summary = (
-            f"{self.clients.display_name(requester)} wants to undo "
-            f"{first.verb} {first.resource}{more}"
-        )
+        summary = plan_summary(self.clients.display_name(requester), evaluated)
         return self._decide(PlanKind.undo, requester, evaluated, summary)
 
-    def _summary(self, requester: str, evaluated: list[Evaluated]) -> str:
-        parts = []
-        for e in evaluated[:3]:
-            to = e.params.get("to") or e.params.get("name")
-            parts.append(f"{e.intent.verb} {e.resource}" + (f" -> {to}" if to else ""))
-        more = f" (+{len(evaluated) - 3} more)" if len(evaluated) > 3 else ""
-        return f"{self.clients.display_name(requester)} wants to: " + "; ".join(parts) + more
-
     def _decide(
-        self, kind: PlanKind, requester: str, evaluated: list[Evaluated], summary: str
+        self,
+        kind: PlanKind,
+        requester: str,
+        evaluated: list[Evaluated],
+        summary: str,
+        origin: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A plan is decided as a whole: any deny refuses it, any approve puts
         all of it behind one approval, otherwise it runs now."""
@@ -298,7 +299,7 @@ class Broker:
         else:
             status = PlanStatus.running
         digest = plan_digest(plan_id, requester, [e.digest for e in evaluated])
-        decided = {
+        decided: dict[str, Any] = {
             "plan_id": plan_id,
             "kind": kind.value,
             "requester": requester,
@@ -311,8 +312,12 @@ class Broker:
         read_only = status is PlanStatus.running and all(
             e.intent.verb in READ_VERBS for e in evaluated
         )
+        if origin:
+            decided["origin"] = origin
         with self._lock:
-            approval = self._ask(kind, plan_id, requester, summary, digest, decided, status)
+            approval = self._ask(
+                kind, plan_id, requester, summary, digest, decided, status, evaluated
+            )
             try:
                 if not read_only:
                     # The decision is on the record before anything may act on it.
@@ -329,6 +334,7 @@ class Broker:
                     approval_id=approval.approval_id if approval else None,
                     code=approval.code if approval else None,
                     actions=[_new_action(e) for e in evaluated],
+                    origin=origin,
                 )
             except BaseException:
                 if approval is not None:
@@ -349,8 +355,13 @@ class Broker:
         digest: str,
         decided: dict[str, Any],
         status: PlanStatus,
+        evaluated: list[Evaluated],
     ) -> ApprovalRequest | None:
-        """Put a plan that needs a press on the panel (None when it needs none)."""
+        """Put a plan that needs a press on the panel (None when it needs none).
+
+        A risky plan needs the owner's console to have shown it before a
+        press counts (trusted arming); a plan the box's model proposed is
+        not held against its requester when it is denied (lockouts)."""
         if status is not PlanStatus.pending_approval:
             return None
         # Privileged work needs the TPM (its receipt is signed there): if it
@@ -364,6 +375,8 @@ class Broker:
                 requester=requester,
                 summary=summary,
                 digest=digest,
+                console=needs_console(self.config.approvals, evaluated),
+                counts=not decided.get("origin", {}).get("task_id"),
             )
         except ApplianceError as e:
             self.audit.append("plan.refused", {**decided, "reason": e.reason})
