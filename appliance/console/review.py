@@ -128,12 +128,12 @@ def _step(broker: Broker, a: ActionRow, words: str | None) -> dict[str, Any]:
         "derived": sorted(f for f, p in a.provenance.items() if p == "content"),
         "proposed": sorted(f for f, p in a.provenance.items() if p == "model"),
         "notes": [],
+        "looks": look(broker.shares, a.resource),
+        "to_looks": None,
+        "undoes": _undoes(broker, params.get("action_id")) if verb == UNDO_VERB else None,
+        "content": None,
+        "diff": [],
     }
-    if verb == UNDO_VERB:
-        step["undoes"] = _undoes(broker, params.get("action_id"))
-        step["looks"] = look(broker.shares, a.resource)
-    else:
-        step["looks"] = look(broker.shares, a.resource)
     to = params.get("to")
     if verb == "file.rename":
         to = a.resource.rsplit("/", 1)[0] + "/" + str(params.get("name"))
