@@ -26,4 +26,3 @@ def mount(app: FastAPI, broker: Broker, *, secure: bool) -> None:
     app.include_router(signin.router)
     app.include_router(pages.router)
     app.add_middleware(SecurityHeaders)
-

@@ -233,6 +233,7 @@ def attacker() -> Iterator[Attacker]:
         a.close()
 
 
-def screenshot(page: Any, name: str) -> None:
+def screenshot(page: Any, name: str, *, full_page: bool = True) -> None:
+    """A picture of the page for docs/ (docs/console.md and the README show them)."""
     IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMG / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(IMG / f"{name}.png"), full_page=full_page)

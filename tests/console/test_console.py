@@ -73,3 +73,51 @@ def test_a_plan_from_the_desktop_to_its_undo(box: Box, page: Any) -> None:
     page.click("form.inline >> text=Check it now")
     assert "the whole log checks out" in page.text_content("[data-verified]")
     screenshot(page, "console-audit")
+
+
+def test_queue_clients_lockouts_plugins_and_the_box(box: Box, page: Any) -> None:
+    sign_in(box, page)
+    desk = box.desk("laptop")
+    for n in range(3):  # the owner says no three times: the desktop is locked out
+        desk.post(
+            "/v1/intents",
+            json={"intents": [{"verb": "file.mkdir", "resource": f"share:docs/n{n}"}]},
+        )
+        wait_until(box.broker.approvals.current)
+        assert box.press("deny").accepted
+    assert desk.get("/v1/approvals").json()["lockout"] is not None
+    tablet = box.desk("tablet")
+    for n in range(2):
+        tablet.post(
+            "/v1/intents",
+            json={"intents": [{"verb": "file.mkdir", "resource": f"share:docs/t{n}"}]},
+        )
+
+    page.click("nav >> text=Queue")
+    rows = page.query_selector_all("[data-approval]")
+    assert len(rows) == 2 and "on the panel" in rows[0].text_content()
+    screenshot(page, "console-queue")
+
+    page.click("nav >> text=Clients")
+    laptop = box.broker.clients.list()[1]["client_id"]
+    assert page.query_selector(f'[data-lockout="{laptop}"]') is not None
+    screenshot(page, "console-clients")
+    page.click(f'[data-lift="{laptop}"]')
+    page.wait_for_selector(f'[data-lockout="{laptop}"]', state="detached")
+    assert desk.get("/v1/approvals").json()["lockout"] is None
+    assert "approval.lockout_lifted" in box.kinds()
+    tablet_id = tablet.headers["Authorization"].split()[1].split(".")[0]
+    page.click(f'[data-revoke="{tablet_id}"]')
+    page.wait_for_selector(f'[data-revoke="{tablet_id}"]', state="detached")
+    assert tablet.get("/v1/approvals").status_code == 401
+    assert box.broker.approvals.current() is None  # its waiting requests went with it
+
+    page.click("nav >> text=Plugins")
+    assert "No plugin is installed." in page.text_content("main")
+    screenshot(page, "console-plugins")
+    page.click("nav >> text=Box")
+    assert page.text_content("[data-version]").startswith("0.")
+    assert "development-unsafe-key" in page.text_content("main") or "UNSAFE" in page.text_content(
+        "main"
+    )
+    screenshot(page, "console-box")

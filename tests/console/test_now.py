@@ -10,6 +10,7 @@ from typing import Any
 from tests.console.conftest import Box, screenshot, sign_in, wait_until
 
 LONG = "Quarterly statements and receipts " * 6  # a first path that fills a line
+SCRIPTED = "<img src=x onerror=alert(1)>.pdf"  # a name that is markup
 
 
 def hidden_delete_plan(box: Box, moves: int) -> dict[str, Any]:
@@ -17,7 +18,8 @@ def hidden_delete_plan(box: Box, moves: int) -> dict[str, Any]:
     (inbox / f"{LONG.strip()}.pdf").write_bytes(b"%PDF long")
     (inbox / "p\u0430ypal.pdf").write_bytes(b"%PDF look-alike")  # a Cyrillic a
     (inbox / "invoice\u200b.pdf").write_bytes(b"%PDF zero-width")
-    names = [f"{LONG.strip()}.pdf", "p\u0430ypal.pdf", "invoice\u200b.pdf"]
+    (inbox / SCRIPTED).write_bytes(b"%PDF markup")
+    names = [f"{LONG.strip()}.pdf", "p\u0430ypal.pdf", "invoice\u200b.pdf", SCRIPTED]
     for i in range(moves - len(names)):
         name = f"scan-{i:03}.pdf"
         (inbox / name).write_bytes(b"%PDF")
@@ -35,6 +37,8 @@ def hidden_delete_plan(box: Box, moves: int) -> dict[str, Any]:
 def test_a_hidden_delete_and_look_alike_names_are_all_shown_and_flagged(
     box: Box, page: Any
 ) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     sign_in(box, page)
     desk = box.desk("laptop")
     plan = hidden_delete_plan(box, moves=10)
@@ -66,10 +70,13 @@ def test_a_hidden_delete_and_look_alike_names_are_all_shown_and_flagged(
     assert "mixed scripts: Cyrillic+Latin" in texts
     assert "zero-width characters" in texts and "invoice\\u200b.pdf" in texts
     assert "2 steps name something that may not read" in page.text_content(".facts")
+    # A name that is markup is shown as text, and runs nothing.
+    assert SCRIPTED in page.text_content("li.step[data-step='5']")
+    assert page.query_selector("li.step img") is None and dialogs == []
     screenshot(page, "console-hidden-delete")
     # On a phone, too.
     page.set_viewport_size({"width": 390, "height": 844})
-    screenshot(page, "console-now-phone")
+    screenshot(page, "console-now-phone", full_page=False)
 
 
 def test_a_risky_plan_is_not_approvable_until_the_console_has_shown_it(box: Box, page: Any) -> None:
