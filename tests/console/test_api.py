@@ -138,3 +138,52 @@ def test_over_tls_the_cookie_is_secure_and_host_only(tmp_path: Path) -> None:
             assert "Secure" in cookie and "SameSite=strict" in cookie and "Max-Age=" in cookie
             assert http.get("/").status_code == 200
             assert http.get("/v1/box").json()["version"]
+
+
+def test_the_review_shows_the_text_a_write_would_change_and_a_copy_into_another_share(
+    box: Box,
+) -> None:
+    desk = box.desk("laptop", {"shares": {"docs": "read-write", "photos": "read-write"}})
+    sent = desk.post(
+        "/v1/intents",
+        json={
+            "intents": [
+                {
+                    "verb": "file.write",
+                    "resource": "share:docs/notes.txt",
+                    "params": {"content": "milk\nbread\n\u202eevil\n"},
+                },
+                {
+                    "verb": "file.copy",
+                    "resource": "share:docs/Inbox/a.pdf",
+                    "params": {"to": "share:photos/a.pdf"},
+                },
+            ]
+        },  # fmt: skip
+    ).json()
+    write, copy = desk.get(f"/v1/approvals/{sent['approval_id']}/review").json()["steps"]
+    assert write["looks"] == {"kind": "file", "bytes": 10, "mtime": write["looks"]["mtime"]}
+    assert "-eggs" in write["diff"] and "+bread" in write["diff"]
+    assert write["content"]["flags"] == ["bidirectional controls"]
+    assert "\\u202eevil" in write["content"]["shown"]  # escaped, never drawn
+    assert any("a file of this name is there now" in n for n in write["notes"])
+    assert any("leaves the share 'docs' for 'photos'" in n for n in copy["notes"])
+    assert copy["to_looks"] == {"kind": "missing"}
+
+
+def test_every_list_is_paged(box: Box) -> None:
+    desk = box.desk("laptop")
+    stat = {"intents": [{"verb": "file.stat", "resource": "share:docs/notes.txt"}]}
+    for _ in range(25):
+        desk.post("/v1/intents", json=stat)
+    first = desk.get("/v1/plans", params={"limit": 20}).json()
+    assert len(first["plans"]) == 20 and first["total"] == 25 and first["next"] == 20
+    rest = desk.get("/v1/plans", params={"start": first["next"], "limit": 20}).json()
+    assert len(rest["plans"]) == 5 and rest["next"] is None
+    assert desk.get("/v1/plans", params={"changes": True}).json()["total"] == 0
+    with httpx.Client(base_url=box.url) as http:
+        console(box, http)
+        page2 = http.get("/history", params={"reads": True, "page_no": 2}).text
+        assert "page 2 of 2 (25)" in page2 and page2.count('class="plan"') == 5
+        found = http.get("/audit").text
+        assert found.count("data-entry=") == 20 and "older →" in found

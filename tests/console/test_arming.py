@@ -4,6 +4,7 @@ the panel's summary that never hides a risky step."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,3 +159,29 @@ def test_the_summary_never_hides_a_delete_or_a_content_derived_step() -> None:
         console_deletes=False, console_content=False, console_steps=0, console_risk=""
     )
     assert needs_console(off, steps) == ()
+
+
+def test_the_physical_button_approves_a_risky_request_only_after_the_console_showed_it() -> None:
+    """The real gpiozero panel on mock pins: while the light says "needs the
+    console" a hold carries no request and approves nothing; once the
+    console showed the digest, the light blinks the code and a hold counts."""
+    from tests.panel.conftest import make_rig, wait_for
+
+    rig = make_rig()
+    try:
+        req = rig.queue.submit("plan", "plan_1", "cl_a", "s", D(1), console=("it deletes (1)",))
+        assert rig.panel.display()[0] == "console" and rig.panel.display()[2] is None
+        time.sleep(0.4)  # past the arming delay
+        rig.press(0.45)  # a hold
+        wait_for(lambda: rig.rec.presses())
+        assert not rig.rec.presses()[-1]["accepted"]
+        assert rig.queue.get(req.approval_id).status == "pending"
+        rig.queue.seen(req.approval_id, D(1), by="cl_console")
+        state, _, code = rig.panel.display()
+        assert state == "pending" and code == req.code
+        time.sleep(0.4)  # the arming delay runs again from the console's showing
+        rig.press(0.45)
+        wait_for(lambda: rig.queue.get(req.approval_id).status == "approved")
+    finally:
+        rig.queue.close()
+        rig.panel.close()

@@ -4,6 +4,8 @@ History, find it in the audit log."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tests.console.conftest import Box, screenshot, sign_in, wait_until
@@ -35,6 +37,9 @@ def test_a_plan_from_the_desktop_to_its_undo(box: Box, page: Any) -> None:
         "file.write",
     ]
     assert page.text_content("[data-code]") == sent["code"]
+    before = int(page.text_content("[data-countdown]"))
+    page.wait_for_timeout(1500)
+    assert int(page.text_content("[data-countdown]")) < before  # it counts down
     assert "Invoices of 2023, sorted by the box." in page.text_content("[data-write]")
     assert "laptop" in page.text_content(".what h1")
     screenshot(page, "console-now")
@@ -72,6 +77,10 @@ def test_a_plan_from_the_desktop_to_its_undo(box: Box, page: Any) -> None:
     ]
     page.click("form.inline >> text=Check it now")
     assert "the whole log checks out" in page.text_content("[data-verified]")
+    with page.expect_download() as download:
+        page.click("text=Download it")
+    kept = json.loads(Path(download.value.path()).read_text())
+    assert kept["signature"] and 0 < kept["tree_size"] <= box.broker.audit.size
     screenshot(page, "console-audit")
 
 
