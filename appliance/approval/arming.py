@@ -20,10 +20,13 @@ from .types import ApprovalRequest, Decision
 
 
 def armed_from(req: ApprovalRequest) -> float:
-    """Where the arming delay runs from: the request being shown, or the
-    console showing it, whichever came last (on the queue's clock)."""
+    """Where the arming delay runs from: the request being shown, or, for a
+    request that needs the console, the console showing it (on the queue's
+    clock)."""
     assert req.shown_at is not None
-    return max(req.shown_at, req.seen_at or req.shown_at)
+    if req.console and req.seen_at is not None:
+        return max(req.shown_at, req.seen_at)
+    return req.shown_at
 
 
 def armed_in(req: ApprovalRequest, now: float, delay: float) -> float | None:

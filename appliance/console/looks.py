@@ -16,11 +16,19 @@ from appliance.broker.scope import Shares, Target, lstat_at, open_regular, open_
 from appliance.errors import ApplianceError
 
 TEXT_LOOK = 64 * 1024  # bytes of a current file read for its diff
-TREE_LOOK = 10_000  # entries a folder's count visits at most
+TREE_LOOK = 10_000  # entries one review's folder counts visit at most, together
 DIFF_LINES = 400  # lines of a diff shown
 
 
-def look(shares: Shares, resource: str) -> dict[str, Any]:
+class Budget:
+    """How many folder entries a review may still visit (one review's looks
+    share it, so a plan of 256 folder moves costs no more than one)."""
+
+    def __init__(self, entries: int = TREE_LOOK) -> None:
+        self.left = entries
+
+
+def look(shares: Shares, resource: str, budget: Budget | None = None) -> dict[str, Any]:
     """``{"kind": "file" | "dir" | "missing" | "refused", "bytes", "files", "partial"}``."""
     try:
         target = shares.parse(resource)
@@ -31,23 +39,25 @@ def look(shares: Shares, resource: str) -> dict[str, Any]:
         return {"kind": "missing"}
     if stat.S_ISREG(st.st_mode):
         return {"kind": "file", "bytes": st.st_size, "mtime": st.st_mtime}
-    files, size, partial = _tree(shares, target)
+    files, size, partial = _tree(shares, target, budget or Budget())
     return {"kind": "dir", "bytes": size, "files": files, "partial": partial}
 
 
-def _tree(shares: Shares, target: Target) -> tuple[int, int, bool]:
-    """(files, bytes, cut short) below a folder, visiting at most TREE_LOOK entries."""
-    files = size = seen = 0
+def _tree(shares: Shares, target: Target, budget: Budget) -> tuple[int, int, bool]:
+    """(files, bytes, cut short) below a folder, within the budget's entries."""
+    files = size = 0
+    partial = False
     try:
         with shares.open_dir(target) as root:
             stack = [os.dup(root)]
             try:
-                while stack and seen < TREE_LOOK:
+                while stack and not partial:
                     fd = stack.pop()
                     try:
                         for name in os.listdir(fd):
-                            seen += 1
-                            if seen > TREE_LOOK:
+                            budget.left -= 1
+                            if budget.left < 0:
+                                partial = True
                                 break
                             st = lstat_at(fd, name)
                             if st is None:
@@ -64,7 +74,7 @@ def _tree(shares: Shares, target: Target) -> tuple[int, int, bool]:
                     os.close(fd)
     except (ApplianceError, OSError):
         return files, size, True
-    return files, size, seen > TREE_LOOK
+    return files, size, partial
 
 
 def current_text(shares: Shares, resource: str) -> str | None:

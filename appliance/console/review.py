@@ -23,7 +23,7 @@ from typing import Any
 from appliance.broker.plans import ActionRow
 from appliance.broker.service import Broker
 from appliance.broker.summary import risky_kind
-from appliance.console.looks import current_text, diff, look
+from appliance.console.looks import Budget, current_text, diff, look
 from appliance.console.names import BIDI, ZERO_WIDTH, escaped, hidden, name_warnings
 from appliance.errors import NotFound
 from appliance.verbs import UNDO_VERB, spec
@@ -53,7 +53,8 @@ def review(broker: Broker, approval: dict[str, Any]) -> dict[str, Any]:
         raise NotFound(f"no plan {approval['subject_id']!r}")
     origin = _origin(broker, plan.origin)
     actions = broker.plans.actions(plan.plan_id)
-    steps = [_step(broker, a, origin.get("words")) for a in actions]
+    budget = Budget()
+    steps = [_step(broker, a, origin.get("words"), budget) for a in actions]
     out |= {
         "plan_id": plan.plan_id,
         "plan_status": plan.status.value,
@@ -111,7 +112,7 @@ def _origin(broker: Broker, origin: dict[str, Any] | None) -> dict[str, Any]:
     return {"kind": "plugin", "via": origin.get("via")}
 
 
-def _step(broker: Broker, a: ActionRow, words: str | None) -> dict[str, Any]:
+def _step(broker: Broker, a: ActionRow, words: str | None, budget: Budget) -> dict[str, Any]:
     verb = a.verb
     params = dict(a.params)
     step: dict[str, Any] = {
@@ -128,7 +129,7 @@ def _step(broker: Broker, a: ActionRow, words: str | None) -> dict[str, Any]:
         "derived": sorted(f for f, p in a.provenance.items() if p == "content"),
         "proposed": sorted(f for f, p in a.provenance.items() if p == "model"),
         "notes": [],
-        "looks": look(broker.shares, a.resource),
+        "looks": look(broker.shares, a.resource, budget),
         "to_looks": None,
         "undoes": _undoes(broker, params.get("action_id")) if verb == UNDO_VERB else None,
         "content": None,
@@ -139,7 +140,7 @@ def _step(broker: Broker, a: ActionRow, words: str | None) -> dict[str, Any]:
         to = a.resource.rsplit("/", 1)[0] + "/" + str(params.get("name"))
     if isinstance(to, str):
         step["to"] = name(to)
-        step["to_looks"] = look(broker.shares, to)
+        step["to_looks"] = look(broker.shares, to, budget)
         if _share(to) != _share(a.resource):
             step["notes"].append(
                 f"leaves the share {_share(a.resource)!r} for {_share(to)!r}: whoever may "

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import Request
 from starlette.responses import Response
@@ -171,7 +172,7 @@ class ConsoleSessions:
             self.cookie,
             token,
             max_age=max(1, int(session.expires - self.clock())),
-            expires=int(session.expires),
+            expires=datetime.fromtimestamp(session.expires, UTC),
             path="/",
             secure=self.secure,
             httponly=True,

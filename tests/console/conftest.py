@@ -25,6 +25,7 @@ from appliance.api.app import create_app
 from appliance.box import open_box
 from appliance.broker.service import Broker
 from appliance.config import ApprovalSettings, Config, Limits
+from tests.panel.conftest import wait_for as wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -87,15 +88,6 @@ class Box:
 
     def kinds(self) -> list[str]:
         return [e["kind"] for e in self.broker.audit.entries(0, 100_000)]
-
-
-def wait_until(cond: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def free_port() -> int:
