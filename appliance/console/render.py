@@ -92,6 +92,7 @@ ENV = Environment(
 ENV.filters["when"] = _when
 ENV.filters["size"] = _size
 ENV.filters["esc"] = escaped
+ENV.filters["esc_text"] = lambda text: escaped(text, keep="\n\t")
 
 
 def page(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
