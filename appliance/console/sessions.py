@@ -112,6 +112,8 @@ class ConsoleSessions:
     def create(self, client_id: str, expires: float) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
         session = Session(client_id, secrets.token_urlsafe(24), expires)
+        # Sessions past their end go as a new one starts: the table stays small.
+        self.db.execute("DELETE FROM console_sessions WHERE expires <= ?", (self.clock(),))
         self.db.execute(
             "INSERT INTO console_sessions (token_sha256, client_id, csrf, created, expires)"
             " VALUES (?, ?, ?, ?, ?)",
