@@ -13,11 +13,9 @@ the queue makes sure there is only ever one thing a press can mean:
 * a press may carry the digest the presser saw (the virtual panel and the
   local page do); a different digest is ignored, so a swap between display
   and press cannot approve the wrong request;
-* trusted arming: a request marked ``console`` (a risky plan: a delete, a
-  content-derived change, more than a few steps...) is approved by no press
-  until the owner's console has shown its digest (:meth:`seen`); until then
-  the LED says "needs the console", and the arming delay restarts from the
-  moment the console showed it;
+* trusted arming: a request marked ``console`` (a risky plan) is approved
+  by no press until the owner's console has shown its digest (:meth:`seen`,
+  ``arming.py``); until then the LED says "needs the console";
 * silence is a denial: ``timeout_s`` after being shown, a request expires,
   even if nobody calls anything (a daemon timer thread does it);
 * a requester whose requests were denied or expired ``lockout_after`` times
@@ -305,10 +303,9 @@ class ApprovalQueue:
             self._dispatch(effects)
 
     def seen(self, approval_id: str, digest: str, *, by: str) -> ApprovalRequest:
-        """The owner's console showed the request ``approval_id`` with
-        ``digest`` (trusted arming): from now on, and after a fresh arming
-        delay, a press may approve it. Only the request on the panel counts,
-        and only with its own digest (NotFound otherwise: it was replaced)."""
+        """The owner's console showed the request on the panel, with this
+        digest (trusted arming): a press may approve it after a fresh arming
+        delay. NotFound for any other request or digest (it was replaced)."""
         effects = _Effects()
         try:
             with self._lock:
