@@ -27,7 +27,7 @@ NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support debian-archive-keyring
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck bench setup apt clean plugins image-check
+.PHONY: run test lint typecheck bench setup apt clean plugins image-check fuzz
 
 # Installed when running as root and something is missing.
 apt:
@@ -69,6 +69,12 @@ run: setup
 # The type checker and the linter first (seconds), then the suite.
 test: setup typecheck lint
 	$(BIN)/python -m pytest
+
+# schemathesis over the served OpenAPI document for five minutes (FUZZ_SECONDS);
+# `make test` runs a short pass of the same test.
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	APPLIANCE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -s tests/adversarial/test_schemathesis.py
 
 typecheck: setup
 	$(BIN)/mypy

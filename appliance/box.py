@@ -26,9 +26,12 @@ from appliance.broker.files import FileOps
 from appliance.broker.plans import PlanStore
 from appliance.broker.quota import ReadQuota
 from appliance.broker.recovery import recover
+from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
-from appliance.broker.service import Broker, Parts
+from appliance.broker.service import Broker
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.state import Parts
+from appliance.broker.storage import Storage
 from appliance.broker.tasks import TaskStore
 from appliance.config import Config
 from appliance.db import Database
@@ -50,6 +53,7 @@ def open_box(
     keystore: KeyStore | None = None,
     panel: Panel | None = None,
     clock: Clock = time.monotonic,
+    now: Clock = time.time,
 ) -> Broker:
     """Build every part from ``config`` and start the broker on them.
 
@@ -57,16 +61,20 @@ def open_box(
     chooses, opened here and closed with the broker). ``panel``: the
     approval panel (default: the one the configuration names, on ``clock``).
     ``clock``: the monotonic clock of the approval queue (arming delay,
-    deadlines, lockouts, the pairing window) and of a panel built here."""
+    deadlines, lockouts, the pairing window) and of a panel built here.
+    ``now``: the wall clock retention counts days on."""
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.ExitStack() as stack:
         if keystore is None:
             opened = open_keystore(config)
             stack.callback(opened.close)
             keystore = opened.keystore
-        parts = _parts(config, keystore, panel, clock, stack)
-        recover(parts.plans, parts.files, parts.shares, parts.audit)
+        parts = _parts(config, keystore, panel, clock, now, stack)
+        recover(parts.plans, parts.files, parts.shares, parts.audit, parts.retention)
         rollback = _rollback(parts.audit, keystore.boot_count)
+        # Earlier snapshots adopted, interrupted purges finished, expired
+        # items purged; then every purge_interval_s.
+        parts.retention.start()
         # From here on the broker owns every part: broker.close() closes them,
         # a panel handed in last (a failed start leaves that one open, so
         # `appliance up` can retry with its pins still claimed).
@@ -88,9 +96,16 @@ def _parts(
     keystore: KeyStore,
     panel: Panel | None,
     clock: Clock,
+    now: Clock,
     stack: contextlib.ExitStack,
 ) -> Parts:
-    db = Database(config.db_path)
+    storage = Storage(
+        config.state_dir,
+        low_free_bytes=config.retention.low_free_bytes,
+        reserve_bytes=config.retention.reserve_bytes,
+    )
+    # A full disk: the reserve makes room for the entries of reads and approvals.
+    db = Database(config.db_path, on_full=storage.release)
     stack.callback(db.close)
     signer = keystore.device_signer()
     audit = AuditLog(
@@ -99,6 +114,7 @@ def _parts(
         signer_label=keystore.label,
         boot_count=keystore.boot_count,
         session_signer=ephemeral_signer(unsafe=keystore.unsafe),
+        on_full=storage.release,
     )
     stack.callback(audit.close)
     policy = PolicyEngine.load(config.policy_dir)
@@ -108,6 +124,16 @@ def _parts(
     shares = Shares(config.shares, config.limits)
     snapshots = SnapshotStore(config.snapshots_dir)
     files = FileOps(shares, snapshots, config.limits)
+    retention = Retention(
+        db=db,
+        files=files,
+        snapshots=snapshots,
+        audit=audit,
+        settings=config.retention,
+        state_dir=config.state_dir,
+        now=now,
+    )
+    stack.callback(retention.close)
     plans = PlanStore(db)
     receipts = ReceiptStore(db, signer, keystore.label)
     if panel is None:
@@ -130,6 +156,8 @@ def _parts(
         shares=shares,
         snapshots=snapshots,
         files=files,
+        retention=retention,
+        storage=storage,
         plans=plans,
         task_store=TaskStore(db),
         clients=clients,
@@ -154,6 +182,8 @@ def _parts(
             plans=plans,
             receipts=receipts,
             audit=audit,
+            retention=retention,
+            storage=storage,
         ),
     )
 
@@ -166,7 +196,8 @@ def _rollback(audit: AuditLog, boot_count: int) -> str | None:
         return None
     reason = (
         f"the audit log's newest checkpoint is from start {last['boot_count']}, "
-        f"but the TPM counts {boot_count - 1} earlier starts: the log was rolled back"
+        f"but the TPM counts {boot_count - 1} earlier ones (boots, on the box): "
+        "the log was rolled back"
     )
     log.error("%s", reason)
     audit.append(

@@ -117,6 +117,26 @@ class PluginLimits:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long, and within how much room, the box keeps what undo needs: the
+    shares' trash and the snapshot store (docs/files.md, "Retention").
+
+    Items older than ``days`` are purged (each purge audited); an action that
+    would keep more than the budget is refused before it changes anything.
+    The budget is ``budget_bytes``, or when that is 0, ``budget_share`` of
+    the data partition (the file system of the state directory)."""
+
+    days: float = 30.0
+    budget_bytes: int = 0
+    budget_share: float = 0.25
+    purge_interval_s: float = 3600.0  # how often expired items are looked for
+    # The state partition: below low_free_bytes free, changes are refused (507)
+    # while reads and approvals go on, on room kept back in a reserve file.
+    low_free_bytes: int = 64 << 20
+    reserve_bytes: int = 16 << 20  # ~20,000 entries of reads and approvals
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path
     shares: dict[str, Path] = field(default_factory=dict)
@@ -143,6 +163,7 @@ class Config:
     plugin_publishers: dict[str, str] = field(default_factory=dict)
     plugin_limits: PluginLimits = field(default_factory=PluginLimits)
     panel: PanelSettings = field(default_factory=PanelSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
@@ -214,6 +235,8 @@ def load_toml(path: Path) -> dict:
         out["plugin_publishers"] = dict(raw["plugin_publishers"])
     if "plugin_limits" in raw:
         out["plugin_limits"] = PluginLimits(**raw["plugin_limits"])
+    if "retention" in raw:
+        out["retention"] = RetentionSettings(**raw["retention"])
     if "console" in raw:
         out["console"] = ConsoleSettings(**raw["console"])
     if "panel" in raw:

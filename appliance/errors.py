@@ -84,3 +84,11 @@ class Unavailable(ApplianceError):
 
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(ApplianceError):
+    """No room for a change: a full disk, or the retention budget for the
+    trash and snapshots. Refused before anything changed; reads go on."""
+
+    status = 507
+    code = "insufficient_storage"

@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from appliance.verbs import INTENT_VERBS, READ_VERBS, REGISTRY, WRITE_VERBS
+from appliance.names import BIDI_CONTROLS, class_of
+from appliance.verbs import INTENT_VERBS, READ_VERBS, REGISTRY, WRITE_VERBS, Param
 
 # The verbs a plan may name, from the registry (appliance/verbs.py).
 Verb = Literal[INTENT_VERBS]  # type: ignore[valid-type]
@@ -49,13 +50,97 @@ class Provenance(StrEnum):
     model = "model"
 
 
-Resource = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+# Every number a verb takes is a count or a position in a file: at least 0 and
+# at most 2**53 - 1, the largest integer every JSON reader holds exactly.
+MAX_COUNT = 2**53 - 1
+PATH_MAX = 4096  # characters of a resource (the broker also bounds its bytes)
+# Characters no resource or name may hold: controls (C0, DEL, C1) and
+# bidirectional controls, which make a name on the approval page read
+# differently from what it is. The schema says so; the broker's scope rules
+# (appliance.names.check_name) refuse such a plan, and the refusal is audited.
+_NOT_IN_NAMES = frozenset(
+    [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))] + sorted(BIDI_CONTROLS)
+)
+NAME_PATTERN = f"^{class_of(_NOT_IN_NAMES, negate=True)}*$"
+# Parameters that name a file or a resource.
+_NAMES = ("to", "name")
+
+Resource = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=PATH_MAX),
+    Field(json_schema_extra={"pattern": NAME_PATTERN}),
+]
+
+
+def _param_schema(name: str, param: Param) -> dict[str, Any]:
+    if param.type is bool:
+        return {"type": "boolean"}
+    if param.type is int:
+        return {"type": "integer", "minimum": 0, "maximum": MAX_COUNT}
+    out: dict[str, Any] = {"type": "string"}
+    if param.choices:
+        out["enum"] = list(param.choices)
+    if param.resource:
+        out.update(minLength=1, maxLength=PATH_MAX, pattern=NAME_PATTERN)
+    elif name in _NAMES:
+        out.update(minLength=1, pattern=NAME_PATTERN)
+    return out
+
+
+def _per_verb() -> list[dict[str, Any]]:
+    """For each verb: the parameters it takes, their types, which it needs,
+    and which fields its provenance may name (only those it has)."""
+    rules = []
+    for verb in INTENT_VERBS:
+        spec = REGISTRY[verb].params
+        required = [n for n, p in spec.items() if p.required]
+        params: dict[str, Any] = {
+            "type": "object",
+            "properties": {n: _param_schema(n, p) for n, p in spec.items()},
+            "additionalProperties": False,
+        }
+        fields = ["resource", *(f"params.{n}" for n in spec)]
+        then: dict[str, Any] = {
+            "properties": {"params": params, "provenance": {"propertyNames": {"enum": fields}}}
+        }
+        if required:
+            params["required"] = required
+            then["required"] = ["params"]
+        optional = [n for n in spec if n not in required]
+        if optional:
+            then["allOf"] = [
+                {
+                    "if": {
+                        "properties": {"provenance": {"required": [f"params.{n}"]}},
+                        "required": ["provenance"],
+                    },
+                    "then": {"properties": {"params": {"required": [n]}}, "required": ["params"]},
+                }
+                for n in optional
+            ]
+        rules.append(
+            {"if": {"properties": {"verb": {"const": verb}}, "required": ["verb"]}, "then": then}
+        )
+    return rules
+
+
+def _with_per_verb(schema: dict[str, Any]) -> None:
+    schema["allOf"] = _per_verb()
+
+
+def _not_unicode(value: str, where: str) -> str | None:
+    """Why ``value`` is not text at all (None when it is): a lone surrogate
+    is half of a UTF-16 pair, no character; nothing can encode it."""
+    for i, ch in enumerate(value):
+        if "\ud800" <= ch <= "\udfff":
+            return f"{where} is not valid Unicode: a lone surrogate U+{ord(ch):04X} at {i}"
+    return None
 
 
 class Intent(BaseModel):
     """One action on one resource."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_with_per_verb)
 
     verb: Verb
     resource: Resource = Field(description="share:NAME/relative/path")
@@ -68,6 +153,9 @@ class Intent(BaseModel):
 
     @model_validator(mode="after")
     def _check_params(self) -> Intent:
+        problem = _not_unicode(self.resource, "resource")
+        if problem:
+            raise ValueError(problem)
         spec = REGISTRY[self.verb].params
         unknown = set(self.params) - set(spec)
         if unknown:
@@ -79,12 +167,25 @@ class Intent(BaseModel):
                 continue
             value = self.params[name]
             typ = param.type
+            if typ is int and isinstance(value, float) and value.is_integer():
+                # JSON has numbers, not integers: 164.0 is the integer 164.
+                value = self.params[name] = int(value)
             # bool is an int in Python: refuse it where a number is meant.
             if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
                 raise ValueError(f"params.{name} of {self.verb} must be {typ.__name__}")
             if param.choices and value not in param.choices:
                 shown = " or ".join(repr(c) for c in param.choices)
                 raise ValueError(f"params.{name} must be {shown}")
+            if isinstance(value, int) and not 0 <= value <= MAX_COUNT:
+                raise ValueError(f"params.{name} must be between 0 and {MAX_COUNT}")
+            if isinstance(value, str):
+                problem = _not_unicode(value, f"params.{name}")
+                if problem:
+                    raise ValueError(problem)
+                if (param.resource or name in _NAMES) and not value:
+                    raise ValueError(f"params.{name} cannot be empty")
+                if param.resource and len(value) > PATH_MAX:
+                    raise ValueError(f"params.{name} is over {PATH_MAX} characters")
         fields = {"resource"} | {f"params.{p}" for p in self.params}
         stray = set(self.provenance) - fields
         if stray:
@@ -107,7 +208,24 @@ class Intent(BaseModel):
 class Plan(BaseModel):
     """What a client submits to ``POST /v1/intents``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"intents": [{"verb": "file.read", "resource": "share:docs/Inbox/a.pdf"}]},
+                {
+                    "intents": [
+                        {"verb": "file.list", "resource": "share:docs/Inbox"},
+                        {
+                            "verb": "file.move",
+                            "resource": "share:docs/Inbox/a.pdf",
+                            "params": {"to": "share:docs/2024/a.pdf"},
+                        },
+                    ]
+                },
+            ]
+        },
+    )
 
     intents: list[Intent] = Field(min_length=1, max_length=256)
 

@@ -9,14 +9,18 @@ state, no TPM and no model file passes: what is absent and optional is
 
 Hardware checks (``--hardware``, on the box with the broker stopped): the LED
 blinks and a person confirms by pressing the button, the TPM answers and is
-not in lockout, the Hailo device is there and its runtime imports, and at
-least one model file is installed and matches its manifest.
+not in lockout, the Hailo device node is there (``/dev/hailo0``, or
+``/dev/h1x-0`` with hailort-drivers 5.3), its kernel module is loaded and its
+runtime imports at the pinned HailoRT version, the agent's HEF is there with
+its hash, the watchdog is armed, this slot is marked good, and ``/`` is
+mounted read-write. Each row says what it found (docs/image.md, hardware/bringup.md).
 
 Exit status 0 when nothing failed, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -29,7 +33,10 @@ from typing import Any, Literal
 Result = Literal["pass", "fail", "skip"]
 
 DEFAULT_CONFIG = Path(os.environ.get("APPLIANCE_CONFIG", "/etc/appliance/appliance.toml"))
-HAILO_DEVICE = Path("/dev/hailo0")
+# The box's file system, as the hardware rows read it (tests point it elsewhere).
+ROOT = Path("/")
+# HailoRT 5.1's driver makes /dev/hailo0; hailort-drivers 5.3 makes /dev/h1x-0.
+HAILO_DEVICES = ("dev/hailo0", "dev/h1x-0")
 PRESS_TIMEOUT_S = 30.0
 
 # What the broker and the agent import; a missing one means a broken install.
@@ -43,6 +50,7 @@ MODULES = (
     "cedarpy",
     "tpm2_pytss",
     "gpiozero",
+    "lgpio",
     "llama_cpp",
     "appliance.broker.service",
     "appliance.api.app",
@@ -59,7 +67,10 @@ class Check:
 
 
 # Installed only with an extra; absent is a skip, broken is a failure.
-OPTIONAL = {"llama_cpp": "the CPU model backend (extra 'cpu'); the Hailo backend needs none"}
+OPTIONAL = {
+    "llama_cpp": "the CPU model backend (extra 'cpu'); the Hailo backend needs none",
+    "lgpio": "the Pi 5's GPIO (extra 'pi')",
+}
 
 
 def _imports() -> Iterator[Check]:
@@ -295,27 +306,147 @@ def _tpm(config: Any) -> Iterator[Check]:
         yield Check("TPM", "pass", f"{st.get('manufacturer', '?')} answers on {tcti}")
 
 
+def _pinned_hailort() -> str | None:
+    """The HailoRT version the image holds (image-build/hailo.toml, installed)."""
+    import tomllib
+
+    try:
+        return str(tomllib.loads((ROOT / "usr/share/appliance/hailo.toml").read_text())["hailort"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+
+
 def _hailo() -> Iterator[Check]:
-    if not HAILO_DEVICE.exists():
+    nodes = [ROOT / n for n in HAILO_DEVICES]
+    present = [f"/{n.relative_to(ROOT)}" for n in nodes if n.exists()]
+    if present:
+        yield Check("Hailo device", "pass", ", ".join(present))
+    else:
         yield Check(
             "Hailo device",
             "fail",
-            f"{HAILO_DEVICE} does not exist: is the AI HAT+ 2 on the PCIe ribbon and "
-            "hailo-h10-all installed?",
+            "neither /dev/hailo0 nor /dev/h1x-0 exists: is the AI HAT+ 2 on the PCIe ribbon "
+            "and its driver loaded (see the Hailo module row; dmesg | grep -i hailo)?",
         )
-    else:
-        yield Check("Hailo device", "pass", str(HAILO_DEVICE))
     try:
-        importlib.import_module("hailo_platform")
+        modules = (ROOT / "proc/modules").read_text().splitlines()
+    except OSError as e:
+        modules, why = [], str(e)
+    else:
+        why = "no hailo* module in /proc/modules"
+    loaded = [line.split()[0] for line in modules if line.startswith("hailo")]
+    if loaded:
+        yield Check("Hailo module", "pass", ", ".join(loaded))
+    else:
+        yield Check("Hailo module", "fail", f"{why}: was it built by DKMS for this kernel?")
+    pinned = _pinned_hailort()
+    try:
+        platform = importlib.import_module("hailo_platform")
+        importlib.import_module("hailo_platform.genai")
     except Exception as e:  # noqa: BLE001
         yield Check(
             "Hailo runtime",
             "fail",
-            f"hailo_platform does not import ({type(e).__name__}: {e}); "
-            "install Hailo's packages (hailo-h10-all)",
+            f"hailo_platform.genai does not import ({type(e).__name__}: {e}); the venv sees "
+            "it from python3-h10-hailort through appliance-system-packages.pth",
+        )
+        return
+    version = str(getattr(platform, "__version__", "?"))
+    if pinned is not None and version != pinned:
+        yield Check(
+            "Hailo runtime",
+            "fail",
+            f"hailo_platform {version}, but the image's HEFs are for HailoRT {pinned}",
         )
     else:
-        yield Check("Hailo runtime", "pass", "hailo_platform imports")
+        yield Check("Hailo runtime", "pass", f"hailo_platform {version} imports (genai)")
+
+
+def _agent_model() -> Iterator[Check]:
+    """The model the agent runs (agent.env's AGENT_MODEL): file present, hash right."""
+    from appliance.agent.errors import ModelError
+    from appliance.agent.models import load_manifest, verify
+
+    env = ROOT / "etc/appliance/agent.env"
+    model = None
+    if env.is_file():
+        for line in env.read_text().splitlines():
+            key, _, value = line.strip().partition("=")
+            if key == "AGENT_MODEL":
+                model = value.strip()
+    if not model:
+        yield Check("agent model", "fail", f"{env} names no AGENT_MODEL")
+        return
+    try:
+        manifest = load_manifest(ROOT / model.lstrip("/"))
+        if manifest.file.startswith("/"):  # the HEF, inside ROOT
+            manifest = dataclasses.replace(manifest, file=str(ROOT / manifest.file.lstrip("/")))
+        path = verify(manifest)
+    except ModelError as e:
+        yield Check("agent model", "fail", e.reason)
+        return
+    yield Check("agent model", "pass", f"{path} sha256 {manifest.sha256}")
+
+
+def _watchdog() -> Iterator[Check]:
+    import re
+
+    armed = []
+    for folder in ("etc/systemd/system.conf.d", "usr/lib/systemd/system.conf.d"):
+        for conf in sorted((ROOT / folder).glob("*.conf")):
+            m = re.search(r"^RuntimeWatchdogSec=(\S+)", conf.read_text(), re.M)
+            if m and m.group(1) not in ("0", "off"):
+                armed.append(f"RuntimeWatchdogSec={m.group(1)}")
+    device = ROOT / "dev/watchdog0"
+    state_file = ROOT / "sys/class/watchdog/watchdog0/state"
+    state = state_file.read_text().strip() if state_file.is_file() else "unknown"
+    if not armed:
+        yield Check("watchdog", "fail", "no system.conf.d drop-in sets RuntimeWatchdogSec")
+    elif not device.exists():
+        yield Check("watchdog", "fail", "/dev/watchdog0 does not exist")
+    elif state not in ("active", "unknown"):
+        yield Check("watchdog", "fail", f"/dev/watchdog0 is {state}: systemd is not petting it")
+    else:
+        yield Check("watchdog", "pass", f"/dev/watchdog0 {state}; {armed[-1]}")
+
+
+def _mark_good() -> Iterator[Check]:
+    from appliance.update import Slots, UpdateError
+
+    unit = ROOT / "etc/systemd/system/multi-user.target.wants/appliance-mark-good.service"
+    if not (unit.is_symlink() or unit.exists()):
+        yield Check("mark-good", "fail", "appliance-mark-good.service is not enabled")
+        return
+    slots = Slots(state=ROOT / "data/rauc", cmdline=ROOT / "proc/cmdline")
+    try:
+        booted, pending = slots.booted(), slots.pending()
+    except (UpdateError, OSError) as e:
+        yield Check("mark-good", "fail", str(e))
+        return
+    if pending == booted:
+        yield Check(
+            "mark-good",
+            "fail",
+            f"slot {booted} is on its trial boot and not marked good yet "
+            "(journalctl -u appliance-mark-good)",
+        )
+    else:
+        waiting = f"; slot {pending} waits for its trial boot" if pending else ""
+        yield Check("mark-good", "pass", f"booted slot {booted} is good{waiting}")
+
+
+def _root_rw() -> Iterator[Check]:
+    options = None
+    for line in (ROOT / "proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/":
+            options = fields[3].split(",")  # the last mount on / is the one in force
+    if options is None:
+        yield Check("root read-write", "fail", "/ is not in /proc/mounts")
+    elif "rw" in options:
+        yield Check("root read-write", "pass", "/ is mounted rw")
+    else:
+        yield Check("root read-write", "fail", "/ is mounted read-only (cmdline.txt rw, fstab)")
 
 
 def _model_installed(software: list[Check]) -> Iterator[Check]:
@@ -348,6 +479,8 @@ def hardware_checks(
     checks += _guarded(lambda: _tpm(config))
     checks += _guarded(_hailo)
     checks += _guarded(lambda: _model_installed(software or []))
+    for part in (_agent_model, _watchdog, _mark_good, _root_rw):
+        checks += _guarded(part)
     return checks
 
 

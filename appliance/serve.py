@@ -10,7 +10,10 @@ certificate, whose key only the TPM can unlock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import resource
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -18,11 +21,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
 from appliance.api.app import create_app
+from appliance.api.connections import ConnectionLimits, server_config, tls_context
 from appliance.api.degraded import Switch, unavailable_app
 from appliance.api.tls import ensure_certificate
 from appliance.approval import ControlServer, Panel
@@ -31,6 +34,7 @@ from appliance.box import open_box
 from appliance.broker.control import control_handler
 from appliance.broker.service import Broker
 from appliance.config import Config
+from appliance.discovery import Advertiser
 from appliance.errors import ApplianceError
 from appliance.process import die_with_parent
 
@@ -44,6 +48,7 @@ class ServeOptions:
     model: Path  # development: the manifest the agent runs
     agent: bool  # development: start the model agent
     retry_s: float  # production: how often to retry starting
+    advertise: bool = True  # announce the box by mDNS when it serves TLS on the LAN
 
 
 class _Running:
@@ -103,25 +108,31 @@ def serve(config: Config, options: ServeOptions) -> int:
     if reason is None and config.dev and options.agent:
         agent = start_agent(config, options.model)
     server: list[uvicorn.Server] = []
+    tls: ssl.SSLContext | None
+    fp: str | None = None  # the device certificate's fingerprint, advertised
     if reason is not None:
         tls = _degraded(config, running, reason, options.retry_s, server)
     elif use_tls:
-        tls = _device_tls(config, running)
+        tls, fp = _device_tls(config, running)
     else:
-        tls = {}
+        tls = None
         print("development mode: plain HTTP on loopback only", flush=True)
     scheme = "https" if tls else "http"
     print(f"appliance listening on {scheme}://{config.host}:{config.port}", flush=True)
+    limits = connection_limits()
     server.append(
         uvicorn.Server(
-            uvicorn.Config(
-                running.switch, host=config.host, port=config.port, log_level="warning", **tls
+            server_config(
+                running.switch, host=config.host, port=config.port, limits=limits, tls=tls
             )
         )
     )
+    advertiser = _advertise(config, running, fp) if options.advertise and reason is None else None
     try:
         server[0].run()
     finally:
+        if advertiser is not None:
+            advertiser.close()
         if agent is not None:
             agent.terminate()
             agent.wait(timeout=10)
@@ -129,19 +140,40 @@ def serve(config: Config, options: ServeOptions) -> int:
     return EX_TEMPFAIL if reason is not None and running.broker is not None else 0
 
 
-def _device_tls(config: Config, running: _Running) -> dict[str, Any]:
+def connection_limits(limits: ConnectionLimits | None = None) -> ConnectionLimits:
+    """The connection caps, kept under half the process's file-descriptor
+    limit (LimitNOFILE in the unit): the rest is for the database, the audit
+    log, the shares' files and the agent's socket."""
+    limits = limits or ConnectionLimits()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and limits.total > soft // 2:
+        limits = dataclasses.replace(
+            limits, total=soft // 2, per_peer=min(limits.per_peer, soft // 2)
+        )
+    return limits
+
+
+def _device_tls(config: Config, running: _Running) -> tuple[ssl.SSLContext, str]:
     assert running.broker is not None
     password = running.broker.keystore.secret("tls_key_password").hex()
     cert, key, fp = ensure_certificate(
         config.state_dir / "tls", [config.host, "localhost"], password.encode()
     )
     print(f"TLS certificate fingerprint (pin this on desktops): {fp}", flush=True)
-    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_keyfile_password": password}
+    return tls_context(str(cert), str(key), password), fp
+
+
+def _advertise(config: Config, running: _Running, fp: str | None) -> Advertiser | None:
+    """mDNS, so desktops pair without typing an address (appliance.discovery):
+    only for TLS on a LAN address, whose fingerprint desktops can pin."""
+    if fp is None or config.host in LOOPBACK or running.broker is None:
+        return None
+    return Advertiser(config.host, config.port, fp, running.broker.signer.key_id).start()
 
 
 def _degraded(
     config: Config, running: _Running, reason: str, retry_s: float, server: list[uvicorn.Server]
-) -> dict[str, Any]:
+) -> ssl.SSLContext:
     """Production without a safety part: serve the reason over a temporary
     certificate, and retry in the background until the broker can start."""
     print(f"appliance: not serving ({reason}); retrying every {retry_s:g} s", flush=True)
@@ -162,7 +194,7 @@ def _degraded(
             running.switch.app = unavailable_app(why)
 
     threading.Thread(target=retry, daemon=True, name="broker-retry").start()
-    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    return tls_context(str(cert), str(key))
 
 
 def start_agent(config: Config, model: Path) -> subprocess.Popen[bytes]:

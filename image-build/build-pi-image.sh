@@ -8,8 +8,9 @@
 #
 # Needs: root, mmdebstrap, qemu-user-static + binfmt-support (or an arm64
 # host: then it runs natively and much faster), mtools, dosfstools,
-# e2fsprogs, fdisk, xz-utils, and the Raspberry Pi package repository
-# (archive.raspberrypi.com) reachable. Output in OUTDIR: appliance.img.xz,
+# e2fsprogs, fdisk, xz-utils, device-tree-compiler, python3 (3.11+), the
+# Raspberry Pi package repository (archive.raspberrypi.com) and Hailo's
+# model store (dev-public.hailo.ai, for the HEF) reachable. Output in OUTDIR: appliance.img.xz,
 # appliance.img.xz.sha256, os_list_imagingutility.json (Raspberry Pi Imager).
 # RELEASE_KEYRING is the release CA *certificate* (public) that RAUC checks
 # update bundles against; the release private key never comes near a build.
@@ -35,17 +36,23 @@ rm -rf "$OUT/src"
 WHEEL=$(ls "$OUT"/dist/appliance-*.whl)
 
 # Raspberry Pi OS Lite's core, as its own image builds list it, plus what the
-# appliance needs. The build tools are removed again after the venv is made
-# (llama-cpp-python and tpm2-pytss compile natively here).
+# appliance needs. The Hailo packages come at the one HailoRT version of
+# hailo.toml (an apt pin set up before anything installs; held afterwards);
+# their kernel module is built by DKMS against the Pi kernel's headers.
+# The build tools are removed again after the venv is made (llama-cpp-python,
+# tpm2-pytss and lgpio compile natively here); gcc and make stay, because
+# dkms depends on them and removing dkms would remove the Hailo driver.
 PI_OS="raspberrypi-archive-keyring,raspberrypi-sys-mods,raspi-firmware,linux-image-rpi-2712,rpi-eeprom,raspi-utils,raspi-config,systemd-sysv,systemd-timesyncd,udev,dbus,network-manager,avahi-daemon,ca-certificates,sudo,less,nano,openssh-server,firmware-brcm80211,wpasupplicant"
-APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,hailo-h10-all"
-BUILD="python3-dev,gcc,g++,cmake,make,pkg-config,swig,libtss2-dev"
+APPLIANCE="python3,python3-venv,nftables,rauc,rauc-service,openssl,fdisk,dkms,gcc,make,hailo-h10-all"
+BUILD="python3-dev,g++,cmake,pkg-config,swig,libtss2-dev,linux-headers-rpi-2712"
 
 ROOT=$OUT/rootfs
 rm -rf "$ROOT"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
     --keyring=/usr/share/keyrings/debian-archive-keyring.gpg --keyring="$KEY" \
     --include="$PI_OS,$APPLIANCE,$BUILD" \
+    --setup-hook='mkdir -p "$1/etc/apt/preferences.d"' \
+    --setup-hook="'$PY' '$HERE/hailo.py' apt-preferences > \"\$1/etc/apt/preferences.d/appliance-hailo.pref\"" \
     --customize-hook="sh '$HERE/customize.sh' \"\$1\" '$HERE/requirements-pi.txt' '$WHEEL' '$RELEASE_KEYRING'" \
     --customize-hook="sh '$HERE/strip-build-tools.sh' \"\$1\" $(echo "$BUILD" | tr , ' ')" \
     --customize-hook='rm -rf "$1/root/.cache"' \
@@ -53,6 +60,10 @@ mmdebstrap --arch=arm64 --variant=apt --format=directory \
     "deb http://deb.debian.org/debian trixie main contrib non-free non-free-firmware" \
     "deb http://deb.debian.org/debian-security trixie-security main contrib non-free non-free-firmware" \
     "deb http://archive.raspberrypi.com/debian trixie main"
+
+# The agent's model: its HEF from Hailo's model store, for the pinned HailoRT
+# version, checked against the pinned sha256 (hailo.toml), read-only.
+"$PY" "$HERE/hailo.py" fetch "$ROOT" --cache "$OUT/hef-cache"
 
 # The update publisher's PCR-policy key and the signed policy for this
 # build's code (docs/sealing.md): produced by the release process.
@@ -64,6 +75,8 @@ else
 fi
 
 sh "$HERE/stage.sh" "$ROOT" "$OUT/stage"
+# Every boot-time assumption, before it becomes an image (bootcheck.py).
+"$PY" "$HERE/bootcheck.py" --root "$ROOT" --boot "$OUT/stage/boot" --hef required
 "$PY" "$HERE/imagetool.py" assemble --layout "$HERE/layout.json" \
     --stage "autoboot=$OUT/stage/autoboot" --stage "boot=$OUT/stage/boot" \
     --stage "root=$OUT/stage/root" "$OUT/appliance.img"

@@ -28,8 +28,11 @@ if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
     cert="PIP_CERT=/tmp/appliance/ca.pem"
 fi
 pip_in_root() {
+    # PYPI=1: lgpio has no wheel for trixie's Python 3.13 on arm64; its sdist
+    # then builds a module with the lgpio C library linked in (its setup.py's
+    # switch), needing nothing from the Raspberry Pi repository.
     # shellcheck disable=SC2086
-    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root $cert \
+    chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PYPI=1 $cert \
         /opt/appliance/bin/pip install --disable-pip-version-check --no-input -q "$@"
 }
 
@@ -41,12 +44,25 @@ pip_in_root --require-hashes --no-deps -r /tmp/appliance/appliance.txt
 ln -sf /opt/appliance/bin/appliance "$ROOT/usr/bin/appliance"
 rm -rf "$ROOT/tmp/appliance"
 
+# HailoRT's Python package comes from the Debian package (python3-h10-hailort,
+# into /usr/lib/python3/dist-packages), not from PyPI: the venv sees exactly
+# that package and nothing else of the system's.
+sh "$HERE/expose-system-package.sh" "$ROOT" /opt/appliance hailo_platform
+# The Hailo packages stay at the one HailoRT version the HEFs are built for.
+hold=$(python3 "$HERE/hailo.py" packages)
+# shellcheck disable=SC2086
+installed=$(chroot "$ROOT" dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' $hold 2>/dev/null \
+    | awk '$1 == "ii" { print $2 }')
+[ -n "$installed" ] || { echo "customize.sh: none of the Hailo packages ($hold) is installed" >&2; exit 1; }
+# shellcheck disable=SC2086
+in_root apt-mark hold $installed > /dev/null
+
 # Units, users, folders, configuration, firewall, RAUC.
 sh "$HERE/install-deploy.sh" "$ROOT"
 install -D -m 0644 "$KEYRING" "$ROOT/etc/rauc/keyring.pem"
 in_root systemd-sysusers
 in_root systemctl enable appliance-broker.service appliance-agent.service \
-    appliance-pairing-hint.service nftables.service
+    appliance-pairing-hint.service appliance-mark-good.service nftables.service
 # SSH off by default: the owner turns it on at the console if wanted.
 for unit in ssh.service ssh.socket sshswitch.service; do
     if [ -e "$ROOT/usr/lib/systemd/system/$unit" ] || [ -e "$ROOT/lib/systemd/system/$unit" ]; then

@@ -1,16 +1,20 @@
 #!/bin/sh
 # `make image-check`: the image recipe, checked as far as this machine allows.
 # The Raspberry Pi package repository is not reachable from here, so the root
-# file system is Debian's own arm64 (bookworm), built with mmdebstrap under
-# qemu-user; everything the appliance adds is the same as on the Pi image
-# (customize.sh, install-deploy.sh, stage.sh, imagetool.py, make-bundle.sh).
+# file system is Debian's own arm64 trixie (the Pi image's Debian release and
+# Python 3.13), built with mmdebstrap under qemu-user, and the Pi packages the
+# recipe depends on are stand-ins installed the way the real ones install
+# (image-build/standins/make-debs.py: the Hailo runtime, Python package and
+# DKMS driver, and the boot firmware). Everything the appliance adds is the
+# same as on the Pi image (customize.sh, strip-build-tools.sh,
+# install-deploy.sh, stage.sh, bootcheck.py, imagetool.py, make-bundle.sh).
 # Writes build/image-check/ and report.txt there; exits non-zero on the
 # first failure, saying what failed.
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$REPO/image-build
 OUT=${IMAGE_CHECK_DIR:-$REPO/build/image-check}
-SUITE=${IMAGE_CHECK_SUITE:-bookworm}
+SUITE=${IMAGE_CHECK_SUITE:-trixie}
 PY=${PY:-$REPO/.venv/bin/python}
 T0=$(date +%s)
 mkdir -p "$OUT"
@@ -47,11 +51,14 @@ sys.path.insert(0, ".")
 from tests.deploy.conftest import make_ca
 make_ca(Path(sys.argv[1]), "image-check")
 PY
-say "built $(basename "$WHEEL"); made a throwaway release CA"
+rm -rf "$OUT/standins"
+python3 "$HERE/standins/make-debs.py" "$OUT/standins" > /dev/null
+say "built $(basename "$WHEEL"); made a throwaway release CA and the Pi packages' stand-ins"
 
-# 3. The arm64 root file system: Debian $SUITE, the appliance in its venv
-#    (hashes pinned), units enabled; then, inside it under emulation, the
-#    target's own systemd-analyze, `appliance --version` and the self-test.
+# 3. The arm64 root file system: Debian $SUITE, the stand-ins, the appliance
+#    in its venv (hashes pinned), units enabled, build tools stripped (and a
+#    strip that would take the Hailo driver, here by naming dkms among the
+#    build tools, refused); then, inside it under emulation, check-in-root.sh.
 ROOT=$OUT/rootfs
 if [ "${IMAGE_CHECK_REUSE_ROOT:-}" = 1 ] && [ -s "$OUT/in-root.txt" ] && [ -x "$ROOT/opt/appliance/bin/appliance" ]; then
     # Iterating on the image steps: keep the root (and its in-root results) from the last run.
@@ -59,11 +66,17 @@ if [ "${IMAGE_CHECK_REUSE_ROOT:-}" = 1 ] && [ -s "$OUT/in-root.txt" ] && [ -x "$
 else
 rm -rf "$ROOT"
 mkdir -p "$OUT/pip-cache"
+BUILD="python3-dev swig pkg-config libtss2-dev"
 mmdebstrap --arch=arm64 --variant=apt --format=directory \
-    --include=systemd,systemd-sysv,dbus,python3,python3-venv,python3-dev,gcc,libc6-dev,pkg-config,libtss2-dev,nftables,rauc,openssl,ca-certificates \
-    --customize-hook='mkdir -p "$1/root/.cache/pip"' \
+    --aptopt='APT::Install-Recommends "false"' \
+    --include=systemd,systemd-sysv,dbus,python3,python3-venv,gcc,make,libc6-dev,dkms,nftables,rauc,rauc-service,openssl,ca-certificates,fdisk,$(echo "$BUILD" | tr ' ' ,) \
+    --customize-hook='mkdir -p "$1/root/.cache/pip" "$1/tmp/standins"' \
     --customize-hook="sync-in '$OUT/pip-cache' /root/.cache/pip" \
+    --customize-hook="sync-in '$OUT/standins' /tmp/standins" \
+    --customize-hook='chroot "$1" sh -c "apt-get install -y -q /tmp/standins/*.deb" && rm -rf "$1/tmp/standins"' \
     --customize-hook="sh '$HERE/customize.sh' \"\$1\" '$HERE/requirements-check.txt' '$WHEEL' '$OUT/keys/ca.pem'" \
+    --customize-hook="if sh '$HERE/strip-build-tools.sh' --simulate \"\$1\" dkms $BUILD 2> '$OUT/strip-refused.txt'; then echo 'a strip of dkms was not refused' >&2; exit 1; fi; grep -q h10-hailort-pcie-driver '$OUT/strip-refused.txt'" \
+    --customize-hook="sh '$HERE/strip-build-tools.sh' \"\$1\" $BUILD" \
     --customize-hook="sh '$HERE/check-in-root.sh' \"\$1\" '$OUT'" \
     --customize-hook="sync-out /root/.cache/pip '$OUT/pip-cache'" \
     --customize-hook='rm -rf "$1/root/.cache/pip"' \
@@ -72,20 +85,33 @@ mmdebstrap --arch=arm64 --variant=apt --format=directory \
 fi
 cat "$OUT/in-root.txt" >> "$REPORT"
 say "arm64 $SUITE root file system built and checked inside ($(du -sm "$ROOT" | cut -f1) MiB)"
+say "a strip that also named dkms was refused: $(cat "$OUT/strip-refused.txt" 2>/dev/null)"
 
 # 4. The image: GPT, autoboot + A/B boot and root + data, without loop devices.
 if grep -q " $ROOT/" /proc/mounts; then
     fail "something is still mounted under $ROOT (an interrupted earlier run?): umount -R -l it"
 fi
 rm -rf "$OUT/stage"
+# (The root's boot firmware moves to the staged boot folder; a reused root
+# gets it back from the last stage.)
+if [ -d "$OUT/stage.last/boot" ] && [ -z "$(ls -A "$ROOT/boot/firmware" 2>/dev/null)" ]; then
+    cp -a "$OUT/stage.last/boot/." "$ROOT/boot/firmware/"
+fi
 sh "$HERE/stage.sh" "$ROOT" "$OUT/stage"
+rm -rf "$OUT/stage.last" && mkdir -p "$OUT/stage.last" && cp -a "$OUT/stage/boot" "$OUT/stage.last/"
+# 4a. Every boot-time assumption (the HEF itself only declared: no model store here).
+"$PY" "$HERE/bootcheck.py" --root "$ROOT" --boot "$OUT/stage/boot" --hef declared \
+    > "$OUT/bootcheck.txt" 2>&1 || { cat "$OUT/bootcheck.txt"; fail "bootcheck.py"; }
+tee -a "$REPORT" < "$OUT/bootcheck.txt"
 IMG=$OUT/appliance-check-arm64.img
 # (No pipes into tee here: a pipeline's status is tee's, and a failure must stop.)
 "$PY" "$HERE/imagetool.py" assemble --layout "$HERE/layout.json" \
     --stage "autoboot=$OUT/stage/autoboot" --stage "boot=$OUT/stage/boot" \
     --stage "root=$OUT/stage/root" "$IMG" > "$OUT/assemble.txt" || fail "image assembly"
-"$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" "$IMG" >> "$OUT/assemble.txt" \
+"$PY" "$HERE/imagetool.py" check --layout "$HERE/layout.json" --boot-file kernel_2712.img \
+    --boot-file bcm2712-rpi-5-b.dtb --boot-file overlays "$IMG" >> "$OUT/assemble.txt" \
     || fail "image check"
+"$PY" "$HERE/growcheck.py" "$IMG" >> "$OUT/assemble.txt" || fail "data partition growth"
 tee -a "$REPORT" < "$OUT/assemble.txt"
 xz -T2 -1 -f -k "$IMG"
 (cd "$OUT" && sha256sum "$(basename "$IMG").xz" > "$(basename "$IMG").xz.sha256")

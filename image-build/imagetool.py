@@ -166,8 +166,9 @@ def ext4_exists(image: Path, offset: int, path: str) -> bool:
     return proc.returncode == 0 and "Inode:" in proc.stdout
 
 
-# What the root of every image must hold: the appliance, its units enabled,
-# its configuration, the firewall, RAUC's configuration and keyring.
+# What the root of every image must hold: the appliance, its units enabled
+# (the mark-good unit too), the watchdog drop-in, its configuration, the
+# pinned HailoRT version, the firewall, RAUC's configuration and keyring.
 ROOT_FILES = [
     "/usr/bin/appliance",
     "/usr/lib/systemd/system/appliance-broker.service",
@@ -176,6 +177,10 @@ ROOT_FILES = [
     "/etc/systemd/system/multi-user.target.wants/appliance-broker.service",
     "/etc/systemd/system/multi-user.target.wants/appliance-agent.service",
     "/etc/systemd/system/multi-user.target.wants/appliance-pairing-hint.service",
+    "/usr/lib/systemd/system/appliance-mark-good.service",
+    "/etc/systemd/system/multi-user.target.wants/appliance-mark-good.service",
+    "/usr/lib/systemd/system.conf.d/appliance-watchdog.conf",
+    "/usr/share/appliance/hailo.toml",
     "/usr/lib/sysusers.d/appliance.conf",
     "/usr/lib/tmpfiles.d/appliance.conf",
     "/etc/appliance/appliance.toml",

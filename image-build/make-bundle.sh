@@ -27,6 +27,7 @@ filename=hook
 
 [image.rootfs]
 filename=root.ext4
+hooks=post-install
 
 [image.boot]
 filename=boot.vfat

@@ -15,7 +15,9 @@
 
 Every backend loads a model only after :func:`appliance.agent.models.verify`
 (or, for Ollama, after the manifest records the model's hash), and reports
-the model id and sha256 that go into every plan result.
+the model id and sha256 that go into every plan result. What they share
+(the answer, the seam, checking and repairing an answer) is in
+``appliance.agent.answers``.
 """
 
 from __future__ import annotations
@@ -23,127 +25,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from appliance.agent import templates
+from appliance.agent.answers import Backend, Generation, Raw, checked, strip_stops
 from appliance.agent.errors import ModelError
-from appliance.agent.jsonout import NoJson, extract_json, validate
 from appliance.agent.models import Manifest, require_sha256, verify
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One answer. ``text`` is JSON that conforms to the schema asked for."""
-
-    text: str
-    tokens: int  # generated tokens (Hailo: the context's size after the answer)
-    seconds: float
-    cached_prefix: bool  # the system prompt's state came from the cache
-    repaired: bool = False  # the first answer was invalid; the repair prompt's was not
-    prompt_tokens: int = 0
-
-
-class Backend(Protocol):
-    model_id: str
-    model_sha256: str
-    context_tokens: int
-
-    def generate(
-        self,
-        system: str,
-        user: str,
-        *,
-        json_schema: dict[str, Any] | None,
-        max_tokens: int,
-        examples: Sequence[tuple[str, str]] = (),
-    ) -> Generation: ...
-
-    def close(self) -> None: ...
-
-
-REPAIR_PROMPT = (
-    "Your answer was not valid: {errors}\n"
-    "Answer again with only the corrected JSON object, nothing else."
-)
-
-
-@dataclass
-class _Raw:
-    text: str
-    tokens: int
-    cached_prefix: bool
-    prompt_tokens: int = 0
-
-
-def _checked(
-    raw: Callable[[list[dict[str, str]], dict[str, Any] | None], _Raw],
-    system: str,
-    user: str,
-    json_schema: dict[str, Any] | None,
-    examples: Sequence[tuple[str, str]] = (),
-) -> Generation:
-    """Generate, parse, validate; one repair attempt with the errors quoted."""
-    start = time.perf_counter()
-    messages = templates.chat(system, user, examples)
-    first = raw(messages, json_schema)
-    if json_schema is None:
-        return Generation(
-            first.text, first.tokens, time.perf_counter() - start, first.cached_prefix
-        )
-    errors = _problems(first.text, json_schema)
-    if not errors:
-        return _done(first, first.text, start, repaired=False)
-    shown = "; ".join(errors[:5])
-    retry = [
-        *messages,
-        {"role": "assistant", "content": first.text[:2000]},
-        {"role": "user", "content": REPAIR_PROMPT.format(errors=shown)},
-    ]
-    second = raw(retry, json_schema)
-    again = _problems(second.text, json_schema)
-    if again:
-        raise ModelError(
-            "the model's answer is not valid JSON for the plan schema, even after one repair "
-            f"attempt: {'; '.join(again[:3])}"
-        )
-    second.tokens += first.tokens
-    second.cached_prefix = first.cached_prefix
-    return _done(second, second.text, start, repaired=True)
-
-
-def _problems(text: str, schema: dict[str, Any]) -> list[str]:
-    try:
-        value = extract_json(text)
-    except NoJson as e:
-        return [str(e)]
-    return validate(value, schema)
-
-
-def _done(raw: _Raw, text: str, start: float, *, repaired: bool) -> Generation:
-    value = extract_json(text)
-    return Generation(
-        text=json.dumps(value, ensure_ascii=False),
-        tokens=raw.tokens,
-        seconds=time.perf_counter() - start,
-        cached_prefix=raw.cached_prefix,
-        repaired=repaired,
-        prompt_tokens=raw.prompt_tokens,
-    )
-
-
-def _strip_stops(text: str, stops: tuple[str, ...]) -> str:
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
-
 
 # ---------------------------------------------------------------- llama.cpp
 
@@ -239,7 +129,7 @@ class LlamaCppBackend:
             self._states.popitem(last=False)
         return False
 
-    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> Raw:
         pieces = templates.segments(self.manifest, messages)
         prompt = self.tokens(pieces)
         if len(prompt) >= self.context_tokens:
@@ -268,7 +158,7 @@ class LlamaCppBackend:
         )
         assert isinstance(out, dict)  # not streamed: one response
         text = out["choices"][0]["text"]
-        return _Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
+        return Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
 
     def generate(
         self,
@@ -282,7 +172,7 @@ class LlamaCppBackend:
         with self._lock:
             self._max_tokens = max_tokens
             self._fixed = 1 + 2 * len(examples)
-            return _checked(self._raw, system, user, json_schema, examples)
+            return checked(self._raw, system, user, json_schema, examples)
 
     def close(self) -> None:
         # Gone from the backend once closed (and absent if the load failed).
@@ -295,7 +185,39 @@ class LlamaCppBackend:
 # ---------------------------------------------------------------- Hailo-10H
 
 
-def _hailo_runtime() -> tuple[Any, Any]:
+class GenAiLLM(Protocol):
+    """What the agent uses of ``hailo_platform.genai.LLM`` (HailoRT 5.1.1,
+    ``hailo_platform/pyhailort/pyhailort.py``). Tests stand a recorded model in
+    its place; on the box it is the real class."""
+
+    def generate_all(
+        self,
+        prompt: str,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        frequency_penalty: float | None = None,
+        max_generated_tokens: int | None = None,
+        do_sample: bool | None = None,
+        seed: int | None = None,
+    ) -> str: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def max_context_capacity(self) -> int: ...
+
+    def get_context_usage_size(self) -> int: ...
+
+    def clear_context(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class _VDevice(Protocol):
+    def release(self) -> None: ...
+
+
+def _hailo_runtime() -> tuple[Callable[[], _VDevice], Callable[[_VDevice, str], GenAiLLM]]:
     try:
         from hailo_platform import VDevice
         from hailo_platform.genai import LLM
@@ -308,56 +230,109 @@ def _hailo_runtime() -> tuple[Any, Any]:
     return VDevice, LLM
 
 
+def _sampling(manifest: Manifest) -> dict[str, Any]:
+    """HailoRT's generation keywords for the manifest's options: greedy
+    (``do_sample=False``) unless ``options.temperature`` asks for sampling.
+    HailoRT refuses a temperature of 0 (it must be above 0), so greedy never
+    sends one."""
+    seed = int(manifest.options.get("seed", 7))
+    temperature = manifest.options.get("temperature")
+    if temperature is None:
+        return {"do_sample": False, "seed": seed}
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise ModelError(f"{manifest.name}: options.temperature must be a number")
+    if temperature <= 0:
+        raise ModelError(
+            f"{manifest.name}: HailoRT refuses temperature {temperature}; leave "
+            "options.temperature out for greedy decoding"
+        )
+    return {"do_sample": True, "temperature": float(temperature), "seed": seed}
+
+
 class HailoBackend:
     """A HEF on the Hailo-10H through ``hailo_platform.genai.LLM``.
 
-    ``llm`` replaces the device for replaying recorded outputs in tests: any
-    object with ``generate_all(prompt=..., temperature=..., seed=...,
-    max_generated_tokens=...)``.
+    Greedy by default (``do_sample=False``). Before each generation the
+    rendered prompt is counted with the model's own tokenizer: HailoRT drops
+    the oldest tokens without a word when the context is full, so the answer's
+    budget is cut to what fits and a prompt that leaves no room is refused.
+    ``llm`` replaces the device for replaying recorded outputs in tests.
     """
 
-    def __init__(self, manifest: Manifest, *, llm: Any | None = None):
+    def __init__(self, manifest: Manifest, *, llm: GenAiLLM | None = None):
         if manifest.backend != "hailo":
             raise ModelError(f"{manifest.name} is not a Hailo model")
         self.manifest = manifest
         self.model_id = manifest.model_id
         self.model_sha256 = require_sha256(manifest)
         self.context_tokens = manifest.context_tokens
-        self.seed = int(manifest.options.get("seed", 7))
-        self.temperature = float(manifest.options.get("temperature", 0.1))
-        self._vdevice = None
+        self.sampling = _sampling(manifest)
+        self._vdevice: _VDevice | None = None
         if llm is None:
             path = verify(manifest)
-            VDevice, LLM = _hailo_runtime()
+            make_vdevice, make_llm = _hailo_runtime()
             try:
-                self._vdevice = VDevice()
-                llm = LLM(self._vdevice, str(path))
+                vdevice = self._vdevice = make_vdevice()
+                llm = make_llm(vdevice, str(path))
             except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
                 self._release_device()
                 raise ModelError(f"HailoRT could not load {path}: {e}") from None
-        self._llm = llm
+        self._llm: GenAiLLM | None = llm
         self._lock = threading.Lock()
+        self._max_tokens = 0
         self.prompts: list[str] = []  # the last request's rendered prompts (for tests, debugging)
 
-    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+    def _budget(self, llm: GenAiLLM, prompt: str) -> tuple[int, int]:
+        """(prompt tokens, answer budget) with prompt + budget within the context."""
+        try:
+            used = len(llm.tokenize(prompt))
+            capacity = int(llm.max_context_capacity())
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"the Hailo-10H could not count the prompt: {e}") from None
+        room = capacity - used
+        if room <= 0:
+            raise ModelError(
+                f"the prompt is {used} tokens, over the model's {capacity}-token context on "
+                "the Hailo-10H (HailoRT would silently drop its beginning)"
+            )
+        return used, min(self._max_tokens, room)
+
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> Raw:
+        llm = self._llm
+        if llm is None:
+            raise ModelError("the Hailo model is closed")
         prompt = templates.render(self.manifest, messages)
         self.prompts.append(prompt)
-        llm = self._llm
         # The GenAI LLM keeps a conversation between calls: each request
         # starts from an empty context so one task never sees another's.
-        if hasattr(llm, "clear_context"):
-            llm.clear_context()
         try:
-            text = llm.generate_all(
-                prompt=prompt,
-                temperature=self.temperature,
-                seed=self.seed,
-                max_generated_tokens=self._max_tokens,
-            )
+            llm.clear_context()
+        except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
+            raise ModelError(f"the Hailo-10H could not clear its context: {e}") from None
+        prompt_tokens, budget = self._budget(llm, prompt)
+        try:
+            text = llm.generate_all(prompt=prompt, max_generated_tokens=budget, **self.sampling)
+            used = int(llm.get_context_usage_size())
+        except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
+            raise ModelError(f"the Hailo-10H generation failed: {e}{self._reset(llm)}") from None
+        generated = max(0, used - prompt_tokens)
+        return Raw(strip_stops(str(text), self.manifest.stop), generated, False, prompt_tokens)
+
+    @staticmethod
+    def _reset(llm: GenAiLLM) -> str:
+        """After a failed generation: how full the context was, and empty it so
+        the next request starts clean. Returns a note for the error message."""
+        notes = []
+        try:
+            notes.append(f"{llm.get_context_usage_size()} tokens were in the context")
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"the Hailo-10H generation failed: {e}") from None
-        used = llm.get_context_usage_size() if hasattr(llm, "get_context_usage_size") else 0
-        return _Raw(_strip_stops(str(text), self.manifest.stop), int(used), False)
+            notes.append(f"the context size is unknown ({e})")
+        try:
+            llm.clear_context()
+            notes.append("it was cleared")
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"clearing it failed too ({e})")
+        return " (" + "; ".join(notes) + ")"
 
     def generate(
         self,
@@ -370,9 +345,8 @@ class HailoBackend:
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
-            self._fixed = 1 + 2 * len(examples)
             self.prompts = []
-            return _checked(self._raw, system, user, json_schema, examples)
+            return checked(self._raw, system, user, json_schema, examples)
 
     def _release_device(self) -> None:
         if self._vdevice is not None:
@@ -384,7 +358,7 @@ class HailoBackend:
     def close(self) -> None:
         llm, self._llm = self._llm, None
         try:
-            if llm is not None and hasattr(llm, "release"):
+            if llm is not None:
                 llm.release()
         finally:
             self._release_device()
@@ -396,7 +370,12 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class OllamaBackend:
-    """The Ollama-compatible ``/api/chat`` of hailo-ollama, on loopback only."""
+    """The Ollama-compatible ``/api/chat`` of hailo-ollama, on loopback only.
+
+    No ``format`` is sent: hailo-ollama declares it a string and never reads
+    it, so the answer is constrained by the prompt and checked (and repaired
+    once) here, as the Hailo backend does. ``temperature`` 0 is hailo-ollama's
+    way of asking for greedy decoding (it sends ``do_sample=False``)."""
 
     def __init__(self, manifest: Manifest, *, base_url: str | None = None, timeout_s: float = 300):
         if manifest.backend != "ollama" or not manifest.file.startswith("ollama:"):
@@ -417,8 +396,9 @@ class OllamaBackend:
         self._http = httpx.Client(base_url=url, timeout=timeout_s, trust_env=False)
         self._httpx = httpx
         self._lock = threading.Lock()
+        self._max_tokens = 0
 
-    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> _Raw:
+    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> Raw:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -427,8 +407,6 @@ class OllamaBackend:
             "stream": False,
             "options": {"temperature": 0, "seed": self.seed, "num_predict": self._max_tokens},
         }
-        if schema is not None:
-            body["format"] = schema  # honoured by Ollama; hailo-ollama may ignore it
         try:
             r = self._http.post("/api/chat", json=body)
             r.raise_for_status()
@@ -436,7 +414,7 @@ class OllamaBackend:
             text = data["message"]["content"]
         except (self._httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"the Ollama server at {self._http.base_url} failed: {e}") from None
-        return _Raw(
+        return Raw(
             str(text),
             int(data.get("eval_count") or 0),
             False,
@@ -454,8 +432,7 @@ class OllamaBackend:
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
-            self._fixed = 1 + 2 * len(examples)
-            return _checked(self._raw, system, user, json_schema, examples)
+            return checked(self._raw, system, user, json_schema, examples)
 
     def close(self) -> None:
         self._http.close()

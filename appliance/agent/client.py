@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from appliance.agent.errors import AgentError, failed, timed_out, unavailable
 from appliance.agent.protocol import MAX_RESPONSE, Peer, TooLarge, encode, peer_of
 from appliance.intents import Plan
+from appliance.names import lone_surrogate
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -89,9 +90,13 @@ class AgentClient:
         if line is None:
             raise failed("the model agent closed the connection without answering (it crashed?)")
         try:
-            answer = json.loads(line)
+            # No NaN or Infinity, no lone surrogate: what the agent says may be
+            # shown to a desktop, as JSON, and neither can be.
+            answer = json.loads(line, parse_constant=_not_json)
         except ValueError:
             raise failed("the model agent answered something that is not JSON") from None
+        if lone_surrogate(answer):
+            raise failed("the model agent answered text that is not valid Unicode")
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
             raise failed("the model agent's answer has no ok field")
         if not answer["ok"]:
@@ -171,6 +176,10 @@ class AgentClient:
             if not ok:
                 raise failed(f"the model agent's value for {name} is not a {kind}")
         return result
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check_model(result: dict[str, Any]) -> None:

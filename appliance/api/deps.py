@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
 
 from appliance.api.limits import RateLimiter
+from appliance.api.openapi import bearer
 from appliance.broker.service import Broker
 from appliance.errors import ApplianceError, NotFound, Unauthorized
 
@@ -42,7 +44,12 @@ class Sessions(Protocol):
     def client_of(self, request: Request) -> str | None: ...
 
 
-def current_client(request: Request) -> str:
+def current_client(
+    request: Request,
+    # Only for the OpenAPI document (the bearer security scheme); the header
+    # is read below, so a refusal stays the box's own 401 {code, reason}.
+    scheme_doc: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> str:
     """The paired client behind ``Authorization: Bearer``, or the box's
     console behind its session cookie; rate-limited per client."""
     broker, limiter = get_broker(request), get_limiter(request)
@@ -68,9 +75,8 @@ def current_client(request: Request) -> str:
     return client_id
 
 
-def current_owner(request: Request) -> str:
+def current_owner(request: Request, client_id: Annotated[str, Depends(current_client)]) -> str:
     """The caller, when its grant makes it the box's owner (the console)."""
-    client_id = current_client(request)
     record = get_broker(request).evaluator.requester(client_id)
     if record is None or not record.grant.owner:
         raise ApplianceError(

@@ -33,7 +33,8 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     details = [
         {
             "where": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-            "problem": e.get("msg", ""),
+            # "Value error, " is how pydantic prefixes a validator's own reason.
+            "problem": str(e.get("msg", "")).removeprefix("Value error, "),
         }
         for e in errors
     ]
@@ -43,12 +44,30 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+_HTTP_CODES = {
+    400: "malformed_body",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+_HTTP_REASONS = {
+    # FastAPI's words for a body it could not read as JSON (not UTF-8, say).
+    "There was an error parsing the body": "the request body cannot be read as JSON "
+    "(not UTF-8, or nested too deeply)",
+}
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-        exc.status_code, "http_error"
-    )
-    return error_response(exc.status_code, code, str(exc.detail))
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    reason = _HTTP_REASONS.get(str(exc.detail), str(exc.detail))
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        reason = f"{request.method} is not allowed here; this path answers {allowed}"
+    response = error_response(exc.status_code, code, reason)
+    # 405 carries Allow (the methods the path answers), as HTTP requires.
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _crash(_: Request, exc: Exception) -> JSONResponse:

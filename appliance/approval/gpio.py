@@ -170,6 +170,9 @@ class GpioPanel(Panel):
         self._raw = self.devices.button.is_pressed
         self._raw_at = now
         self._burst: float | None = None  # first raw edge not yet committed
+        # Levels that held for debounce_s while the gesture thread was busy
+        # (telling the queue something): each is a real press or release.
+        self._settled: list[tuple[float, bool]] = []
         self._down = self._raw  # a button held at start is a press that began now
         self._down_at = now
         self._down_digest: str | None = None
@@ -280,6 +283,12 @@ class GpioPanel(Panel):
         # gpiozero's callback thread: note the edge, let the gesture thread decide.
         with self._lock:
             now = self._clock()
+            if self._burst is not None and now - self._raw_at >= self.settings.debounce_s:
+                # The level before this edge was steady: it counts, even if the
+                # gesture thread has not looked yet (else a release and the next
+                # press would merge into one long hold).
+                self._settled.append((self._burst, self._raw))
+                self._burst = None
             if self._burst is None:
                 self._burst = now
             self._raw, self._raw_at = pressed, now
@@ -318,13 +327,13 @@ class GpioPanel(Panel):
         actions: list[Callable[[], None]] = []
         # Debounce: a level counts once it held for debounce_s; the event's
         # time is the burst's first edge (the earliest the finger moved).
+        settled, self._settled = self._settled, []
         if self._burst is not None and now - self._raw_at >= s.debounce_s:
-            began, self._burst = self._burst, None
-            if self._raw != self._down:
-                if self._raw:
-                    actions += self._pressed(began)
-                else:
-                    actions += self._released(began, now)
+            settled.append((self._burst, self._raw))
+            self._burst = None
+        for began, level in settled:
+            if level != self._down:
+                actions += self._pressed(began) if level else self._released(began, now)
         if self._down and not self._fired:
             held = now - self._down_at
             if self._down_digest is not None and held >= s.hold_s:

@@ -1,26 +1,30 @@
 """The append-only audit log: entries, a Merkle tree over them, signed checkpoints.
 
-Two files in one directory (mode 0700, files 0600):
-
-* ``entries.jsonl``: one canonical JSON line per entry,
-  ``{"data":...,"index":N,"kind":"...","time":"...Z"}``. The leaf of the
-  Merkle tree is exactly those bytes (without the newline).
-* ``checkpoints.jsonl``: one signed checkpoint per durable batch,
-  ``{"tree_size","root_hash","time","key_id","signer","signature"}``; the
-  signature (ES256, DER, base64) covers the canonical JSON of the other five.
+The files (segments.py): per segment of ``S`` entries, ``entries-N.jsonl``
+(one canonical JSON line per entry,
+``{"data":...,"index":N,"kind":"...","time":"...Z"}``; the leaf of the
+Merkle tree is exactly those bytes without the newline) and
+``checkpoints-N.jsonl`` (one signed checkpoint per durable batch); and
+``segments.jsonl``, the index of the sealed segments. Mode 0700, files 0600.
 
 Appends group-commit: whoever finds no write in progress becomes the leader,
-takes every queued entry (up to ``MAX_BATCH``), writes them with one write and
-one fsync, signs one checkpoint over the new root, writes and fsyncs it, then
-wakes the others. Callers that arrived meanwhile form the next batch. So under
-load, N concurrent appends cost two fsyncs and one signature per batch, not per
-append, and every ``append`` still returns only once its entry and a
-checkpoint covering it are on disk.
+takes every queued entry (up to ``MAX_BATCH``, and never past the end of a
+segment), writes them with one write and one fsync, signs one checkpoint
+over the new root, writes and fsyncs it, then wakes the others. Callers that
+arrived meanwhile form the next batch. So under load, N concurrent appends
+cost two fsyncs and one signature per batch, not per append, and every
+``append`` still returns only once its entry and a checkpoint covering it
+are on disk. A batch that fills a segment seals it: its line goes into the
+index and the tree forgets the hashes below its root (memory and start-up
+time stay bounded by one segment, not the log).
 
-Opening a log verifies it first (see :mod:`appliance.audit.verify`) and
-refuses with :class:`AuditTampered` if it does not; the only repairs are those
-a crash explains (a torn last line; the last batch not yet checkpointed), and
-each is recorded as an ``audit.recovered`` entry.
+Opening a log verifies it first (opening.py) and refuses with
+:class:`AuditTampered` if it does not; the only repairs are those a crash
+explains (a torn last line; the last batch not yet checkpointed; a sealed
+segment without its index line), and each is recorded as an
+``audit.recovered`` entry. A full disk (ENOSPC while writing) is not a
+crash: the batch is cut back, the caller gets 507 (after ``on_full`` was
+given one chance to free room), and the log keeps working.
 """
 
 from __future__ import annotations
@@ -32,27 +36,21 @@ import logging
 import os
 import re
 import threading
-from array import array
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError, NotFound, Unavailable
+from appliance.errors import ApplianceError, InsufficientStorage, NotFound, Unavailable
 from appliance.intents import canonical_json
 from appliance.issuer.keys import UNSAFE_LABEL, Signer
 
-from .merkle import leaf_hash
-from .verify import (
-    CHECKPOINTS_FILE,
-    ENTRIES_FILE,
-    MAX_BATCH,
-    SESSION_KIND,
-    AuditTampered,
-    check_log,
-    checkpoint_payload,
-    session_statement,
-    split_lines,
-)
+from .checkpoints import SESSION_KIND, AuditTampered, checkpoint_payload, session_statement
+from .files import DiskFull, SegmentFiles, write_all
+from .merkle import SegmentChanged, leaf_hash
+from .opening import open_segments, sessions_of
+from .segments import INDEX_FILE, SEGMENT_ENTRIES, fsync_dir
+from .verify import MAX_BATCH
 
 log = logging.getLogger("appliance.audit")
 
@@ -66,12 +64,6 @@ _MAX_KIND = 64
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class AuditLog:
@@ -89,11 +81,16 @@ class AuditLog:
         signer_label: str,
         boot_count: int = 0,
         session_signer: Signer | None = None,
+        segment_entries: int = SEGMENT_ENTRIES,
+        on_full: Callable[[], bool] | None = None,
     ) -> None:
         """``signer`` is the device key. With ``session_signer`` (an in-memory key
         for this start), the device key signs one ``audit.session`` entry that
         vouches for it, and the session key signs the checkpoints from then on,
-        which keeps a slow TPM off every append."""
+        which keeps a slow TPM off every append. ``segment_entries``: entries
+        a segment (a power of two) for a new log; an existing log keeps its
+        own. ``on_full()``: called once when a write finds the disk full; it
+        returns whether it freed room (the batch is then tried again)."""
         # A development key must say so in every checkpoint it signs.
         if signer.unsafe and signer_label != UNSAFE_LABEL:
             raise ValueError(f"an unsafe signer must be labelled {UNSAFE_LABEL!r}")
@@ -101,6 +98,7 @@ class AuditLog:
         self._signer = signer
         self._label = signer_label
         self.boot_count = boot_count  # carried by every checkpoint signed from now on
+        self._on_full = on_full
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[bytes] = []  # encoded entries not yet handed to a leader
@@ -108,12 +106,12 @@ class AuditLog:
         self._closing = False
         self._failed: str | None = None  # why the log refuses appends until reopened
         # Bumped when a batch is dropped unwritten (its checkpoint could not be
-        # signed): waiting appenders of the old generation get ``_dropped``.
+        # signed, or the disk is full): waiting appenders of the old
+        # generation get ``_dropped``.
         self._gen = 0
-        self._dropped = ""
-        self._fsyncs = 0
+        self._dropped: ApplianceError = Unavailable("")
         self._batches = 0
-        self._fds: list[int] = []
+        self._files: SegmentFiles | None = None
 
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -123,7 +121,7 @@ class AuditLog:
             os.close(self._lock_fd)
             raise Unavailable(f"the audit log in {self.directory} is open elsewhere") from None
         try:
-            self._open()
+            self._open(segment_entries)
             if session_signer is not None:
                 if session_signer.unsafe != signer.unsafe:
                     raise ValueError("the session key must be as (un)safe as the device key")
@@ -136,96 +134,73 @@ class AuditLog:
 
     # -- opening ------------------------------------------------------------
 
-    def _open(self) -> None:
-        epath, cpath = self.directory / ENTRIES_FILE, self.directory / CHECKPOINTS_FILE
-        created = not epath.exists() or not cpath.exists()
-        edata = epath.read_bytes() if epath.exists() else b""
-        cdata = cpath.read_bytes() if cpath.exists() else b""
-        lines, torn = split_lines(edata)
-        cp_lines, cp_torn = split_lines(cdata)
-
+    def _open(self, segment_entries: int) -> None:
         # Verify before touching anything: a log that does not verify is
-        # evidence and stays exactly as found.
+        # evidence and stays exactly as found (opening.py).
         pem = self._signer.public_key_pem()
-        result = check_log(lines, cp_lines, pem, all_signatures=False)
-        if result.problems:
-            # The fast check found something: the full one says where.
-            result = check_log(lines, cp_lines, pem, all_signatures=True)
-            shown = " ".join(result.problems[:3])
-            more = len(result.problems) - 3
-            log.error("audit log %s does not verify: %s", self.directory, result.problems)
-            raise AuditTampered(
-                f"The audit log in {self.directory} does not verify: {shown}"
-                + (f" (and {more} more problems)" if more > 0 else "")
-            )
-
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self._efd = os.open(epath, flags, 0o600)
-        self._fds.append(self._efd)
-        self._cfd = os.open(cpath, flags, 0o600)
-        self._fds.append(self._cfd)
-        if created:
-            dfd = os.open(self.directory, os.O_RDONLY)
-            try:
-                self._fsync(dfd)
-            finally:
-                os.close(dfd)
-
+        state = open_segments(self.directory, pem, segment_entries, self._leaves)
+        self._S = state.size
+        self._tree = state.tree
+        self._latest: dict[str, Any] | None = state.latest
+        self._durable = self._next = state.tree.size
+        files = self._files = SegmentFiles(self.directory, state.size, len(state.index))
+        files.open(state.active, state.lines)
+        # Cut what the index holds past its good lines (a torn line): it is
+        # derived, and rebuilt from the segments below.
+        index = self.directory / INDEX_FILE
+        if index.exists() and index.stat().st_size != state.index_bytes:
+            os.truncate(index, state.index_bytes)
+        if state.created:
+            fsync_dir(self.directory)
         # A torn last line is a write that never became durable (its append
         # never returned): cut it.
-        if torn:
-            os.ftruncate(self._efd, len(edata) - len(torn))
-            self._fsync(self._efd)
-        if cp_torn:
-            os.ftruncate(self._cfd, len(cdata) - len(cp_torn))
-            self._fsync(self._cfd)
-
-        self._tree = result.tree
-        self._offsets = array("Q", [0])  # byte offset of each entry, plus the end
-        for line in lines:
-            self._offsets.append(self._offsets[-1] + len(line) + 1)
-        self._durable = self._next = len(lines)
-        self._latest: dict[str, Any] | None = json.loads(cp_lines[-1]) if cp_lines else None
-
+        if state.torn or state.cp_torn:
+            files.cut_back(files.offsets[-1], state.cp_bytes)
         # Complete entries past the last checkpoint: a crash between the two
-        # fsyncs of a batch (check_log refused more than one batch's worth).
-        late = self._durable - result.last_signed_size
+        # fsyncs of a batch (the check refused more than one batch's worth).
+        late = self._durable - state.last_signed
         if late or self._latest is None:
             cp = self._sign_checkpoint(self._durable)
-            _write_all(self._cfd, canonical_json(cp) + b"\n")
-            self._fsync(self._cfd)
+            write_all(files.cfd, canonical_json(cp) + b"\n")
+            files.fsync(files.cfd)
             self._latest = cp
-        if torn or cp_torn or late:
+        # Full segments without their index line: a crash right after the
+        # batch that filled them.
+        for seg in state.to_seal:
+            files.seal(self._tree, seg, sessions_of)
+        if state.torn or state.cp_torn or late or state.to_seal:
             log.warning(
-                "audit log %s recovered from a crash: %d torn bytes cut, %d entries signed late",
+                "audit log %s recovered from a crash: %d torn bytes cut, %d entries signed "
+                "late, %d segments sealed",
                 self.directory,
-                len(torn) + len(cp_torn),
+                len(state.torn) + len(state.cp_torn),
                 late,
+                len(state.to_seal),
             )
             self._append(
                 "audit.recovered",
                 {
-                    "dropped_bytes": len(torn),
-                    "dropped_checkpoint_bytes": len(cp_torn),
+                    "dropped_bytes": len(state.torn),
+                    "dropped_checkpoint_bytes": len(state.cp_torn),
                     "checkpointed_at_open": late,
+                    "segments_sealed_at_open": state.to_seal,
                     "reason": "crash recovery at open: a torn final line is cut, entries "
-                    "written but not yet checkpointed are checkpointed",
+                    "written but not yet checkpointed are checkpointed, full segments are sealed",
                 },
             )
 
+    def _leaves(self, segment: int) -> list[bytes]:
+        assert self._files is not None
+        return self._files.leaves(segment)
+
     def _release(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        if self._files is not None:
+            self._files.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # drops the flock
             self._lock_fd = -1
 
     # -- writing -----------------------------------------------------------
-
-    def _fsync(self, fd: int) -> None:
-        os.fsync(fd)
-        self._fsyncs += 1
 
     def _sign_checkpoint(self, size: int) -> dict[str, Any]:
         """Sign the root of the first ``size`` entries (nothing is written yet)."""
@@ -299,7 +274,8 @@ class AuditLog:
                 if self._failed is not None:
                     raise Unavailable(self._failed)
                 if gen != self._gen:  # the batch holding this entry was dropped
-                    raise Unavailable(self._dropped)
+                    dropped = self._dropped
+                    raise type(dropped)(dropped.reason, code=dropped.code)
                 if self._writing:
                     self._cond.wait()
                 else:
@@ -317,17 +293,22 @@ class AuditLog:
 
     def _lead(self) -> None:
         """Write one batch. Called with the lock held; drops it around the I/O."""
-        batch = self._queue[:MAX_BATCH]
-        del self._queue[:MAX_BATCH]
+        files = self._files
+        assert files is not None
         start = self._durable
+        if start == files.first + self._S:
+            files.open(files.active + 1)  # the active segment is full
+        # A batch never crosses a segment's end.
+        take = min(MAX_BATCH, files.first + self._S - start)
+        batch = self._queue[:take]
+        del self._queue[:take]
         end = start + len(batch)
-        e_end, c_size = self._offsets[-1], os.fstat(self._cfd).st_size
+        ends = files.ends()
         self._writing = True
-        leaves = [leaf_hash(line) for line in batch]
         # Readers only look at the first self._durable leaves, so growing the
         # tree before the batch is durable shows them nothing new.
-        for h in leaves:
-            self._tree.append_hash(h)
+        for line in batch:
+            self._tree.append_hash(leaf_hash(line))
         try:
             # Sign first: a signer that cannot sign (the TPM went away) leaves
             # nothing written, so the log stays whole and serves again once
@@ -340,37 +321,40 @@ class AuditLog:
         except BaseException as exc:
             log.error("audit log %s: could not sign a checkpoint: %r", self.directory, exc)
             reason = exc.reason if isinstance(exc, ApplianceError) else repr(exc)
-            # Drop this batch and everything queued behind it, unwritten.
-            self._tree.truncate(start)
-            self._queue.clear()
-            self._next = start
-            self._gen += 1
-            self._dropped = f"the audit log cannot sign a checkpoint: {reason}"
-            self._writing = False
-            self._cond.notify_all()
-            raise Unavailable(self._dropped) from exc
+            self._drop(start, Unavailable(f"the audit log cannot sign a checkpoint: {reason}"))
+            raise self._dropped from exc
         try:
             self._lock.release()
             try:
-                _write_all(self._efd, b"\n".join(batch) + b"\n")
-                self._fsync(self._efd)
-                _write_all(self._cfd, canonical_json(cp) + b"\n")
-                self._fsync(self._cfd)
+                files.write_batch(batch, canonical_json(cp), self._on_full)
+                if end == files.first + self._S:
+                    files.seal(self._tree, files.active, sessions_of)
             finally:
                 self._lock.acquire()
-            for line in batch:
-                self._offsets.append(self._offsets[-1] + len(line) + 1)
             self._durable = end
             self._latest = cp
             self._batches += 1
+        except DiskFull as full:
+            self._drop(start, InsufficientStorage(full.reason, code="disk_full"))
+            raise self._dropped from None
         except BaseException as exc:
-            self._fail(exc, start, e_end, c_size)
+            self._fail(exc, start, ends)
             raise Unavailable(self._failed or "audit log failed") from exc
         finally:
             self._writing = False
             self._cond.notify_all()
 
-    def _fail(self, exc: BaseException, size: int, e_end: int, c_size: int) -> None:
+    def _drop(self, start: int, why: ApplianceError) -> None:
+        """This batch and everything queued behind it are dropped, unwritten."""
+        self._tree.truncate(start)
+        self._queue.clear()
+        self._next = start
+        self._gen += 1
+        self._dropped = why
+        self._writing = False
+        self._cond.notify_all()
+
+    def _fail(self, exc: BaseException, size: int, ends: tuple[int, int]) -> None:
         """Undo a batch that did not complete and refuse appends until reopened.
 
         Fail closed: once a write, fsync or signature fails, nobody can say
@@ -381,12 +365,9 @@ class AuditLog:
         self._failed = f"the audit log failed to write ({exc!r}); restart the broker"
         self._queue.clear()
         self._tree.truncate(size)
-        del self._offsets[size + 1 :]
         try:
-            os.ftruncate(self._efd, e_end)
-            os.ftruncate(self._cfd, c_size)
-            self._fsync(self._efd)
-            self._fsync(self._cfd)
+            assert self._files is not None
+            self._files.cut_back(*ends)
         except OSError:
             log.exception("audit log %s: could not roll back a failed batch", self.directory)
 
@@ -411,7 +392,7 @@ class AuditLog:
     @property
     def fsync_count(self) -> int:
         """fsync calls made by this log (for tests and benchmarks)."""
-        return self._fsyncs
+        return self._files.fsyncs if self._files is not None else 0
 
     @property
     def batch_count(self) -> int:
@@ -436,17 +417,27 @@ class AuditLog:
         limit = min(limit, MAX_PAGE)
         with self._lock:
             self._check_readable()
+            files = self._files
+            assert files is not None
             stop = min(start + limit, self._durable)
             if start >= stop:
                 return []
-            lo, hi = self._offsets[start], self._offsets[stop]
-            hashes = [self._tree.leaf(i) for i in range(start, stop)]
-            # The file is append-only and these bytes are durable: reading
-            # them outside the lock races with nothing.
-            fd = self._efd
-        raw = os.pread(fd, hi - lo, lo)
+            try:
+                hashes = [self._tree.leaf(i) for i in range(start, stop)]
+                # Earlier segments are read back from their files; the
+                # active one through its offsets.
+                lines = [
+                    files.lines(i // self._S)[i % self._S]
+                    for i in range(start, min(stop, files.first))
+                ]
+                if stop > files.first:
+                    lines += files.read_active(
+                        max(start, files.first) - files.first, stop - files.first
+                    )
+            except (SegmentChanged, IndexError):
+                raise AuditTampered(f"audit entries {start}..{stop - 1} changed on disk") from None
         out: list[dict[str, Any]] = []
-        for line, h in zip(raw.split(b"\n")[:-1], hashes, strict=True):
+        for line, h in zip(lines, hashes, strict=True):
             if leaf_hash(line) != h:  # changed under us on disk: say so, do not serve it
                 raise AuditTampered(f"audit entry {start + len(out)} changed on disk")
             entry = json.loads(line)
@@ -455,7 +446,7 @@ class AuditLog:
         return out
 
     def _check_readable(self) -> None:
-        if not self._fds:
+        if self._files is None or self._files.efd < 0:
             raise Unavailable("the audit log is closed")
 
     def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[str]:
@@ -466,7 +457,10 @@ class AuditLog:
                 raise NotFound(f"no tree of size {size}; the log holds {self._durable} entries")
             if not 0 <= index < size:
                 raise NotFound(f"no entry {index} in a tree of size {size}")
-            return [h.hex() for h in self._tree.inclusion_proof(index, size)]
+            try:
+                return [h.hex() for h in self._tree.inclusion_proof(index, size)]
+            except SegmentChanged as e:
+                raise AuditTampered(str(e)) from None
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[str]:
         """RFC 9162 consistency proof (hex hashes) from ``old_size`` to ``new_size``."""
@@ -476,7 +470,10 @@ class AuditLog:
                 raise NotFound(f"no tree of size {size}; the log holds {self._durable} entries")
             if not 0 <= old_size <= size:
                 raise ApplianceError(f"old size {old_size} is outside 0..{size}")
-            return [h.hex() for h in self._tree.consistency_proof(old_size, size)]
+            try:
+                return [h.hex() for h in self._tree.consistency_proof(old_size, size)]
+            except SegmentChanged as e:
+                raise AuditTampered(str(e)) from None
 
     # -- closing -----------------------------------------------------------
 

@@ -25,7 +25,7 @@ word for word; the tests check them against brute-force recomputation.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -41,25 +41,103 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+class SegmentChanged(ValueError):
+    """A sealed segment read back does not hash to the root kept for it."""
+
+
+def root_from_peaks(peaks: Sequence[bytes]) -> bytes:
+    """The RFC 9162 root of a tree given its peaks (``MerkleTree.peaks``):
+    folded from the right."""
+    if not peaks:
+        return EMPTY_ROOT
+    root = peaks[-1]
+    for peak in reversed(peaks[:-1]):
+        root = node_hash(peak, root)
+    return root
+
+
 def _split(n: int) -> int:
     """The largest power of two strictly smaller than ``n`` (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)
 
 
 class MerkleTree:
-    """An append-only Merkle tree over leaf hashes, with cached complete subtrees."""
+    """An append-only Merkle tree over leaf hashes, with cached complete subtrees.
 
-    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
+    A tree over a segmented log (``segment`` leaves a segment, a power of
+    two) can *prune* the segments that are sealed: their hashes below the
+    segment's own root are dropped from memory, and brought back from
+    ``loader(segment)`` (the segment's leaf hashes, checked against the root
+    kept) only when a proof or a leaf inside them is asked for. Every root
+    of a size at or past the sealed part, which is all a writer signs, needs
+    only what is kept: O(log n) hashes per sealed segment in all.
+    """
+
+    def __init__(
+        self,
+        leaf_hashes: Iterable[bytes] = (),
+        *,
+        segment: int = 0,
+        loader: Callable[[int], Sequence[bytes]] | None = None,
+    ) -> None:
         # _levels[h] holds the hashes of the complete subtrees of 2**h leaves,
-        # left to right, each HASH_SIZE bytes.
+        # left to right, each HASH_SIZE bytes; below the segment's level, the
+        # first _dropped[h] of them are pruned (sealed segments).
         self._levels: list[bytearray] = [bytearray()]
         self._size = 0
+        if segment and segment & (segment - 1):
+            raise ValueError("a segment is a power of two leaves")
+        self._seg = segment
+        self._seg_level = segment.bit_length() - 1 if segment else 0
+        self._sealed = 0  # segments pruned
+        self._loader = loader
+        self._loaded: dict[int, MerkleTree] = {}
         for h in leaf_hashes:
             self.append_hash(h)
+
+    @classmethod
+    def from_segments(
+        cls, segment: int, roots: Sequence[bytes], loader: Callable[[int], Sequence[bytes]]
+    ) -> MerkleTree:
+        """A tree whose first ``len(roots)`` segments are sealed and pruned,
+        known by their roots alone."""
+        tree = cls(segment=segment, loader=loader)
+        k = tree._seg_level
+        tree._levels = [bytearray() for _ in range(k)]
+        tree._levels.append(bytearray())
+        for root in roots:
+            tree._levels[k] += root
+            tree._size += segment
+            level, count = k, tree._size >> k
+            while count % 2 == 0:
+                tree._carry(level)
+                level += 1
+                count //= 2
+        tree._sealed = len(roots)
+        return tree
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def sealed(self) -> int:
+        """Leaves in pruned (sealed) segments."""
+        return self._sealed * self._seg
+
+    def _slot(self, level: int, index: int) -> bytes:
+        if level < self._seg_level:
+            index -= self._sealed * (self._seg >> level)
+            if index < 0:
+                raise IndexError("pruned")
+        return bytes(self._levels[level][index * HASH_SIZE : (index + 1) * HASH_SIZE])
+
+    def _carry(self, level: int) -> None:
+        below = self._levels[level]
+        pair = below[-2 * HASH_SIZE :]
+        if level + 1 == len(self._levels):
+            self._levels.append(bytearray())
+        self._levels[level + 1] += node_hash(bytes(pair[:HASH_SIZE]), bytes(pair[HASH_SIZE:]))
 
     def append_hash(self, h: bytes) -> int:
         """Add a leaf given its leaf hash; returns its index."""
@@ -73,11 +151,7 @@ class MerkleTree:
         level = 0
         count = self._size
         while count % 2 == 0:
-            below = self._levels[level]
-            pair = below[-2 * HASH_SIZE :]
-            if level + 1 == len(self._levels):
-                self._levels.append(bytearray())
-            self._levels[level + 1] += node_hash(bytes(pair[:HASH_SIZE]), bytes(pair[HASH_SIZE:]))
+            self._carry(level)
             level += 1
             count //= 2
         return index
@@ -86,33 +160,77 @@ class MerkleTree:
         """Add a leaf given its bytes; returns its index."""
         return self.append_hash(leaf_hash(leaf))
 
+    def prune(self) -> None:
+        """Drop from memory the hashes below the root of every complete segment."""
+        if not self._seg:
+            return
+        full = self._size // self._seg
+        for level in range(self._seg_level):
+            drop = (full - self._sealed) * (self._seg >> level) * HASH_SIZE
+            del self._levels[level][:drop]
+        self._sealed = full
+        self._loaded.clear()
+
     def truncate(self, size: int) -> None:
         """Forget every leaf from ``size`` on (undoing appends that never became durable)."""
         self._check_size(size)
+        if size < self.sealed:
+            raise ValueError("cannot truncate into a sealed segment")
         for level, hashes in enumerate(self._levels):
-            del hashes[(size >> level) * HASH_SIZE :]
+            keep = size >> level
+            if level < self._seg_level:
+                keep -= self._sealed * (self._seg >> level)
+            del hashes[keep * HASH_SIZE :]
         self._size = size
 
     def leaf(self, index: int) -> bytes:
         """The leaf hash at ``index``."""
         if not 0 <= index < self._size:
             raise IndexError(index)
-        return bytes(self._levels[0][index * HASH_SIZE : (index + 1) * HASH_SIZE])
+        if index < self.sealed:
+            seg = index // self._seg
+            return self._segment_tree(seg).leaf(index - seg * self._seg)
+        return self._slot(0, index)
+
+    def segment_root(self, seg: int) -> bytes:
+        """The root of complete segment ``seg`` (kept even when pruned)."""
+        if (seg + 1) * self._seg > self._size:
+            raise ValueError(f"segment {seg} is not complete")
+        return self._slot(self._seg_level, seg)
+
+    def _segment_tree(self, seg: int) -> MerkleTree:
+        """A sealed segment's own tree, loaded and checked against its root."""
+        tree = self._loaded.get(seg)
+        if tree is None:
+            if self._loader is None:
+                raise ValueError(f"segment {seg} is pruned and nothing can load it")
+            tree = MerkleTree(self._loader(seg))
+            if tree.size != self._seg or tree.root() != self._slot(self._seg_level, seg):
+                raise SegmentChanged(f"segment {seg} does not match its root any more")
+            if len(self._loaded) >= 2:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[seg] = tree
+        return tree
 
     def _subtree(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]) for the ranges RFC 9162's recursion produces.
 
         Those ranges always start on a multiple of a power of two at least as
         large as the range, so the left part of every split is a complete,
-        cached subtree and only the right part recurses (depth <= log n).
+        cached subtree and only the right part recurses (depth <= log n). A
+        range smaller than a segment lies inside one segment: a sealed one
+        is loaded to answer it.
         """
         n = end - start
         if n == 0:
             return EMPTY_ROOT
+        if start < self.sealed and n < self._seg:
+            seg = start // self._seg
+            base = seg * self._seg
+            return self._segment_tree(seg)._subtree(start - base, end - base)
         if n & (n - 1) == 0 and start % n == 0:
             level = n.bit_length() - 1
-            slot = start >> level
-            return bytes(self._levels[level][slot * HASH_SIZE : (slot + 1) * HASH_SIZE])
+            return self._slot(level, start >> level)
         k = _split(n)
         return node_hash(self._subtree(start, start + k), self._subtree(start + k, end))
 
@@ -121,6 +239,18 @@ class MerkleTree:
         size = self._size if size is None else size
         self._check_size(size)
         return self._subtree(0, size)
+
+    def peaks(self, size: int | None = None) -> list[bytes]:
+        """The roots of the complete subtrees the first ``size`` leaves split
+        into (the binary digits of ``size``, largest first)."""
+        size = self._size if size is None else size
+        self._check_size(size)
+        out, start = [], 0
+        for bit in reversed(range(size.bit_length())):
+            if size >> bit & 1:
+                out.append(self._subtree(start, start + (1 << bit)))
+                start += 1 << bit
+        return out
 
     def _check_size(self, size: int) -> None:
         if not 0 <= size <= self._size:

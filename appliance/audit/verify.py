@@ -1,9 +1,16 @@
-"""Checking an audit log end to end with nothing but the device's public key.
+"""Checking an audit log end to end, or from a saved checkpoint on, with
+nothing but the device's public key.
 
 The same checks run in two places: :func:`verify_log` (``appliance audit
 verify``, a desktop, an auditor with a copy of the directory) and
-:class:`~appliance.audit.log.AuditLog` when it opens a log, so the broker
-refuses to run on a log that does not verify (fail closed).
+:class:`~appliance.audit.log.AuditLog` when it opens a log (on the segments
+not yet sealed), so the broker refuses to run on a log that does not verify.
+
+The log is read segment by segment (segments.py), so memory stays at one
+segment whatever the log's length. :class:`Checker` carries what one
+segment hands to the next: the peaks of the tree so far (the roots of its
+complete subtrees), the keys that may sign, the highest tree size and boot
+count seen, the good checkpoints.
 
 What the checks prove is written in docs/audit.md; in short: every entry up
 to the last signed checkpoint is exactly what the device key signed over, in
@@ -15,25 +22,38 @@ the box (a desktop's) or a monotonic counter (the TPM's) can.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from appliance.issuer.keys import UNSAFE_LABEL
 
-from appliance.errors import ApplianceError
-from appliance.intents import canonical_json
-from appliance.issuer.keys import UNSAFE_LABEL, Signer, key_id
+from .checkpoints import (
+    CHECKPOINT_FIELDS,
+    ENTRY_FIELDS,
+    SESSION_KIND,
+    AuditTampered,
+    Keys,
+    checkpoint_payload,
+    parse_checkpoint,
+    session_statement,
+    signature_ok,
+)
+from .merkle import MerkleTree, leaf_hash, node_hash, root_from_peaks
+from .segments import split_lines
 
-from .merkle import MerkleTree, leaf_hash, verify_consistency
-
-ENTRIES_FILE = "entries.jsonl"
-CHECKPOINTS_FILE = "checkpoints.jsonl"
+__all__ = [
+    "CHECKPOINT_FIELDS",
+    "MAX_BATCH",
+    "SESSION_KIND",
+    "AuditTampered",
+    "Checker",
+    "VerifyReport",
+    "checkpoint_payload",
+    "sealed_problem",
+    "session_statement",
+    "split_lines",
+]
 
 # The most entries one group commit writes. A crash between the entries'
 # fsync and the checkpoint's can leave at most this many entries unsigned, so
@@ -44,21 +64,6 @@ MAX_BATCH = 256
 # Past this many problems of one kind, say how many more instead of listing.
 _MAX_LISTED = 10
 
-ENTRY_FIELDS = frozenset({"index", "time", "kind", "data"})
-# boot_count: the TPM's boot counter (an NV counter bumped at every start)
-# when the checkpoint was signed, so a log rolled back across starts shows.
-SESSION_KIND = "audit.session"
-CHECKPOINT_FIELDS = frozenset(
-    {"tree_size", "root_hash", "time", "key_id", "signer", "boot_count", "signature"}
-)
-
-
-class AuditTampered(ApplianceError):
-    """The audit log does not verify against its signed checkpoints: fail closed."""
-
-    status = 503
-    code = "audit_tampered"
-
 
 @dataclass
 class VerifyReport:
@@ -68,6 +73,9 @@ class VerifyReport:
     are states a crash leaves behind, which the broker repairs at its next
     start (a torn last line, the last batch not yet checkpointed).
     ``unsafe_signer`` says a development key (plain files, not a TPM) signed.
+    ``read_from`` is the first entry read: 0 for a full check; for a check
+    from a saved checkpoint, the start of the segment holding it.
+    ``newest`` is the newest good checkpoint, to save for the next check.
     """
 
     ok: bool
@@ -76,22 +84,8 @@ class VerifyReport:
     problems: list[str]
     unsafe_signer: bool
     warnings: list[str] = field(default_factory=list)
-
-
-def checkpoint_payload(checkpoint: dict[str, Any]) -> bytes:
-    """The bytes a checkpoint's signature covers: every field but the signature."""
-    return canonical_json({k: checkpoint[k] for k in CHECKPOINT_FIELDS - {"signature"}})
-
-
-def split_lines(data: bytes) -> tuple[list[bytes], bytes]:
-    """Complete lines (without their newline) and the torn bytes after the last one.
-
-    Only ``\\n`` ends a line: canonical JSON escapes it inside strings, while
-    other Unicode line breaks (U+2028...) may appear raw and must not split.
-    """
-    cut = data.rfind(b"\n") + 1
-    body, torn = data[:cut], data[cut:]
-    return (body.split(b"\n")[:-1] if body else []), torn
+    read_from: int = 0
+    newest: dict[str, Any] | None = None
 
 
 def _capped(items: list[str], what: str) -> list[str]:
@@ -108,396 +102,277 @@ def _are(a: int, b: int) -> str:
     return "is" if a == b else "are"
 
 
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
 @dataclass
-class _Checkpoint:
-    line: int  # 1-based line in checkpoints.jsonl
+class _Good:
+    where: str  # "line 9 of checkpoints-00000000.jsonl"
     size: int
-    root: bytes
-    signer: str
-    signed: bool  # the signature was checked and holds
+    cp: dict[str, Any]
 
 
-@dataclass
-class CheckResult:
-    problems: list[str]
-    warnings: list[str]
-    tree: MerkleTree
-    checkpoints: list[_Checkpoint]  # structurally valid ones, in file order
-    unsafe_signer: bool
+class Checker:
+    """Checks a log streamed in order, one segment at a time.
 
-    @property
-    def last_signed_size(self) -> int:
-        """The tree size the newest good checkpoint covers (0 if none)."""
-        return max((c.size for c in self.checkpoints), default=0)
-
-
-def _load_public_key(public_key_pem: bytes) -> ec.EllipticCurvePublicKey:
-    key = serialization.load_pem_public_key(public_key_pem)
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ApplianceError("the audit public key is not an ECDSA key")
-    return key
-
-
-def _signature_ok(key: ec.EllipticCurvePublicKey, checkpoint: dict[str, Any]) -> bool:
-    try:
-        sig = base64.b64decode(checkpoint["signature"], validate=True)
-        key.verify(sig, checkpoint_payload(checkpoint), ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, binascii.Error, ValueError):
-        return False
-    return True
-
-
-def _parse_checkpoint(raw: bytes | dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """A checkpoint dict, or None and why not."""
-    if isinstance(raw, dict):
-        cp = raw
-    else:
-        try:
-            cp = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None, "is not valid JSON"
-    if not isinstance(cp, dict):
-        return None, "is not a JSON object"
-    if set(cp) != CHECKPOINT_FIELDS:
-        return None, f"has fields {sorted(cp)}, expected {sorted(CHECKPOINT_FIELDS)}"
-    size, root = cp["tree_size"], cp["root_hash"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return None, "has a tree_size that is not a whole number"
-    if not isinstance(root, str) or len(root) != 64:
-        return None, "has a root_hash that is not 64 hex digits"
-    try:
-        bytes.fromhex(root)
-    except ValueError:
-        return None, "has a root_hash that is not 64 hex digits"
-    if not all(isinstance(cp[k], str) for k in ("time", "key_id", "signer", "signature")):
-        return None, "has a time, key_id, signer or signature that is not a string"
-    boot = cp["boot_count"]
-    if not isinstance(boot, int) or isinstance(boot, bool) or boot < 0:
-        return None, "has a boot_count that is not a whole number"
-    return cp, ""
-
-
-# Keys whose checkpoints count: key id -> (key, the entry that vouched for it;
-# -1 for the device key). A session key may sign trees that include its entry.
-_Keys = dict[str, tuple[ec.EllipticCurvePublicKey, int]]
-
-
-def check_log(
-    entry_lines: list[bytes],
-    checkpoint_lines: list[bytes],
-    public_key_pem: bytes,
-    *,
-    trusted_checkpoint: dict[str, Any] | None = None,
-    all_signatures: bool = True,
-) -> CheckResult:
-    """Check entries against checkpoints; the core of :func:`verify_log`.
-
-    ``all_signatures=False`` checks only the newest checkpoint's signature
-    (what the broker does at open, so start-up stays fast on a long log):
-    that one root commits to every entry before it. Older checkpoints are
-    then only checked for form, key id and order; when something is wrong,
-    run again with ``all_signatures=True`` to say where.
+    ``all_signatures=False`` checks only the signature of the checkpoint
+    named by ``newest`` (file, line): that root commits to every entry
+    before it, which is what the broker does at open. A check from a saved
+    checkpoint starts at ``start`` (a segment's first entry) with ``peaks``
+    the roots of the tree before it and skips checkpoints below ``skip_below``.
     """
-    keys: _Keys = {key_id(public_key_pem): (_load_public_key(public_key_pem), -1)}
-    tree, problems = _check_entries(entry_lines, public_key_pem, keys)
-    checkpoints, found, unsafe = _check_checkpoints(
-        checkpoint_lines, keys, key_id(public_key_pem), all_signatures
-    )
-    problems += found
-    problems += _check_roots(checkpoints, tree)
-    top = max(checkpoints, key=lambda c: c.size, default=None)
-    if top is not None and top.size > tree.size:
-        n = tree.size
-        problems.append(
-            f"The log holds {n} entries but the checkpoint on line {top.line} was signed over "
-            f"{top.size}: {_span(n, top.size - 1)} {_are(n, top.size - 1)} missing "
-            "(the log was truncated)."
-        )
-    found, warnings = _check_unsigned(tree.size, top, bool(checkpoint_lines))
-    problems += found
-    # A checkpoint saved earlier outside the box: the log must extend it.
-    if trusted_checkpoint is not None:
-        problems += _check_trusted(trusted_checkpoint, keys, tree, top)
-    return CheckResult(problems, warnings, tree, checkpoints, unsafe)
 
+    def __init__(
+        self,
+        public_key_pem: bytes,
+        *,
+        all_signatures: bool = True,
+        newest: tuple[str, int] | None = None,
+        trusted: dict[str, Any] | None = None,
+        start: int = 0,
+        peaks: list[tuple[int, bytes]] | None = None,
+        keys: Keys | None = None,
+        skip_below: int = 0,
+        boot_high: int = 0,
+    ) -> None:
+        self.keys = keys or Keys(public_key_pem)
+        self.all_signatures, self.newest = all_signatures, newest
+        self.n = start
+        self.signed_before = start  # a later start: a sealed segment's end, signed
+        self.peaks = list(peaks or [])  # (size, root) of the complete subtrees so far
+        self.skip_below = skip_below
+        self.high, self.boot_high = skip_below, boot_high
+        self.sequence: list[str] = []
+        self.problems: list[str] = []
+        self.good_sizes = [skip_below]
+        self.mismatches: list[tuple[_Good, int]] = []
+        self.top: _Good | None = None
+        self.unsafe = False
+        self.checkpoints = 0
+        self.sessions: list[list[Any]] = []  # [index, data] of the last segment's
+        self.trusted = trusted
+        self.trusted_root: bytes | None = None
 
-def _check_entries(
-    entry_lines: list[bytes], public_key_pem: bytes, keys: _Keys
-) -> tuple[MerkleTree, list[str]]:
-    """Each line a JSON object whose index is its position; the tree of them.
-    Session keys the device key vouched for are added to ``keys``."""
-    tree = MerkleTree()
-    sequence: list[str] = []
-    for pos, line in enumerate(entry_lines):
-        tree.append_hash(leaf_hash(line))
+    def root_at(self, local: MerkleTree, first: int, size: int) -> bytes:
+        return root_from_peaks([h for _, h in self.peaks] + local.peaks(size - first))
+
+    def segment(
+        self,
+        first: int,
+        lines: list[bytes],
+        cp_lines: list[bytes],
+        *,
+        efile: str,
+        cfile: str,
+        full: bool,
+        last: bool = True,
+    ) -> MerkleTree:
+        """Check one segment's entries (``first`` on) and checkpoints; ``full``
+        segments become one more peak for the next; a checkpoint in a segment
+        that is not the ``last`` may not cover more than the segment."""
+        local = MerkleTree(leaf_hash(line) for line in lines)
+        self.sessions = []
+        for pos, line in enumerate(lines, start=first):
+            self._entry(pos, line, f"Line {pos - first + 1} of {efile}")
+        for number, raw in enumerate(cp_lines, start=1):
+            where = f"line {number} of {cfile}"
+            good = self._checkpoint(raw, where, (cfile, number), first, local)
+            if good is not None and not last and good.size > first + local.size:
+                self.problems.append(
+                    f"The checkpoint on {where} covers tree size {good.size}, past the end of "
+                    f"its segment at {first + local.size}: it was moved there."
+                )
+        if self.trusted is not None and first <= self.trusted.get("tree_size", -1) <= first + len(
+            lines
+        ):
+            self.trusted_root = self.root_at(local, first, self.trusted["tree_size"])
+        self.n = first + len(lines)
+        if full:
+            self.add_peak(len(lines), local.root())
+        return local
+
+    def add_peak(self, size: int, root: bytes) -> None:
+        """One more complete subtree (a full segment) after the ones so far."""
+        self.peaks.append((size, root))
+        while len(self.peaks) > 1 and self.peaks[-1][0] == self.peaks[-2][0]:
+            (size, right), (_, left) = self.peaks.pop(), self.peaks.pop()
+            self.peaks.append((2 * size, node_hash(left, right)))
+
+    def _entry(self, pos: int, line: bytes, where: str) -> None:
         try:
             entry = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            sequence.append(
-                f"Line {pos + 1}, where entry {pos} belongs, is not valid JSON (damaged or forged)."
+            self.sequence.append(
+                f"{where}, where entry {pos} belongs, is not valid JSON (damaged or forged)."
             )
-            continue
+            return
         if not isinstance(entry, dict) or set(entry) != ENTRY_FIELDS:
-            sequence.append(
-                f"Line {pos + 1}, where entry {pos} belongs, is not an audit entry (wrong fields)."
+            self.sequence.append(
+                f"{where}, where entry {pos} belongs, is not an audit entry (wrong fields)."
             )
-            continue
+            return
         if entry["index"] != pos:
-            sequence.append(
-                f"Line {pos + 1}, where entry {pos} belongs, holds an entry with index "
+            self.sequence.append(
+                f"{where}, where entry {pos} belongs, holds an entry with index "
                 f"{entry['index']!r}: entries are out of sequence (reordered, inserted or deleted)."
             )
         if entry["kind"] == SESSION_KIND:
-            session = session_key(entry["data"], public_key_pem)
-            if session is None:
-                sequence.append(
+            if self.keys.add_session(entry["data"], pos):
+                self.sessions.append([pos, entry["data"]])
+            else:
+                self.sequence.append(
                     f"Entry {pos} names an audit session key that the device key did not "
                     "vouch for (forged)."
                 )
-            else:
-                keys.setdefault(session[0], (session[1], pos))
-    return tree, _capped(sequence, "entries out of sequence or damaged")
 
-
-def _check_checkpoints(
-    checkpoint_lines: list[bytes], keys: _Keys, device_kid: str, all_signatures: bool
-) -> tuple[list[_Checkpoint], list[str], bool]:
-    """Well formed, signed by a key that counts, sizes and boot counts never
-    going back. Returns the good ones, the problems, and whether a
-    development key signed."""
-    problems: list[str] = []
-    checkpoints: list[_Checkpoint] = []
-    last_line = len(checkpoint_lines)
-    unsafe = False
-    high = boot_high = 0
-    for i, raw in enumerate(checkpoint_lines, start=1):
-        cp, why = _parse_checkpoint(raw)
+    def _checkpoint(
+        self, raw: bytes, where: str, ref: tuple[str, int], first: int, local: MerkleTree
+    ) -> _Good | None:
+        cp, why = parse_checkpoint(raw)
         if cp is None:
-            problems.append(f"The checkpoint on line {i} {why}.")
-            continue
-        cp_key = _key_for(keys, cp)
-        if cp_key is None:
-            problems.append(
-                f"The checkpoint on line {i} (tree size {cp['tree_size']}) names key "
-                f"{cp['key_id']!r}, neither the device key {device_kid!r} nor a session key "
-                "it vouched for."
-            )
-            continue
-        signed = all_signatures or i == last_line
-        if signed and not _signature_ok(cp_key, cp):
-            problems.append(
-                f"The checkpoint on line {i} (tree size {cp['tree_size']}) has a signature "
-                "that does not verify with the device's public key (forged or altered)."
-            )
-            continue
-        unsafe = unsafe or cp["signer"] == UNSAFE_LABEL
-        if cp["tree_size"] < high:
-            problems.append(
-                f"The checkpoint on line {i} has tree size {cp['tree_size']}, smaller than the "
-                f"{high} of an earlier checkpoint: checkpoints went backwards."
-            )
-        high = max(high, cp["tree_size"])
-        if cp["boot_count"] < boot_high:
-            problems.append(
-                f"The checkpoint on line {i} has boot count {cp['boot_count']}, smaller than the "
-                f"{boot_high} of an earlier checkpoint: the boot counter went backwards."
-            )
-        boot_high = max(boot_high, cp["boot_count"])
-        checkpoints.append(
-            _Checkpoint(i, cp["tree_size"], bytes.fromhex(cp["root_hash"]), cp["signer"], signed)
-        )
-    return checkpoints, problems, unsafe
-
-
-def _check_roots(checkpoints: list[_Checkpoint], tree: MerkleTree) -> list[str]:
-    """Each signed checkpoint's root against the entries. The first mismatch
-    pins the change between the last checkpoint that still matches and it."""
-    good_sizes = [0]
-    mismatches: list[tuple[_Checkpoint, int]] = []
-    for cp in checkpoints:
-        # An unchecked signature proves nothing, so neither does its root.
-        if cp.size > tree.size or not cp.signed:
-            continue
-        if tree.root(cp.size) == cp.root:
-            good_sizes.append(cp.size)
-        else:
-            below = max(s for s in good_sizes if s < cp.size) if cp.size else 0
-            mismatches.append((cp, below))
-    if not mismatches:
-        return []
-    cp, below = mismatches[0]
-    span = _span(below, cp.size - 1)
-    what = (
-        "it was edited or replaced"
-        if below == cp.size - 1
-        else "one of them was edited, inserted, deleted or moved"
-    )
-    problems = [
-        f"{span[0].upper()}{span[1:]} do{'es' if below == cp.size - 1 else ''} not match the "
-        f"checkpoint on line {cp.line} (tree size {cp.size}), while the first {below} "
-        f"entries do: {what}."
-    ]
-    if len(mismatches) > 1:
-        problems.append(f"{len(mismatches) - 1} later checkpoints do not match either.")
-    return problems
-
-
-def _check_unsigned(
-    n: int, top: _Checkpoint | None, has_checkpoints: bool
-) -> tuple[list[str], list[str]]:
-    """Entries no checkpoint covers (problems, warnings). A new log signs a
-    checkpoint of size 0 before its first entry, and a crash leaves at most
-    one batch unsigned."""
-    signed_size = top.size if top is not None else 0
-    if n <= signed_size:
-        return [], []
-    tail = n - signed_size
-    span = _span(signed_size, n - 1)
-    if top is None and not has_checkpoints:
-        return [
-            f"The log holds {n} entries but no checkpoint at all: the checkpoints were "
-            "deleted, so nothing proves a single entry."
-        ], []
-    if tail > MAX_BATCH:
-        return [
-            f"{span[0].upper()}{span[1:]} ({tail} entries) are covered by no signed "
-            f"checkpoint; a crash leaves at most {MAX_BATCH} unsigned, so they were added "
-            "behind the broker's back."
-        ], []
-    return [], [
-        f"{span[0].upper()}{span[1:]} {_are(signed_size, n - 1)} not yet covered by a "
-        f"signed checkpoint, so nothing proves {'it' if tail == 1 else 'them'} yet: a "
-        "crash between the two fsyncs of a batch, or a write in flight. The broker "
-        "signs them at its next start and records that it did."
-    ]
-
-
-def _key_for(keys: _Keys, cp: dict[str, Any]) -> ec.EllipticCurvePublicKey | None:
-    """The key a checkpoint names, if it may sign a tree of that size."""
-    found = keys.get(cp["key_id"])
-    if found is None or found[1] >= cp["tree_size"]:
-        return None
-    return found[0]
-
-
-def session_statement(device: Signer, session: Signer, *, boot_count: int) -> dict[str, Any]:
-    """The device key vouches for this start's in-memory checkpoint key.
-
-    Signing each checkpoint in a TPM would put the TPM (100-600 ms per
-    signature on an SPI chip) on every request; instead the device key signs
-    this once per start, and the session key signs the checkpoints."""
-    body = {
-        "audit_key_pem": session.public_key_pem().decode(),
-        "key_id": session.key_id,
-        "device_key_id": device.key_id,
-        "boot_count": boot_count,
-    }
-    signature = base64.b64encode(device.sign(canonical_json(body))).decode()
-    return {**body, "signature": signature}
-
-
-def session_key(
-    data: dict[str, Any], device_public_pem: bytes
-) -> tuple[str, ec.EllipticCurvePublicKey] | None:
-    """(key id, key) of a session statement the device key signed, else None."""
-    try:
-        body = {k: data[k] for k in ("audit_key_pem", "key_id", "device_key_id", "boot_count")}
-        signature = base64.b64decode(data["signature"], validate=True)
-        pem = body["audit_key_pem"].encode()
-        if key_id(pem) != body["key_id"] or body["device_key_id"] != key_id(device_public_pem):
+            self.problems.append(f"The checkpoint on {where} {why}.")
             return None
-        device = _load_public_key(device_public_pem)
-        device.verify(signature, canonical_json(body), ec.ECDSA(hashes.SHA256()))
-        return body["key_id"], _load_public_key(pem)
-    except (KeyError, TypeError, AttributeError, ValueError, InvalidSignature, ApplianceError):
-        return None
-
-
-def _check_trusted(
-    trusted: dict[str, Any],
-    keys: _Keys,
-    tree: MerkleTree,
-    top: _Checkpoint | None,
-) -> list[str]:
-    cp, why = _parse_checkpoint(trusted)
-    if cp is None:
-        return [f"The trusted checkpoint {why}."]
-    key = _key_for(keys, cp)
-    if key is None or not _signature_ok(key, cp):
-        return ["The trusted checkpoint is not signed by the device key; it proves nothing."]
-    size, root, n = cp["tree_size"], bytes.fromhex(cp["root_hash"]), tree.size
-    if size > n:
-        return [
-            f"The trusted checkpoint covers {size} entries but the log holds only {n}: "
-            f"{_span(n, size - 1)} {_are(n, size - 1)} gone (the log was rolled back)."
-        ]
-    if tree.root(size) != root:
-        return [
-            f"Entries 0..{size - 1} do not match the trusted checkpoint of tree size {size}: "
-            "the log was forked or rewritten since that checkpoint was saved."
-        ]
-    out = []
-    if top is None or top.size < size:
-        have = top.size if top is not None else 0
-        out.append(
-            f"The trusted checkpoint covers {size} entries but the log's own signed checkpoints "
-            f"stop at {have}: checkpoints after entry {have - 1 if have else 0} were removed "
-            "(rolled back)."
-        )
-    else:
-        # What a desktop does remotely: ask for a consistency proof from its
-        # saved checkpoint to the newest one and check it.
-        proof = tree.consistency_proof(size, top.size)
-        if not verify_consistency(size, top.size, root, top.root, proof):
-            out.append(
-                f"The log's newest checkpoint (tree size {top.size}) is not consistent with the "
-                f"trusted checkpoint of tree size {size}: the log was forked."
+        size = cp["tree_size"]
+        if size < self.skip_below:
+            return None  # checked before: the check runs from a saved checkpoint
+        self.checkpoints += 1
+        key = self.keys.for_checkpoint(cp)
+        if key is None:
+            self.problems.append(
+                f"The checkpoint on {where} (tree size {size}) names key {cp['key_id']!r}, "
+                f"neither the device key {self.keys.device_id!r} nor a session key it vouched for."
             )
-    return out
+            return None
+        signed = self.all_signatures or ref == self.newest
+        if signed and not signature_ok(key, cp):
+            self.problems.append(
+                f"The checkpoint on {where} (tree size {size}) has a signature that does not "
+                "verify with the device's public key (forged or altered)."
+            )
+            return None
+        self.unsafe = self.unsafe or cp["signer"] == UNSAFE_LABEL
+        if size < self.high:
+            self.problems.append(
+                f"The checkpoint on {where} has tree size {size}, smaller than the {self.high} "
+                "of an earlier checkpoint: checkpoints went backwards."
+            )
+        self.high = max(self.high, size)
+        if cp["boot_count"] < self.boot_high:
+            self.problems.append(
+                f"The checkpoint on {where} has boot count {cp['boot_count']}, smaller than the "
+                f"{self.boot_high} of an earlier checkpoint: the boot counter went backwards."
+            )
+        self.boot_high = max(self.boot_high, cp["boot_count"])
+        good = _Good(where, size, cp)
+        if self.top is None or size >= self.top.size:
+            self.top = good
+        if not signed:
+            return good  # an unchecked signature proves nothing, so neither does its root
+        if first <= size <= first + local.size:
+            if self.root_at(local, first, size).hex() == cp["root_hash"]:
+                self.good_sizes.append(size)
+            else:
+                below = max((s for s in self.good_sizes if s < size), default=0)
+                self.mismatches.append((good, below))
+        elif size < first:
+            self.problems.append(
+                f"The checkpoint on {where} covers tree size {size}, before its segment begins "
+                f"at entry {first}: it was moved there."
+            )
+        return good
+
+    def finish(self, *, has_checkpoints: bool) -> list[str]:
+        """Every problem found; the warnings are in :meth:`warnings`."""
+        problems = _capped(self.sequence, "entries out of sequence or damaged") + self.problems
+        if self.mismatches:
+            good, below = self.mismatches[0]
+            size = good.size
+            span = _span(below, size - 1)
+            what = (
+                "it was edited or replaced"
+                if below == size - 1
+                else "one of them was edited, inserted, deleted or moved"
+            )
+            problems.append(
+                f"{_cap(span)} do{'es' if below == size - 1 else ''} not match the checkpoint on "
+                f"{good.where} (tree size {size}), while the first {below} entries do: {what}."
+            )
+            if len(self.mismatches) > 1:
+                problems.append(
+                    f"{len(self.mismatches) - 1} later checkpoints do not match either."
+                )
+        n, top = self.n, self.top
+        if top is not None and top.size > n:
+            problems.append(
+                f"The log holds {n} entries but the checkpoint on {top.where} was signed over "
+                f"{top.size}: {_span(n, top.size - 1)} {_are(n, top.size - 1)} missing "
+                "(the log was truncated)."
+            )
+        signed_size = self.last_signed_size
+        tail = n - signed_size
+        if tail > 0 and top is None and not has_checkpoints and not self.signed_before:
+            problems.append(
+                f"The log holds {n} entries but no checkpoint at all: the checkpoints were "
+                "deleted, so nothing proves a single entry."
+            )
+        elif tail > MAX_BATCH:
+            problems.append(
+                f"{_cap(_span(signed_size, n - 1))} ({tail} entries) are covered by no signed "
+                f"checkpoint; a crash leaves at most {MAX_BATCH} unsigned, so they were added "
+                "behind the broker's back."
+            )
+        if self.trusted is not None:
+            problems += self._trusted()
+        return problems
+
+    def warnings(self) -> list[str]:
+        signed_size = self.last_signed_size
+        n = self.n
+        if not 0 < n - signed_size <= MAX_BATCH or (self.top is None and not self.signed_before):
+            return []
+        return [
+            f"{_cap(_span(signed_size, n - 1))} {_are(signed_size, n - 1)} not yet covered by a "
+            f"signed checkpoint, so nothing proves {'it' if n - signed_size == 1 else 'them'} "
+            "yet: a crash between the two fsyncs of a batch, or a write in flight. The broker "
+            "signs them at its next start and records that it did."
+        ]
+
+    @property
+    def last_signed_size(self) -> int:
+        return self.top.size if self.top is not None else self.signed_before
+
+    def _trusted(self) -> list[str]:
+        assert self.trusted is not None
+        cp, why = parse_checkpoint(self.trusted)
+        if cp is None:
+            return [f"The trusted checkpoint {why}."]
+        key = self.keys.for_checkpoint(cp)
+        if key is None or not signature_ok(key, cp):
+            return ["The trusted checkpoint is not signed by the device key; it proves nothing."]
+        size, n = cp["tree_size"], self.n
+        if size > n:
+            return [
+                f"The trusted checkpoint covers {size} entries but the log holds only {n}: "
+                f"{_span(n, size - 1)} {_are(n, size - 1)} gone (the log was rolled back)."
+            ]
+        if self.trusted_root is None or self.trusted_root.hex() != cp["root_hash"]:
+            return [
+                f"Entries 0..{size - 1} do not match the trusted checkpoint of tree size {size}: "
+                "the log was forked or rewritten since that checkpoint was saved."
+            ]
+        have = self.top.size if self.top is not None else 0
+        if have < size:
+            return [
+                f"The trusted checkpoint covers {size} entries but the log's own signed "
+                f"checkpoints stop at {have}: checkpoints after entry {have - 1 if have else 0} "
+                "were removed (rolled back)."
+            ]
+        return []
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def verify_log(
-    directory: Path,
-    public_key_pem: bytes,
-    *,
-    trusted_checkpoint: dict[str, Any] | None = None,
-) -> VerifyReport:
-    """Check the audit log in ``directory`` with the device's public key alone.
-
-    Reads the files and writes nothing, so it is safe on a copy, on a card
-    taken out of the box, or beside a running broker (an append in flight
-    shows up as a warning, not a problem).
-    """
-    # Checkpoints first: beside a running broker, entries only grow after a
-    # checkpoint is read, never the other way round (which would look like
-    # a truncation).
-    cp_lines, cp_torn = split_lines(_read(directory / CHECKPOINTS_FILE))
-    entry_lines, torn = split_lines(_read(directory / ENTRIES_FILE))
-    result = check_log(entry_lines, cp_lines, public_key_pem, trusted_checkpoint=trusted_checkpoint)
-    warnings = list(result.warnings)
-    if torn:
-        warnings.append(
-            f"{ENTRIES_FILE} ends in {len(torn)} bytes without a newline (a crash mid-write, "
-            f"or a write in flight); they are not entry {len(entry_lines)} yet and the broker "
-            "cuts them at its next start."
-        )
-    if cp_torn:
-        warnings.append(
-            f"{CHECKPOINTS_FILE} ends in {len(cp_torn)} bytes without a newline (a crash "
-            "mid-write); the broker cuts them at its next start."
-        )
-    return VerifyReport(
-        ok=not result.problems,
-        entries=len(entry_lines),
-        checkpoints=len(cp_lines),
-        problems=result.problems,
-        unsafe_signer=result.unsafe_signer,
-        warnings=warnings,
+def sealed_problem(segment: int, index_file: str, what: str) -> str:
+    return (
+        f"The line of segment {segment} in {index_file} does not match its files ({what}): "
+        "the index or the segment was changed."
     )

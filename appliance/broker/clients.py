@@ -18,13 +18,13 @@ import hmac
 import json
 import secrets
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.broker.grants import Grant
 from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound, Unauthorized
+from appliance.names import check_client_name, shown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -49,26 +49,15 @@ CREATE TABLE IF NOT EXISTS pairing_requests (
 );
 """
 
-NAME_MAX = 64
-# Shown on the panel and in the log: nothing that draws or reorders text
-# invisibly. Cc: C0/C1 controls; Cf: format characters (bidi overrides,
-# zero-width joiners and spaces); Zl/Zp: line and paragraph separators.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-
 
 def check_name(name: object) -> str:
-    """A desktop's name as a person will read it, or a clear refusal."""
-    if not isinstance(name, str) or not name.strip():
-        raise ApplianceError("name must be a non-empty string", code="invalid_request", status=422)
-    bad = next((c for c in name if unicodedata.category(c) in _REFUSED_CATEGORIES), None)
-    if len(name) > NAME_MAX or bad is not None:
-        why = f" (U+{ord(bad):04X} is not shown as itself)" if bad is not None else ""
-        raise ApplianceError(
-            f"name must be at most {NAME_MAX} printable characters{why}",
-            code="invalid_request",
-            status=422,
-        )
-    return name.strip()
+    """A desktop's name as a person will see it (appliance.names.check_client_name)."""
+    if not isinstance(name, str):
+        raise ApplianceError("name must be a string", code="invalid_request", status=422)
+    try:
+        return check_client_name(name)
+    except ValueError as e:
+        raise ApplianceError(str(e), code="invalid_request", status=422) from None
 
 
 def pairing_ref(secret: str) -> str:
@@ -237,7 +226,7 @@ class Clients:
     def display_name(self, client_id: str) -> str:
         """How a person is shown the client: its paired name and its id."""
         record = self.get(client_id)
-        return f"{record.name} ({client_id})" if record else client_id
+        return f"{shown(record.name)} ({client_id})" if record else client_id
 
     def list(self) -> list[dict[str, Any]]:
         rows = self.db.all("SELECT * FROM clients ORDER BY created")

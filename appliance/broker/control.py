@@ -52,6 +52,12 @@ def control_handler(broker: Broker) -> Callable[[dict[str, Any]], dict[str, Any]
             return (
                 broker.plugins.remove(arg) if op == "plugins.remove" else broker.plugins.verify(arg)
             )
+        if op == "retention.purge":
+            days = request.get("older_than_days", 0)
+            if isinstance(days, bool) or not isinstance(days, int | float) or not days >= 0:
+                raise ApplianceError("older_than_days must be a number of days, 0 or more")
+            purged = broker.retention.purge(older_than_s=float(days) * 86400.0)
+            return {"purged": purged, "retention": broker.retention.status()}
         if op == "tokens.revoke_all":
             return {"epoch": broker.revoke_all_tokens()}
         raise ApplianceError(f"unknown control operation {op!r}", code="unknown_op")

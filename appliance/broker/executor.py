@@ -13,10 +13,15 @@ is minted for exactly them, and :meth:`Executor.execute` then
 4. verifies the token against the claims and records it as spent, with the
    action marked running in the same transaction (a second use is a replay);
 5. acts (a move, rename or delete stores its undo record before it changes
-   anything), stores the result and the undo record;
+   anything; what an action keeps for its undo, a trash item or a snapshot,
+   is admitted against the retention budget and recorded first), stores the
+   result and the undo record;
 6. appends ``action.done``.
 
-A failure stops the rest of the plan; what ran stays undoable.
+Before the token is spent, a change is refused (507) while the data
+partition is full (``storage.py``), and an undo whose kept item was purged
+is refused with why (410, ``retention.py``). A failure stops the rest of the
+plan; what ran stays undoable.
 """
 
 from __future__ import annotations
@@ -28,14 +33,16 @@ from typing import Any
 from appliance.approval.receipts import Receipt, ReceiptError, ReceiptStore
 from appliance.audit import AuditLog
 from appliance.broker.clients import Clients
-from appliance.broker.files import FileOps, UndoRecord
+from appliance.broker.files import FileOps, Kept, UndoRecord
 from appliance.broker.plans import ActionRow, ActionStatus, PlanRow, PlanStatus, PlanStore
+from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
+from appliance.broker.storage import Storage
 from appliance.errors import ApplianceError, ExecutionError, NotFound
 from appliance.intents import digest
 from appliance.issuer.statement import BootChain
 from appliance.issuer.tokens import Claims, TokenService
-from appliance.verbs import UNDO_VERB
+from appliance.verbs import REGISTRY, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
@@ -52,8 +59,12 @@ class Executor:
         plans: PlanStore,
         receipts: ReceiptStore,
         audit: AuditLog,
+        retention: Retention,
+        storage: Storage,
     ) -> None:
         self.clients = clients
+        self.retention = retention
+        self.storage = storage
         self.chain = chain
         self.tokens = tokens
         self.shares = shares
@@ -174,6 +185,7 @@ class Executor:
             )
         self.chain.check()
         expected = claims(plan, action, self._receipt(plan))
+        self._check_room(action)
 
         def running(conn: sqlite3.Connection, token_id: str) -> None:
             # Spent and "running" land together: after a crash, an action whose
@@ -181,7 +193,13 @@ class Executor:
             self.plans.mark_running(conn, action_id, token_id)
 
         verified = self.tokens.verify_and_spend(token, expected, on_spend=running)
-        result, snapshot_id, undo = self._act(action)
+        try:
+            result, snapshot_id, undo = self._act(action)
+        except ApplianceError:
+            # Nothing took effect (a file action rolls back before it raises):
+            # what it may have recorded as kept is not needed.
+            self.retention.release(action_id, "the action failed")
+            raise
         self.plans.set_action(
             action_id,
             status=ActionStatus.done,
@@ -221,17 +239,33 @@ class Executor:
         )
         return result
 
+    def _check_room(self, action: ActionRow) -> None:
+        """Before the token is spent: no change on a full disk, and no undo
+        of an action whose kept item was purged (both say why)."""
+        if not REGISTRY[action.verb].changes:
+            return
+        self.storage.check_change(f"{action.verb} {action.resource}")
+        if action.verb == UNDO_VERB:
+            original = self.plans.action(str(action.params.get("action_id", "")))
+            if original is not None and original.undo is not None:
+                self.retention.check_undo(original.undo)
+
+    def _keeper(self, action_id: str) -> _Keeper:
+        return _Keeper(self.retention, action_id)
+
     def _act(self, action: ActionRow) -> tuple[dict[str, Any], str | None, UndoRecord | None]:
         """Do the action; its result, the snapshot it took, how to undo it."""
         if action.verb == UNDO_VERB:
             original = self.plans.action(action.params["action_id"])
             if original is None or original.undone_by or original.undo is None:
                 raise ExecutionError("the action is gone or already undone", code="not_undoable")
-            result = self.files.undo(original.undo)
+            self.retention.check_undo(original.undo)
+            result = self.files.undo(original.undo, keeper=self._keeper(action.action_id))
+            self.retention.restored(original.undo)
             self.plans.set_action(
                 original.action_id, undone_by=action.action_id, status=ActionStatus.undone
             )
-            # Undoing a write or copy saves the removed file first.
+            # Undoing a write or copy puts the file in the trash (or the store).
             return result, result.get("snapshot_id"), None
         # Parsed again from the stored, canonical form; the file actions walk
         # the path with O_NOFOLLOW themselves when they act.
@@ -239,14 +273,33 @@ class Executor:
         if "to" in params:
             params["to"] = self.shares.parse(params["to"])
 
-        def record(snapshot_id: str, undo: UndoRecord) -> None:
+        def record(snapshot_id: str | None, undo: UndoRecord) -> None:
             # How to undo it is on record before the change begins.
             self.plans.set_action(action.action_id, snapshot_id=snapshot_id, undo=undo)
 
         outcome = self.files.execute(
-            action.verb, self.shares.parse(action.resource), params, before_change=record
+            action.verb,
+            self.shares.parse(action.resource),
+            params,
+            before_change=record,
+            keeper=self._keeper(action.action_id),
         )
         return outcome.result, outcome.snapshot_id, outcome.undo
+
+
+class _Keeper:
+    """What one action keeps, admitted against the budget and recorded under
+    its id (files.Keeper)."""
+
+    def __init__(self, retention: Retention, action_id: str) -> None:
+        self.retention = retention
+        self.action_id = action_id
+
+    def admit(self, size: int, what: str) -> None:
+        self.retention.admit(size, what)
+
+    def kept(self, kept: Kept) -> None:
+        self.retention.keep(self.action_id, kept)
 
 
 def claims(plan: PlanRow, action: ActionRow, receipt: Receipt | None) -> Claims:

@@ -128,7 +128,9 @@ def requested_grant(
         if not isinstance(share, str) or not SHARE_NAME.fullmatch(share):
             raise GrantError(f"grant.shares: {str(share)[:64]!r} is not a share name")
         if share not in shares:
-            raise GrantError(f"grant.shares: this box has no share {share!r}")
+            raise GrantError(
+                f"grant.shares: this box has no share {share!r}", code="no_such_share", status=404
+            )
         if how not in (READ, READ_WRITE):
             raise GrantError(f'grant.shares.{share} must be "read" or "read-write"')
     audit, owner = raw.get("audit", False), raw.get("owner", False)

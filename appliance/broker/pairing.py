@@ -23,6 +23,7 @@ from appliance.broker.grants import requested_grant
 from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.intents import digest
+from appliance.names import shown
 from appliance.policy import PolicyEngine, PolicyRequest
 from appliance.verbs import PAIR_VERB
 
@@ -87,7 +88,7 @@ class Pairing:
                     kind="pairing",
                     subject_id=ref,
                     requester=f"unpaired:{address}",
-                    summary=f"A desktop named {name!r} at {address} asks to pair: "
+                    summary=f"A desktop named {shown(name, quote=True)} at {address} asks to pair: "
                     + wanted.describe(),
                     # The press approves this name, this address and this grant.
                     digest=digest(

@@ -5,8 +5,10 @@ that was running is settled: its token stays spent, and the executor's
 ordering means no file was lost. A move, rename or delete recorded its undo
 before it changed anything, so it is brought to exactly "before" or exactly
 "after"; after counts as done and stays undoable. The hidden names an
-interrupted action can leave beside its targets are swept. Each settled
-action is recorded in ``action.interrupted``.
+interrupted action can leave beside its targets are swept. What an action
+that did not take effect recorded as kept for its undo (a trash item, a
+snapshot) is released. Each settled action is recorded in
+``action.interrupted``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import contextlib
 from appliance.audit import AuditLog
 from appliance.broker.files import FileOps
 from appliance.broker.plans import ActionRow, ActionStatus, PlanStatus, PlanStore
+from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares, Target
 from appliance.errors import ApplianceError
 from appliance.verbs import UNDO_VERB
 
 
-def recover(plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog) -> None:
+def recover(
+    plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog, retention: Retention
+) -> None:
     for plan in plans.unfinished():
         if plan.status is PlanStatus.pending_approval:
             plans.end_plan(plan.plan_id, PlanStatus.expired, "the broker restarted before approval")
@@ -29,17 +34,27 @@ def recover(plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog) -
             continue
         for action in plans.actions(plan.plan_id):
             if action.status is ActionStatus.running:
-                _settle(plans, files, shares, audit, action)
+                _settle(plans, files, shares, audit, retention, action)
             elif action.status is ActionStatus.planned:
                 plans.set_action(action.action_id, status=ActionStatus.skipped)
         plans.set_plan(plan.plan_id, PlanStatus.failed, "the broker stopped while the plan ran")
 
 
 def _settle(
-    plans: PlanStore, files: FileOps, shares: Shares, audit: AuditLog, action: ActionRow
+    plans: PlanStore,
+    files: FileOps,
+    shares: Shares,
+    audit: AuditLog,
+    retention: Retention,
+    action: ActionRow,
 ) -> None:
     undo = action.undo
     took = undo is not None and action.verb != UNDO_VERB and files.settle_interrupted(undo)
+    if not took and action.verb != UNDO_VERB:
+        # It did not take effect: what it recorded as kept was never put away.
+        # (An interrupted undo may have put a file in the trash: that stays
+        # kept, and is purged with the rest.)
+        retention.release(action.action_id, "the action was interrupted before it took effect")
     if took:
         plans.set_action(
             action.action_id,

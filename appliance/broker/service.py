@@ -21,76 +21,33 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from appliance import __version__
 from appliance.agent.client import AgentClient
-from appliance.approval import ApprovalQueue, ApprovalRequest, Panel
-from appliance.approval.receipts import ReceiptStore
-from appliance.audit import AuditLog
-from appliance.broker.clients import Clients
-from appliance.broker.evaluate import Evaluated, Evaluator, plan_digest
-from appliance.broker.executor import Executor
-from appliance.broker.files import FileOps
+from appliance.approval import ApprovalRequest
+from appliance.broker import state
+from appliance.broker.evaluate import Evaluated, plan_digest
 from appliance.broker.pairing import Pairing
 from appliance.broker.plans import (
-    TERMINAL,
     ActionRow,
     ActionStatus,
     NewAction,
     PlanKind,
     PlanStatus,
-    PlanStore,
 )
-from appliance.broker.scope import Shares
-from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.state import Parts
 from appliance.broker.summary import needs_console, origin_label, plan_summary
 from appliance.broker.taskrunner import TaskRunner
-from appliance.broker.tasks import TaskStore
 from appliance.broker.views import Views
-from appliance.config import Config
-from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound
 from appliance.intents import Intent
 from appliance.issuer import attestation
-from appliance.issuer.keys import KeyStore, Signer
-from appliance.issuer.statement import BootChain
-from appliance.issuer.tokens import TokenService
-from appliance.plugins.host import PluginHost
-from appliance.policy import PolicyEngine
-from appliance.verbs import READ_VERBS, UNDO_VERB
+from appliance.verbs import CHANGE_VERBS, READ_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
 HEALTH_INTERVAL_S = 10.0  # how often the panel's fault light is brought up to date
 MAINTENANCE_S = 60.0  # how often old read results are made small
-
-
-@dataclass
-class Parts:
-    """Everything the broker is made of, built by ``appliance.box.open_box``."""
-
-    config: Config
-    keystore: KeyStore
-    signer: Signer
-    db: Database
-    audit: AuditLog
-    policy: PolicyEngine
-    tokens: TokenService
-    chain: BootChain
-    shares: Shares
-    snapshots: SnapshotStore
-    files: FileOps
-    plans: PlanStore
-    task_store: TaskStore
-    clients: Clients
-    receipts: ReceiptStore
-    panel: Panel
-    approvals: ApprovalQueue
-    plugins: PluginHost
-    evaluator: Evaluator
-    executor: Executor
 
 
 def _id(prefix: str) -> str:
@@ -110,6 +67,7 @@ class Broker:
         self.chain = parts.chain
         self.shares = parts.shares
         self.files = parts.files
+        self.retention = parts.retention
         self.plans = parts.plans
         self.clients = parts.clients
         self.receipts = parts.receipts
@@ -198,6 +156,7 @@ class Broker:
 
     def close(self) -> None:
         self._stopping.set()
+        self.tasks.close()
         for thread in self._threads:
             thread.join(timeout=5)
         self._close_parts()
@@ -273,6 +232,8 @@ class Broker:
             raise ApplianceError(
                 f"action {action_id} cannot be undone: {why}", code="not_undoable", status=409
             )
+        if action.undo is not None:
+            self.retention.check_undo(action.undo)  # purged: why, before anyone presses
         return action
 
     def _undo_plan(self, requester: str, actions: list[ActionRow]) -> dict[str, Any]:
@@ -298,6 +259,14 @@ class Broker:
             status = PlanStatus.pending_approval
         else:
             status = PlanStatus.running
+        if status is not PlanStatus.denied and any(
+            e.intent.verb in CHANGE_VERBS for e in evaluated
+        ):
+            # A full data partition refuses changes now (507), before anyone is
+            # asked to press; the executor checks again when it runs.
+            self.parts.storage.check_change("this plan")
+        else:
+            self.parts.storage.room_for_records()
         digest = plan_digest(plan_id, requester, [e.digest for e in evaluated])
         decided: dict[str, Any] = {
             "plan_id": plan_id,
@@ -466,16 +435,6 @@ class Broker:
         return epoch
 
     # ------------------------------------------------------------------ status
-    def wait_plan(self, plan_id: str, wait_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            plan = self.plans.public(plan_id)
-            if plan is None:
-                raise NotFound(f"no plan {plan_id!r}")
-            if plan["status"] in TERMINAL or time.monotonic() >= deadline:
-                return plan
-            time.sleep(0.05)
-
     def _update_fault(self) -> None:
         """The panel's fault light follows /healthz: on while nothing
         privileged can run (TPM gone or locked out, audit log closed)."""
@@ -484,50 +443,11 @@ class Broker:
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: whether privileged actions can run, and if not, why."""
-        problems = []
-        if self.audit.closed:
-            problems.append(
-                f"the audit log is unavailable ({self.audit.failure or 'closed'}); "
-                "nothing can run until it is repaired and the broker restarted"
-            )
-        if self.keystore.tpm is not None:
-            try:
-                self.keystore.tpm.check()
-            except ApplianceError as e:
-                problems.append(e.reason)
-        warnings = []
-        if self.keystore.unsafe:
-            warnings.append("keys are UNSAFE development keys, not in a TPM")
-        if self.rollback:
-            warnings.append(self.rollback)
-        return {
-            "status": "ok" if not problems else "unavailable",
-            "problems": problems,
-            "warnings": warnings,
-            "mode": "development" if self.config.dev else "production",
-            "signer": self.keystore.label,
-            "unsafe_signer": self.keystore.unsafe,
-            "panel": self.panel.name,
-            "version": __version__,
-        }
+        return state.health(self.parts, self.rollback)
 
     def status(self) -> dict[str, Any]:
-        current = self.approvals.current()
-        return {
-            "mode": "development" if self.config.dev else "production",
-            "signer": self.keystore.label,
-            "unsafe_signer": self.keystore.unsafe,
-            "device_key_id": self.signer.key_id,
-            "panel": {"name": self.panel.name, "virtual": self.panel.virtual}
-            | self.panel.snapshot(),
-            "shares": {name: str(path) for name, path in self.config.shares.items()},
-            "pending_approval": self.approvals.public(current.approval_id) if current else None,
-            "waiting_approvals": max(0, len(self.approvals.list()) - 1),
-            "pairing_window_s": self.approvals.pairing_window(),
-            "lockouts": self.approvals.lockouts(),
-            "audit_size": self.audit.size,
-            "epoch": self.tokens.epoch(),
-        }
+        """The box's state for the CLI and the owner's console."""
+        return state.status(self.parts)
 
 
 def _new_action(e: Evaluated) -> NewAction:

@@ -185,6 +185,44 @@ class SnapshotStore:
     def snapshot_ids(self) -> list[str]:
         return sorted(p.stem for p in self.manifests.glob("*.json") if HEX64.fullmatch(p.stem))
 
+    def saved_at(self, snapshot_id: str) -> float:
+        """When the manifest was saved (its file's time), for snapshots that
+        earlier versions stored without a retention record."""
+        return (self.manifests / f"{_check_hex(snapshot_id, 'snapshot id')}.json").stat().st_mtime
+
+    def remove(self, snapshot_id: str) -> bool:
+        """Forget a snapshot (retention); its blobs go at the next
+        :meth:`collect_garbage`, unless another snapshot names them."""
+        path = self.manifests / f"{_check_hex(snapshot_id, 'snapshot id')}.json"
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_path(self.manifests)
+        return True
+
+    def collect_garbage(self) -> int:
+        """Remove every blob no saved manifest names, and leftovers in tmp/;
+        returns the bytes freed. A manifest that cannot be read keeps every
+        blob (nothing it might name is removed)."""
+        named: set[str] = set()
+        for sid in self.snapshot_ids():
+            try:
+                named.update(f["sha256"] for f in self.load(sid)["files"])
+            except (SnapshotError, KeyError, TypeError):
+                return 0
+        freed = 0
+        for fan in self.objects.iterdir():
+            for blob in fan.iterdir():
+                if fan.name + blob.name not in named:
+                    freed += blob.stat().st_size
+                    blob.unlink()
+        for leftover in self.tmp.iterdir():
+            freed += leftover.stat().st_size
+            leftover.unlink()
+        _fsync_path(self.objects)
+        return freed
+
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)

@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.broker.evaluate import Evaluated
 from appliance.config import ApprovalSettings
-from appliance.console.names import shown
+from appliance.names import shown
 from appliance.policy.engine import RISKS
 from appliance.verbs import ResourceKind, spec
 

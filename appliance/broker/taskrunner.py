@@ -28,7 +28,6 @@ import base64
 import hashlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +110,8 @@ class TaskRunner:
         self._words: dict[str, str] = {}
         self._cancelled: set[str] = set()
         self._worker: threading.Thread | None = None
+        self._closing = threading.Event()  # the broker is closing: stop following plans
+        self._followers: set[threading.Thread] = set()
 
     # -- the line -----------------------------------------------------------------
 
@@ -189,9 +190,20 @@ class TaskRunner:
             if plan is None:
                 self._ended(job)
                 continue
-            threading.Thread(
+            follower = threading.Thread(
                 target=self._follow, args=(job, plan), name=f"follow-{job.task_id}", daemon=True
-            ).start()
+            )
+            with self._cond:
+                self._followers.add(follower)
+            follower.start()
+
+    def close(self) -> None:
+        """Stop following plans (their records stay; a restarted box reports them)."""
+        self._closing.set()
+        with self._cond:
+            followers = list(self._followers)
+        for follower in followers:
+            follower.join(timeout=2)
 
     def _ended(self, job: _Job) -> None:
         with self._cond:
@@ -306,8 +318,7 @@ class TaskRunner:
                     "code": plan["code"],
                 },
             )
-            while status not in PLAN_TERMINAL:
-                time.sleep(0.1)
+            while status not in PLAN_TERMINAL and not self._closing.wait(0.1):
                 now = self.plans.plan_row(plan["plan_id"])
                 if now is None or now.status == status:
                     continue
@@ -315,6 +326,8 @@ class TaskRunner:
                 self.tasks.update(job.task_id, status, status=status, detail={"error": now.error})
         finally:
             self._ended(job)
+            with self._cond:
+                self._followers.discard(threading.current_thread())
 
     # -- reads on the requester's behalf, each a read-only plan under its grant ----------
 

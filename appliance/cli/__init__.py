@@ -2,262 +2,27 @@
 
 Commands on the box (``box.py``) reach the running broker over its local
 control socket (``STATE_DIR/control.sock``, owner-only); desktop commands
-(``desktop.py``) use the LAN API.
+(``desktop.py``, ``pairing.py``) use the LAN API through
+``appliance.client``. Every command answers people by default and exact
+JSON with ``--json``; a refusal is one line with its reason and an exit
+code from ``output.EXIT_CODES``, never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
-from appliance.cli.box import (
-    RETRY_S,
-    cmd_audit,
-    cmd_clients,
-    cmd_keys,
-    cmd_panel,
-    cmd_plugins,
-    cmd_receipt,
-    cmd_selftest,
-    cmd_status,
-    cmd_up,
+from appliance.cli.output import (
+    INTERRUPTED,
+    NOT_PAIRED,
+    REFUSED,
+    UNREACHABLE,
+    USAGE,
+    WAITING,
+    Output,
+    UsageError,
 )
-from appliance.cli.desktop import cmd_pair, cmd_submit, cmd_task, cmd_undo, cmd_verify
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct.toml"
-DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
-
-
-def _share(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError("--share takes NAME=PATH")
-    return name, Path(path)
-
-
-def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE,
-        help=f"the broker's state directory (default {DEFAULT_STATE})",
-    )
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("appliance")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from appliance.client import DEFAULT_CREDENTIALS
-
-    parser = argparse.ArgumentParser(
-        prog="appliance",
-        description="Run the appliance (up) and talk to it: box-side commands use the local "
-        "control socket, desktop commands (pair, submit, undo) the LAN API.",
-    )
-    parser.add_argument("--version", action="version", version=f"appliance {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    up = sub.add_parser("up", help="run the broker")
-    up.add_argument(
-        "--dev",
-        action="store_true",
-        help="development mode: unsafe software keys, virtual panel, "
-        "plain HTTP allowed on loopback",
-    )
-    _state(up)
-    up.add_argument(
-        "--share", type=_share, action="append", metavar="NAME=PATH", help="a share (repeatable)"
-    )
-    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, help="port (default 8443)")
-    up.add_argument("--tls", action="store_true", help="use TLS even on loopback in dev mode")
-    up.add_argument("--config", type=Path, help="a TOML configuration file")
-    up.add_argument(
-        "--model",
-        type=Path,
-        default=DEFAULT_MODEL,
-        help="development: the model manifest the agent runs (default: SmolLM2-135M on the CPU)",
-    )
-    up.add_argument(
-        "--no-agent", action="store_true", help="development: do not start the model agent"
-    )
-    up.add_argument(
-        "--retry-seconds",
-        type=float,
-        default=RETRY_S,
-        help="production: how often to retry starting while the TPM (or another safety "
-        "part) is unavailable",
-    )
-    up.add_argument(
-        "--keystore",
-        choices=["auto", "tpm", "dev"],
-        help="where the keys live (default auto: production always TPM; development uses "
-        "the TPM, or a swtpm it starts, else the UNSAFE development key)",
-    )
-    up.add_argument(
-        "--tpm-tcti",
-        help="TPM connection, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321",
-    )
-    up.set_defaults(func=cmd_up)
-
-    panel = sub.add_parser("panel", help="the virtual approval panel (development)")
-    panel.add_argument("action", choices=["show", "approve", "deny"])
-    panel.add_argument("--json", action="store_true", help="show: print JSON")
-    _state(panel)
-    panel.set_defaults(func=cmd_panel)
-
-    clients = sub.add_parser("clients", help="paired desktops")
-    clients.add_argument("action", choices=["list", "revoke"])
-    clients.add_argument("client_id", nargs="?")
-    _state(clients)
-    clients.set_defaults(func=cmd_clients)
-
-    keys = sub.add_parser("keys", help="the box's keys")
-    keys.add_argument(
-        "action",
-        choices=["revoke-all"],
-        help="revoke-all: bump the TPM epoch counter; every earlier boot statement and "
-        "capability token is refused",
-    )
-    _state(keys)
-    keys.set_defaults(func=cmd_keys)
-
-    plugins = sub.add_parser("plugins", help="WebAssembly plugins (docs/plugins.md)")
-    plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True)
-    p_install = plugins_sub.add_parser(
-        "install", help="check a plugin folder against the pinned publishers and install it"
-    )
-    p_install.add_argument("folder", type=Path)
-    p_list = plugins_sub.add_parser("list", help="installed plugins, each checked again")
-    p_remove = plugins_sub.add_parser("remove", help="uninstall a plugin")
-    p_remove.add_argument("name")
-    p_verify = plugins_sub.add_parser(
-        "verify", help="check an installed plugin (NAME) or a folder (PATH/) without installing"
-    )
-    p_verify.add_argument("plugin")
-    for p in (p_install, p_list, p_remove, p_verify):
-        _state(p)
-    p_keygen = plugins_sub.add_parser("keygen", help="publisher: make a signing key")
-    p_keygen.add_argument("key", type=Path, help="where to write the private key (0600)")
-    p_sign = plugins_sub.add_parser("sign", help="publisher: hash the module, sign the manifest")
-    p_sign.add_argument("folder", type=Path)
-    p_sign.add_argument("--key", type=Path, required=True)
-    plugins.set_defaults(func=cmd_plugins)
-
-    status = sub.add_parser("status", help="the running broker's state")
-    _state(status)
-    status.set_defaults(func=cmd_status)
-
-    audit = sub.add_parser("audit", help="the audit log")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="check the log end to end")
-    _state(verify)
-    verify.add_argument("--public-key", type=Path, help="device public key PEM")
-    verify.add_argument(
-        "--checkpoint", type=Path, help="a checkpoint saved earlier (JSON) the log must extend"
-    )
-    verify.set_defaults(func=cmd_audit)
-
-    receipt = sub.add_parser("receipt", help="signed approval receipts")
-    receipt_sub = receipt.add_subparsers(dest="receipt_command", required=True)
-    rverify = receipt_sub.add_parser(
-        "verify", help="check a receipt (JSON file or audit entry; - for stdin)"
-    )
-    rverify.add_argument("file", type=Path)
-    rverify.add_argument("--public-key", type=Path, help="device public key PEM")
-    rverify.add_argument("--approval-id", help="the approval it must be for")
-    rverify.add_argument("--digest", help="the request digest it must approve")
-    _state(rverify)
-    rverify.set_defaults(func=cmd_receipt)
-
-    selftest = sub.add_parser(
-        "selftest",
-        help="check the install (packages, config, policy, models, audit log); "
-        "--hardware: the button, LED, TPM and Hailo too",
-    )
-    selftest.add_argument(
-        "--hardware",
-        action="store_true",
-        help="also blink the LED and wait for a press, check the TPM, the Hailo device and "
-        "that a model file is installed (on the box, with the broker stopped)",
-    )
-    selftest.add_argument("--json", action="store_true", help="machine-readable output")
-    selftest.add_argument(
-        "--config",
-        type=Path,
-        help="the configuration file (default $APPLIANCE_CONFIG or /etc/appliance/appliance.toml)",
-    )
-    selftest.add_argument(
-        "--press-timeout", type=float, default=30.0, help="--hardware: seconds to wait for a press"
-    )
-    _state(selftest)
-    selftest.set_defaults(func=cmd_selftest)
-
-    def desktop(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--credentials",
-            type=Path,
-            default=DEFAULT_CREDENTIALS,
-            help=f"where the credential is kept (default {DEFAULT_CREDENTIALS})",
-        )
-
-    pair = sub.add_parser("pair", help="pair this desktop with a box")
-    pair.add_argument("--url", required=True, help="e.g. https://box.local:8443")
-    pair.add_argument("--name", default=os.uname().nodename, help="this desktop's name")
-    pair.add_argument("--fingerprint", help="the box's TLS certificate fingerprint")
-    pair.add_argument("--timeout", type=float, default=180.0)
-    pair.add_argument(
-        "--read", action="append", metavar="SHARE", help="a share this desktop may read"
-    )
-    pair.add_argument(
-        "--write",
-        action="append",
-        metavar="SHARE",
-        help="a share this desktop may read and change (changes still wait for a press)",
-    )
-    pair.add_argument(
-        "--audit", action="store_true", help="may read everyone's history and the whole log"
-    )
-    pair.add_argument("--days", type=float, help="the pairing ends after this many days")
-    desktop(pair)
-    pair.set_defaults(func=cmd_pair)
-
-    submit = sub.add_parser("submit", help="send a plan (JSON file, or - for stdin)")
-    submit.add_argument("plan")
-    desktop(submit)
-    submit.set_defaults(func=cmd_submit)
-
-    task = sub.add_parser("task", help="ask in plain words; the box's model plans it")
-    task.add_argument("text")
-    task.add_argument(
-        "--from-content",
-        metavar="FIELD:TYPE",
-        help="name each destination folder after a value read inside the file, e.g. year:integer",
-    )
-    desktop(task)
-    task.set_defaults(func=cmd_task)
-
-    # Listed for --help; `main` hands `appliance agent ...` to the agent's own parser.
-    sub.add_parser("agent", help="run the model agent (its own process; `appliance agent -h`)")
-
-    verify = sub.add_parser("verify", help="check the box is the one paired with")
-    desktop(verify)
-    verify.set_defaults(func=cmd_verify)
-
-    undo = sub.add_parser("undo", help="undo an action (needs approval on the box)")
-    undo.add_argument("action_id")
-    desktop(undo)
-    undo.set_defaults(func=cmd_undo)
-    return parser
+from appliance.cli.parser import build_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,20 +33,40 @@ def main(argv: list[str] | None = None) -> int:
 
         return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "clients" and args.action == "revoke" and not args.client_id:
-        print("clients revoke needs a CLIENT_ID", file=sys.stderr)
-        return 2
-    from appliance.client import ClientError
+    from appliance.approval import BrokerNotRunning
+    from appliance.client import ClientError, NotPaired, NotTheBox, Unreachable
     from appliance.errors import ApplianceError
 
+    out = Output(as_json=getattr(args, "json", False))
     try:
-        return int(args.func(args))
-    except ApplianceError as e:
-        print(f"appliance: {e.reason}", file=sys.stderr)
-        return 1
+        return int(args.func(args, out))
+    except UsageError as e:
+        out.error(str(e))
+        return USAGE
+    except NotPaired as e:
+        out.error(e.reason)
+        return NOT_PAIRED
+    except (Unreachable, NotTheBox) as e:
+        out.error(e.reason)
+        return UNREACHABLE
     except ClientError as e:
-        print(f"appliance: refused: {e}", file=sys.stderr)
-        return 1
+        out.error(f"refused: {e}")
+        return REFUSED
+    except BrokerNotRunning as e:
+        out.error(e.reason)
+        return UNREACHABLE
+    except ApplianceError as e:
+        out.error(e.reason)
+        return REFUSED
+    except TimeoutError as e:
+        out.error(str(e) or "gave up waiting")
+        return WAITING
+    except OSError as e:  # a file named on the command line, a socket
+        out.error(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        return USAGE
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Commands on a desktop: pair with a box and talk to it over the LAN API."""
+"""Commands on a desktop: talk to the paired box over the LAN API
+(pairing and discovery are in ``pairing.py``)."""
 
 from __future__ import annotations
 
@@ -8,116 +9,135 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.cli.output import out
+from appliance.cli.output import OK, REFUSED, WAITING, Output, UsageError
+from appliance.cli.views import event_line, lines_view, plan_view, task_view
+from appliance.client import ApplianceClient, Plan, Task, press_sentence
 
 
-def _code(code: str | None) -> str:
-    """The verification code as the box's light shows it: blink counts, and a
-    colour on an RGB light."""
-    from appliance.approval.types import code_colour
-
-    if not code:
-        return "code ?"
-    return f"code {code} (the light blinks {'-'.join(code)}; an RGB light is {code_colour(code)})"
+def plan_exit(plan: Plan) -> int:
+    if plan.status == "done":
+        return OK
+    return WAITING if not plan.finished else REFUSED
 
 
-def cmd_pair(args: argparse.Namespace) -> int:
-    from appliance.client import ApplianceClient
-
-    client = ApplianceClient(args.url, fingerprint=args.fingerprint)
-    print(f"asking {args.url} to pair as {args.name!r}...")
-    grant: dict[str, Any] | None = None
-    if args.read or args.write or args.audit or args.days:
-        shares = {s: "read" for s in args.read or []} | {s: "read-write" for s in args.write or []}
-        grant = {"shares": shares or None, "audit": args.audit}
-        if args.days:
-            grant["expires_in_s"] = int(args.days * 86400)
-    client.pair(
-        args.name,
-        grant=grant,
-        timeout=args.timeout,
-        on_code=lambda code: print(
-            f"verification {_code(code)}: approve on the box (hold the button for a second, "
-            "or `appliance panel approve` in development) if it shows the same code; "
-            "a box with a button listens only after a 5-second hold opened its pairing window",
-            flush=True,
-        ),
-    )
-    client.pin_device()
-    client.save(args.credentials, fingerprint=args.fingerprint)
-    print(f"paired; credential and the box's device key saved to {args.credentials}")
-    return 0
+def _client(args: argparse.Namespace) -> ApplianceClient:
+    return ApplianceClient.from_file(args.credentials)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from appliance.client import ApplianceClient
-
-    client = ApplianceClient.from_file(args.credentials)
-    body = json.loads(Path(args.plan).read_text() if args.plan != "-" else sys.stdin.read())
-    intents = body["intents"] if isinstance(body, dict) else body
-    plan = client.submit(intents)
-    if plan["status"] == "pending_approval":
-        print(f"waiting for approval on the box: {_code(plan['code'])}", file=sys.stderr)
-        while plan["status"] not in ("done", "denied", "failed", "expired"):
-            plan = client.plan(plan["plan_id"], wait=30)
-    out(plan)
-    return 0 if plan["status"] == "done" else 1
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Check that the box is the one paired with, and say what that proved."""
-    from appliance.client import ApplianceClient
-
-    client = ApplianceClient.from_file(args.credentials)
-    keys = client.keys()
-    for line in client.verify_keys(keys):
-        print(f"ok: {line}")
-    if keys["unsafe"]:
-        print("note: the box runs on the UNSAFE development key: no TPM vouches for it")
-    else:
-        for line in client.verify_attestation():
-            print(f"ok: {line}")
-    print(
-        "not proved: that the code the box runs is good; only that it is the box you "
-        "paired with, that its keys are in its TPM, and the values of its PCRs"
-    )
-    client.save(
-        args.credentials, fingerprint=json.loads(args.credentials.read_text()).get("fingerprint")
-    )
-    return 0
+def _read_intents(source: str) -> list[dict[str, Any]]:
+    try:
+        text = Path(source).read_text() if source != "-" else sys.stdin.read()
+        body = json.loads(text)
+    except OSError as e:
+        raise UsageError(f"cannot read the plan {source}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"the plan {source} is not JSON: {e}") from None
+    intents = body.get("intents") if isinstance(body, dict) else body
+    if not isinstance(intents, list) or not all(isinstance(i, dict) for i in intents):
+        raise UsageError('a plan is {"intents": [...]} or a list of intents')
+    return intents
 
 
-def cmd_task(args: argparse.Namespace) -> int:
+def wait_for_press(client: ApplianceClient, plan: Plan, out: Output, timeout: float) -> Plan:
+    """Show the code, then wait (a spinner on a terminal) until the press
+    decided and the plan ran, or ``timeout`` ran out."""
+    if plan.finished:
+        return plan
+    if plan.waiting_for_press:
+        out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
+    code = plan.code
+    with out.waiting(f"waiting for the press on the box (code {code})") as update:
+        plan = client.wait_plan(
+            plan.plan_id,
+            timeout,
+            on_update=lambda p: update(f"{p.status.replace('_', ' ')} (code {code})"),
+        )
+    return plan
+
+
+def cmd_submit(args: argparse.Namespace, out: Output) -> int:
+    intents = _read_intents(args.plan)
+    client = _client(args)
+    plan = wait_for_press(client, client.submit(intents), out, args.timeout)
+    out.result(plan.raw, plan_view(plan))
+    return plan_exit(plan)
+
+
+def cmd_plan(args: argparse.Namespace, out: Output) -> int:
+    client = _client(args)
+    plan = client.plan(args.plan_id)
+    if args.wait:
+        plan = wait_for_press(client, plan, out, args.wait)
+    out.result(plan.raw, plan_view(plan))
+    return plan_exit(plan)
+
+
+def cmd_undo(args: argparse.Namespace, out: Output) -> int:
+    client = _client(args)
+    target = args.id
+    plan = client.undo_plan(target) if target.startswith("plan_") else client.undo(target)
+    plan = wait_for_press(client, plan, out, args.timeout)
+    out.result(plan.raw, plan_view(plan))
+    return plan_exit(plan)
+
+
+def cmd_task(args: argparse.Namespace, out: Output) -> int:
     """Send a task in plain words; show the plan's progress as the box reports it."""
-    from appliance.client import ApplianceClient
-
-    client = ApplianceClient.from_file(args.credentials)
+    client = _client(args)
     from_content = None
     if args.from_content:
         field, _, kind = args.from_content.partition(":")
         from_content = {"field": field, "type": kind or "string"}
     task = client.task(args.text, from_content)
-    for event in client.task_events(task["task_id"]):
-        detail = {k: v for k, v in event.items() if k not in ("event", "time") and v}
-        print(
-            f"{event['event']}: {json.dumps(detail)}" if detail else event["event"],
-            file=sys.stderr,
-            flush=True,
-        )
-        if event["event"] == "pending_approval":
-            print(f"approve on the box: {_code(event.get('code'))}", file=sys.stderr, flush=True)
-    task = client.task_status(task["task_id"])
-    out(task)
-    return 0 if task["status"] == "done" else 1
+    shown = 0
+    asked: set[str] = set()
+    with out.waiting("the box's model is planning") as update:
+
+        def progress(now: Task) -> None:
+            nonlocal shown
+            for event in now.events[shown:]:
+                out.say(event_line(event))
+            shown = len(now.events)
+            plan = now.plan
+            if plan is not None and plan.waiting_for_press and plan.plan_id not in asked:
+                asked.add(plan.plan_id)
+                out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
+                update(f"waiting for the press on the box (code {plan.code})")
+
+        task = client.wait_task(task.task_id, args.timeout, on_update=progress)
+    out.result(task.raw, task_view(task))
+    if task.plan is not None and task.status not in ("failed",):
+        return plan_exit(task.plan)
+    return OK if task.status == "done" else (WAITING if not task.finished else REFUSED)
 
 
-def cmd_undo(args: argparse.Namespace) -> int:
-    from appliance.client import ApplianceClient
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    """Check that the box is the one paired with, and say what that proved."""
+    client = _client(args)
+    keys = client.keys()
+    proved = client.verify_keys(keys)
+    notes = []
+    if keys["unsafe"]:
+        notes.append("the box runs on the UNSAFE development key: no TPM vouches for it")
+    else:
+        proved += client.verify_attestation()
+    not_proved = (
+        "that the code the box runs is good; only that it is the box you paired with, "
+        "that its keys are in its TPM, and the values of its PCRs"
+    )
+    client.save(args.credentials, name=_saved_name(args.credentials))  # the newest epoch seen
+    answer = {"ok": True, "proved": proved, "unsafe": keys["unsafe"], "not_proved": not_proved}
+    out.result(answer, lines_view(proved, [*notes, f"not proved: {not_proved}"]))
+    return OK
 
-    client = ApplianceClient.from_file(args.credentials)
-    plan = client.undo(args.action_id)
-    print(f"undo needs approval on the box: {_code(plan.get('code'))}", file=sys.stderr)
-    while plan["status"] not in ("done", "denied", "failed", "expired"):
-        plan = client.plan(plan["plan_id"], wait=30)
-    out(plan)
-    return 0 if plan["status"] == "done" else 1
+
+def _saved_name(path: Path) -> str | None:
+    from appliance.client import Credentials
+
+    return Credentials.load(path).name
+
+
+def cmd_mcp(args: argparse.Namespace, out: Output) -> int:
+    from appliance.mcp.stdio import serve_stdio
+
+    return serve_stdio(args.credentials)

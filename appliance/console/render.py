@@ -3,7 +3,7 @@ files inside the package (no CDN: the console works with no internet), and
 the headers every answer carries.
 
 Every value reaches a page through Jinja2's autoescaping; names are also
-escaped for what HTML cannot show (``names.escaped``) and flagged. The pages
+escaped for what HTML cannot show (``appliance.names.escaped``) and flagged. The pages
 run no inline script: the Content-Security-Policy allows scripts, styles and
 connections only from the box itself, and no page may be framed.
 """
@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from appliance.console.names import escaped
+from appliance.names import escaped
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -24,8 +24,8 @@ from appliance.broker.plans import ActionRow
 from appliance.broker.service import Broker
 from appliance.broker.summary import risky_kind
 from appliance.console.looks import Budget, current_text, diff, look
-from appliance.console.names import BIDI, ZERO_WIDTH, escaped, hidden, name_warnings
 from appliance.errors import NotFound
+from appliance.names import BIDI_CONTROLS, ZERO_WIDTH, escaped, hidden, name_warnings
 from appliance.verbs import UNDO_VERB, spec
 
 TEXT_SHOWN = 64 * 1024  # characters of a write's text shown inline
@@ -186,12 +186,13 @@ def _content(params: dict[str, Any]) -> dict[str, Any]:
     }
     if text is not None:
         flags = []
-        if any(ch in BIDI for ch in text):
+        if any(ch in BIDI_CONTROLS for ch in text):
             flags.append("bidirectional controls")
         if any(ch in ZERO_WIDTH for ch in text):
             flags.append("zero-width characters")
         if any(
-            hidden(c) and c not in BIDI and c not in ZERO_WIDTH and c not in "\n\t\r" for c in text
+            hidden(c) and c not in BIDI_CONTROLS and c not in ZERO_WIDTH and c not in "\n\t\r"
+            for c in text
         ):
             flags.append("control characters")
         out["flags"] = flags

@@ -99,7 +99,7 @@ def _open_tpm(config: Config) -> Opened:
     tpm = Tpm(tcti)
     try:
         sealer = _sealer(config, tpm)
-        store = TpmKeyStore(tpm, config.keys_dir, sealer=sealer)
+        store = TpmKeyStore(tpm, config.keys_dir, sealer=sealer, boot_marker=_boot_marker(config))
         provision(tpm, config.keys_dir)
     except BaseException:
         tpm.close()
@@ -108,6 +108,16 @@ def _open_tpm(config: Config) -> Opened:
         raise
     cleanup.append(store.close)
     return Opened(store, "tpm", tcti, cleanup)
+
+
+def _boot_marker(config: Config) -> Path | None:
+    """Production under systemd: the broker's runtime directory (``/run/appliance``,
+    kept across restarts by ``RuntimeDirectoryPreserve=yes``) marks that this
+    boot was counted. Elsewhere, every start counts (see ``count_boot``)."""
+    run_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if config.dev or not run_dir:
+        return None
+    return Path(run_dir) / "tpm-boot-count"
 
 
 def _sealer(config: Config, tpm: Tpm) -> Sealer:

@@ -7,13 +7,17 @@
   never written anywhere; the device key vouches for it in the boot
   statement, so a stolen SD card holds no token-signing key.
 * **epoch** and **boot count**: the TPM's NV counters (monotonic, they cannot
-  be rolled back by restoring a copy of the card).
+  be rolled back by restoring a copy of the card). The boot count goes up
+  once per boot, not per start: a broker that restarts (or retries while a
+  safety part is missing) reads it again, guided by a marker in ``/run``
+  (memory, gone at the next boot), which spares the TPM's NV write budget.
 * **secrets**: 32 random bytes each, on disk only sealed to the TPM by the
   sealer (``appliance.issuer.tpm_seal``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -35,6 +39,45 @@ class Sealer(Protocol):
     def seal(self, data: bytes) -> bytes: ...
 
     def unseal(self, blob: bytes) -> bytes: ...
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def count_boot(tpm: Tpm, marker: Path | None, boot_id_file: Path = BOOT_ID) -> int:
+    """The TPM's boot count, incremented once per boot.
+
+    ``marker`` (in ``/run``, which the next boot starts without) records the
+    kernel's boot id and the count this boot got. A later start in the same
+    boot reads the counter instead of incrementing it, as long as the counter
+    is not below the recorded value; anything odd about the marker (missing,
+    unreadable, another boot, a value the TPM never reached) means: increment.
+    The value used is always the TPM's own, never the marker's. Without a
+    marker (development, tests) every start increments, as before.
+    """
+    if marker is None:
+        return tpm.counter_increment(BOOT_NV_INDEX)
+    boot_id = boot_id_file.read_text().strip()
+    try:
+        seen = json.loads(marker.read_text())
+        same_boot = seen["boot_id"] == boot_id
+        recorded = int(seen["boot_count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        same_boot, recorded = False, 0
+    if same_boot:
+        value = tpm.counter_read(BOOT_NV_INDEX)
+        if value >= recorded:
+            log.info("TPM boot count %d (this boot's, read again)", value)
+            return value
+        log.warning("boot marker %s records %d, above the TPM's %d: counting anew", marker,
+                    recorded, value)  # fmt: skip
+    value = tpm.counter_increment(BOOT_NV_INDEX)
+    tmp = marker.with_name(marker.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"boot_id": boot_id, "boot_count": value}, f)
+    os.replace(tmp, marker)
+    return value
 
 
 class TpmSigner:
@@ -60,7 +103,14 @@ class TpmKeyStore:
     label = "tpm"
     unsafe = False
 
-    def __init__(self, tpm: Tpm, keys_dir: Path, *, sealer: object | None = None):
+    def __init__(
+        self,
+        tpm: Tpm,
+        keys_dir: Path,
+        *,
+        sealer: object | None = None,
+        boot_marker: Path | None = None,
+    ):
         self.tpm = tpm
         self.dir = keys_dir
         self.sealer = cast("Sealer | None", sealer)
@@ -73,7 +123,7 @@ class TpmKeyStore:
         self._signer = TpmSigner(tpm, pem)
         # Public only: lets `appliance audit verify` and desktops check signatures.
         (self.dir / "device.pub.pem").write_bytes(pem)
-        self.boot_count: int = tpm.counter_increment(BOOT_NV_INDEX)
+        self.boot_count: int = count_boot(tpm, boot_marker)
         # In memory only, new at every start; the boot statement binds it to the device key.
         self._root = biscuit.KeyPair()
         log.info(

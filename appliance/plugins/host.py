@@ -53,6 +53,7 @@ from appliance.issuer.plugin_tokens import (
     verify_plugin_call,
 )
 from appliance.issuer.tokens import TokenService
+from appliance.names import lone_surrogate
 from appliance.plugins.egress import pinned_url, remote_address
 from appliance.plugins.package import Plugin, PluginStore, load, normalise_origin
 from appliance.plugins.runtime import PluginStopped, Runtime
@@ -191,6 +192,21 @@ class PluginHost:
             )
             e.reason = f"plugin {m.name} {m.version} (run {run_id}) was stopped: {e.reason}"
             raise
+        except Exception as e:
+            # Whatever ended the run, its end is in the log.
+            why = e.to_dict() if isinstance(e, ApplianceError) else {"code": "host_error"}
+            self.audit.append_quietly(
+                "plugin.stopped",
+                {
+                    "run_id": run_id,
+                    **ident,
+                    "verb": verb,
+                    "calls": calls.count,
+                    "reason": f"{type(e).__name__} in the broker",
+                    **why,
+                },
+            )
+            raise
         plan = None
         if calls.proposals:
             via = f"plugin {m.name} {m.version} (sha256 {plugin.sha256[:12]})"
@@ -211,7 +227,11 @@ class PluginHost:
             },
         )
         try:
-            parsed: Any = json.loads(output) if output else None
+            # What the plugin says goes back to the requester as JSON: no NaN,
+            # no lone surrogate (neither can be answered); else it is text.
+            parsed: Any = json.loads(output, parse_constant=_no_constant) if output else None
+            if lone_surrogate(parsed):
+                parsed = output
         except ValueError:
             parsed = output
         return {
@@ -224,6 +244,10 @@ class PluginHost:
             "fuel_used": result.fuel_used,
             "plan": plan,
         }
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON a desktop can read")
 
 
 def _ident(plugin: Plugin) -> dict[str, str]:
@@ -274,6 +298,11 @@ class _Calls:
             raise PluginStopped(
                 'a host call must be a JSON object with "op" and "token"', code="plugin_bad_call"
             ) from None
+        bad = lone_surrogate(request)
+        if bad:
+            raise PluginStopped(
+                f"a host call must be proper Unicode: {bad}", code="plugin_bad_call"
+            )
         # What the call names, for the log and the reason: a URL without its
         # query string (which could carry what the plugin read).
         what = str(request.get("resource") or request.get("url") or "").partition("?")[0][:200]
@@ -383,6 +412,12 @@ class _Calls:
                 f"an HTTP call needs a url, a method of {HTTP_METHODS} and a text body",
                 code="plugin_bad_call",
             )
+        bad = next((c for c in url if ord(c) < 0x21 or 0x7F <= ord(c) <= 0x9F), None)
+        if bad is not None:
+            raise ScopeError(
+                f"not a plain http(s) URL: it holds U+{ord(bad):04X} at {url.index(bad)} "
+                "(spaces and control characters must be percent-encoded)"
+            )
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
             raise ScopeError(f"{url[:200]!r} is not a plain http(s) URL")
@@ -443,7 +478,8 @@ class _Calls:
                     if len(data) > limit:
                         break
                 status = response.status_code
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            # InvalidURL is not an HTTPError: httpx refuses a URL before sending it.
             raise ExecutionError(
                 f"the request to {origin} failed: {e}", code="http_failed"
             ) from None

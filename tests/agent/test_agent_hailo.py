@@ -31,23 +31,35 @@ def recorded(name: str) -> str:
 
 class RecordedLLM:
     """Stands where ``hailo_platform.genai.LLM`` stands on the Pi and replays
-    outputs recorded from Hailo-style models, one per call."""
+    outputs recorded from Hailo-style models, one per call. Its tokenizer
+    counts four characters a token; its context holds ``capacity`` tokens."""
 
-    def __init__(self, *outputs: str):
+    def __init__(self, *outputs: str, capacity: int = 2048):
         self.outputs = list(outputs)
         self.calls: list[dict[str, Any]] = []
         self.cleared = 0
         self.released = False
+        self.capacity = capacity
+        self.used = 0
 
-    def generate_all(self, **kwargs: Any) -> str:
-        self.calls.append(kwargs)
-        return self.outputs.pop(0)
+    def generate_all(self, prompt: str, **kwargs: Any) -> str:
+        self.calls.append({"prompt": prompt, **kwargs})
+        out = self.outputs.pop(0)
+        self.used = len(self.tokenize(prompt)) + len(self.tokenize(out))
+        return out
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(range((len(text) + 3) // 4))
+
+    def max_context_capacity(self) -> int:
+        return self.capacity
 
     def clear_context(self) -> None:
         self.cleared += 1
+        self.used = 0
 
     def get_context_usage_size(self) -> int:
-        return 321
+        return self.used
 
     def release(self) -> None:
         self.released = True
@@ -88,6 +100,8 @@ def test_good_output_plans_without_repair() -> None:
     assert call["prompt"].endswith("<|im_start|>assistant\n")
     assert "Request: sort the PDFs in Inbox by year" in call["prompt"]
     assert call["max_generated_tokens"] == planner.plan_max_tokens and call["seed"] == 7
+    # Greedy: HailoRT's do_sample=False, and no temperature (HailoRT refuses 0).
+    assert call["do_sample"] is False and "temperature" not in call
     assert llm.cleared == 1
 
 
@@ -221,7 +235,9 @@ def test_ollama_chat_with_repair(ollama: str) -> None:
     assert result.repaired and result.tokens == 34 and len(result.intents) == 4
     first = _Ollama.seen[0]
     assert first["path"] == "/api/chat" and first["model"] == "qwen2.5-instruct:1.5b"
-    assert first["stream"] is False and first["format"]["required"] == ["steps"]
+    # hailo-ollama declares `format` a string and never reads it: not sent.
+    assert first["stream"] is False and "format" not in first
+    assert first["options"]["temperature"] == 0  # hailo-ollama: do_sample=False
     assert first["messages"][0]["role"] == "system" and first["messages"][-1]["role"] == "user"
     backend.close()
 
@@ -231,3 +247,46 @@ def test_ollama_down_is_a_model_error() -> None:
     backend = OllamaBackend(m, base_url="http://127.0.0.1:9", timeout_s=2)
     with pytest.raises(ModelError, match="Ollama server"):
         Planner(backend).plan("list", LISTING)
+
+
+# ---------------------------------------------------------------- HailoRT's context and sampling
+
+
+def test_the_answer_budget_fits_the_context() -> None:
+    """HailoRT drops the oldest tokens silently when its context is full: the
+    prompt is counted first and the answer's budget cut to what is left."""
+    planner, llm = planner_on(recorded("qwen_plan_ok.txt"))
+    llm.capacity = 1000
+    planner.plan("sort the PDFs in Inbox by year", LISTING)
+    (call,) = llm.calls
+    prompt_tokens = len(llm.tokenize(call["prompt"]))
+    assert call["max_generated_tokens"] == 1000 - prompt_tokens < planner.plan_max_tokens
+
+
+def test_a_prompt_over_the_context_is_refused_before_generating() -> None:
+    planner, llm = planner_on(recorded("qwen_plan_ok.txt"))
+    llm.capacity = 100
+    with pytest.raises(ModelError, match="over the model's 100-token context"):
+        planner.plan("sort the PDFs in Inbox by year", LISTING)
+    assert llm.calls == []
+
+
+def test_a_failed_generation_reports_and_clears_the_context() -> None:
+    class Failing(RecordedLLM):
+        def generate_all(self, prompt: str, **kwargs: Any) -> str:
+            self.used = 1500
+            raise RuntimeError("HAILO_TIMEOUT")
+
+    llm = Failing()
+    backend = HailoBackend(hailo_manifest(), llm=llm)
+    with pytest.raises(ModelError, match="HAILO_TIMEOUT.*1500 tokens were in the context.*cleared"):
+        backend.generate("sys", "user", json_schema=None, max_tokens=10)
+    assert llm.used == 0
+
+
+def test_temperature_zero_is_refused_and_a_positive_one_samples() -> None:
+    m = hailo_manifest()
+    with pytest.raises(ModelError, match="refuses temperature 0"):
+        HailoBackend(replace(m, options={**m.options, "temperature": 0}), llm=RecordedLLM())
+    sampled = HailoBackend(replace(m, options={"temperature": 0.7, "seed": 3}), llm=RecordedLLM())
+    assert sampled.sampling == {"do_sample": True, "temperature": 0.7, "seed": 3}

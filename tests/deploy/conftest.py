@@ -69,5 +69,6 @@ def stage_minimal_root(root: Path, keyring: Path) -> None:
     proc = run(
         "systemctl", f"--root={root}", "enable",
         "appliance-broker.service", "appliance-agent.service", "appliance-pairing-hint.service",
+        "appliance-mark-good.service",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -113,7 +113,8 @@ def _pinned(path: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    ("file", "extras"), [("requirements-check.txt", ()), ("requirements-pi.txt", ("pi", "cpu"))]
+    ("file", "extras"),
+    [("requirements-check.txt", ("pi",)), ("requirements-pi.txt", ("pi", "cpu"))],
 )
 def test_image_requirements_pin_every_dependency(file: str, extras: tuple[str, ...]) -> None:
     """The image installs with --require-hashes from these files alone: a

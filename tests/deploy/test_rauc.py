@@ -219,3 +219,29 @@ def test_bundle_hook_points_each_boot_slot_at_its_root(tmp_path: Path) -> None:
     assert (tmp_path / "cmdline.txt").read_text() == (
         "console=tty1 root=PARTLABEL=rootB rootwait rauc.slot=B\n"
     )
+
+
+def test_bundle_hook_points_each_root_slot_at_itself(tmp_path: Path) -> None:
+    """The root image is the same for both slots: its fstab line for / is
+    rewritten for the slot it lands in, as cmdline.txt is for the boot slot."""
+    (tmp_path / "etc").mkdir()
+    fstab = tmp_path / "etc/fstab"
+    fstab.write_text(
+        "# comment\nPARTLABEL=rootA    /               ext4  defaults,noatime  0 1\n"
+        "PARTLABEL=data     /data           ext4  defaults  0 2\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "RAUC_SLOT_CLASS": "rootfs", "RAUC_SLOT_NAME": "rootfs.1",
+           "RAUC_SLOT_MOUNT_POINT": str(tmp_path)}  # fmt: skip
+    proc = run("sh", IMAGE_BUILD / "rauc/hook", "slot-post-install", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = fstab.read_text().splitlines()
+    assert lines[1].startswith("PARTLABEL=rootB / ") and lines[2].startswith("PARTLABEL=data")
+    fstab.write_text("PARTLABEL=data /data ext4 defaults 0 2\n")  # no line for /: refused
+    proc = run("sh", IMAGE_BUILD / "rauc/hook", "slot-post-install", env=env)
+    assert proc.returncode == 1 and "mounts no rootB" in proc.stderr
+
+
+def test_the_bundle_runs_the_hook_for_the_root_slot_too() -> None:
+    text = (IMAGE_BUILD / "make-bundle.sh").read_text()
+    rootfs = text.split("[image.rootfs]")[1].split("[image.boot]")[0]
+    assert "hooks=post-install" in rootfs

@@ -162,9 +162,10 @@ def test_config_is_the_production_config() -> None:
 
 # Calls that start another program. The production broker makes none: the
 # only ones in the package start the development TPM (swtpm) and the
-# development agent, both only in development mode, and the plugin authors'
-# compiler (`python -m appliance.plugins.build`), which nothing in the broker
-# imports (checked below).
+# development agent, both only in development mode, the plugin authors'
+# compiler (`python -m appliance.plugins.build`), and the owner's `appliance
+# update` (rauc, systemctl; as root at the console or from the mark-good unit),
+# neither of which anything in the broker imports (checked below).
 SPAWNS = {"Popen", "run", "call", "check_call", "check_output", "system", "spawnv", "spawnl",
           "execv", "execve", "execvp", "execl", "popen", "create_subprocess_exec",
           "create_subprocess_shell"}  # fmt: skip
@@ -172,6 +173,7 @@ DEV_ONLY = {
     ("appliance/issuer/swtpm.py", "start"),
     ("appliance/serve.py", "start_agent"),
     ("appliance/plugins/build.py", "compile_plugin"),
+    ("appliance/update.py", "run"),
 }
 
 
@@ -198,6 +200,19 @@ def test_no_external_program_outside_development() -> None:
         if path.name != "build.py" and "plugins.build" in path.read_text()
     ]
     assert not importers, f"the plugin compiler is reachable from {importers}"
+    # `appliance update` is registered by the command line and imported by the
+    # self-test (its slot reader); never by the broker, the API or the agent.
+    importers = [
+        path.relative_to(REPO)
+        for path in (REPO / "appliance").rglob("*.py")
+        if re.search(
+            r"from appliance(\.update)? import (update|Slots)|import appliance\.update",
+            path.read_text(),
+        )  # fmt: skip
+    ]
+    assert {str(p) for p in importers} <= {"appliance/cli/parser.py", "appliance/selftest.py"}, (
+        importers
+    )
 
 
 def test_production_never_starts_swtpm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,13 +240,13 @@ def test_pairing_hint(tmp_path: Path) -> None:
         "PATH": "/usr/bin:/bin",
         "APPLIANCE_CERT": str(tmp_path / "tls/device.crt"),
         "APPLIANCE_RUN": str(tmp_path / "run"),
-        "APPLIANCE_AVAHI_DIR": str(tmp_path / "avahi"),
         "APPLIANCE_CONSOLE": str(tmp_path / "console"),
     }
     proc = run("sh", DEPLOY / "appliance/pairing-hint", env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"--fingerprint {fp}" in (tmp_path / "run/issue.d/appliance.issue").read_text()
-    assert f"<txt-record>fp={fp}</txt-record>" in (tmp_path / "avahi/appliance.service").read_text()
+    # The broker announces itself by mDNS; the hint writes no second announcement.
+    assert not list(tmp_path.rglob("*.service"))
     assert fp in (tmp_path / "console").read_text()
 
 

@@ -105,7 +105,16 @@ def test_pinned_tls_pairing_submit_and_undo(tls_box: Box, tmp_path: Path) -> Non
         )
     )
     submit = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "submit", str(plan), "--credentials", str(creds)],
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "submit",
+            str(plan),
+            "--credentials",
+            str(creds),
+            "--json",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,6 +135,7 @@ def test_pinned_tls_pairing_submit_and_undo(tls_box: Box, tmp_path: Path) -> Non
             done["intents"][0]["action_id"],
             "--credentials",
             str(creds),
+            "--json",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -7,6 +7,7 @@ hold. Everything else is ignored, and every press is on the record."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -209,6 +210,31 @@ def test_pairing_window_opens_with_a_long_hold_and_closes_by_itself(rig: Rig) ->
     rig.press(0.95)
     assert wait_for(lambda: rig.rec.decided)[0].status == "approved"
     assert len(rig.rec.named("approval.pairing_window")) == 2
+
+
+def test_a_release_and_the_next_press_count_while_the_queue_is_slow(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Edges that arrive while the button's thread is busy telling the queue
+    something (writing the audit log, say) are each a real press or release:
+    a release and the press after it must not merge into one endless hold."""
+    opening = rig.queue.open_pairing_window
+
+    def slow_open(**kw: Any) -> Any:
+        time.sleep(0.6)
+        return opening(**kw)
+
+    monkeypatch.setattr(rig.queue, "open_pairing_window", slow_open)
+    rig.down()
+    time.sleep(0.85)  # pairing_hold_s is 0.8: the window starts opening
+    rig.up()  # released while the window is still being opened
+    time.sleep(0.1)
+    rig.down()  # ...and pressed again, still during it
+    time.sleep(0.1)
+    rig.up()
+    assert wait_for(lambda: rig.queue.pairing_window())
+    taps = wait_for(lambda: [p for p in rig.rec.presses() if p.get("gesture") == "tap"])
+    assert "a tap alone does nothing" in taps[0]["reason"]
 
 
 def test_real_default_timings() -> None:

@@ -59,7 +59,7 @@ def test_publisher_commands_make_a_plugin_that_loads(
 ) -> None:
     def cli(*args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "appliance.cli", "plugins", *args],
+            [sys.executable, "-m", "appliance.cli", "plugins", *args, "--json"],
             capture_output=True,
             text=True,
             timeout=60,

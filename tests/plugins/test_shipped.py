@@ -167,9 +167,11 @@ def test_organise_by_date_end_to_end(
     box.start()
     try:
         state = ["--state-dir", str(box.state)]
-        installed = json.loads(box.cli("plugins", "install", str(folder), *state).stdout)
+        installed = json.loads(box.cli("plugins", "install", str(folder), *state, "--json").stdout)
         assert installed["name"] == "organise-by-date" and installed["version"] == "1.0.0"
-        verified = json.loads(box.cli("plugins", "verify", "organise-by-date", *state).stdout)
+        verified = json.loads(
+            box.cli("plugins", "verify", "organise-by-date", *state, "--json").stdout
+        )
         assert verified["status"] == "ok" and verified["sha256"] == installed["sha256"]
         client = box.pair(grant={"shares": {"photos": "read-write"}})
         r = client.post(
@@ -203,6 +205,6 @@ def test_organise_by_date_end_to_end(
         assert all(i["derived_fields"] for i in decided["intents"])  # a plugin's, not typed
 
         box.cli("plugins", "remove", "organise-by-date", *state)
-        assert json.loads(box.cli("plugins", "list", *state).stdout) == {"plugins": []}
+        assert json.loads(box.cli("plugins", "list", *state, "--json").stdout) == {"plugins": []}
     finally:
         box.stop()

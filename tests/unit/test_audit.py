@@ -15,23 +15,26 @@ from pathlib import Path
 import pytest
 
 from appliance.audit import (
-    CHECKPOINTS_FILE,
     EMPTY_ROOT,
-    ENTRIES_FILE,
     AuditLog,
     AuditTampered,
     MerkleTree,
     checkpoint_payload,
+    checkpoints_name,
+    entries_name,
     leaf_hash,
     node_hash,
     verify_consistency,
     verify_inclusion,
     verify_log,
 )
+from appliance.audit import reading as reading_mod
 from appliance.audit import verify as verify_mod
 from appliance.errors import ApplianceError, NotFound, Unavailable
 from appliance.intents import canonical_json
 from appliance.issuer.keys import UNSAFE_LABEL, DevKeyStore, verify_signature
+
+ENTRIES_FILE, CHECKPOINTS_FILE = entries_name(0), checkpoints_name(0)
 
 # -- a brute-force reference, straight from RFC 9162 section 2.1 ------------
 
@@ -289,8 +292,8 @@ def test_swapped_entries_are_detected(tmp_path: Path, signer, pem) -> None:
         d,
         signer,
         pem,
-        "Line 3, where entry 2 belongs, holds an entry with index 5",
-        "Line 6, where entry 5 belongs, holds an entry with index 2",
+        f"Line 3 of {ENTRIES_FILE}, where entry 2 belongs, holds an entry with index 5",
+        f"Line 6 of {ENTRIES_FILE}, where entry 5 belongs, holds an entry with index 2",
     )
 
 
@@ -307,7 +310,7 @@ def test_inserted_entry_is_detected(tmp_path: Path, signer, pem) -> None:
         signer,
         pem,
         "Entry 4 does not match",
-        "Line 6, where entry 5 belongs, holds an entry with index 4",
+        f"Line 6 of {ENTRIES_FILE}, where entry 5 belongs, holds an entry with index 4",
     )
 
 
@@ -332,7 +335,7 @@ def test_deleted_entry_is_detected(tmp_path: Path, signer, pem) -> None:
         d,
         signer,
         pem,
-        "Line 5, where entry 4 belongs, holds an entry with index 5",
+        f"Line 5 of {ENTRIES_FILE}, where entry 4 belongs, holds an entry with index 5",
         "entry 7 is missing",
     )
 
@@ -350,7 +353,12 @@ def test_replaced_signature_is_detected(tmp_path: Path, signer, pem) -> None:
     cps = [json.loads(x) for x in lines(d, CHECKPOINTS_FILE)]
     cps[-1]["signature"] = cps[-2]["signature"]  # a real signature, over something else
     write_lines(d, [canonical_json(c) for c in cps], CHECKPOINTS_FILE)
-    assert_tampered(d, signer, pem, "line 9 (tree size 8) has a signature that does not verify")
+    assert_tampered(
+        d,
+        signer,
+        pem,
+        f"line 9 of {CHECKPOINTS_FILE} (tree size 8) has a signature that does not verify",
+    )
 
 
 def test_resigned_with_another_key_is_detected(tmp_path: Path, signer, pem) -> None:
@@ -384,7 +392,10 @@ def test_bad_signature_on_an_older_checkpoint_is_detected(tmp_path: Path, signer
     write_lines(d, [canonical_json(c) for c in cps], CHECKPOINTS_FILE)
     report = verify_log(d, pem)
     assert not report.ok
-    assert "line 4 (tree size 3) has a signature that does not verify" in report.problems[0]
+    assert (
+        f"line 4 of {CHECKPOINTS_FILE} (tree size 3) has a signature that does not verify"
+        in report.problems[0]
+    )
 
 
 def test_checkpoints_going_backwards_are_detected(tmp_path: Path, signer, pem) -> None:
@@ -704,7 +715,7 @@ def test_verify_beside_a_running_broker_sees_no_problem(
     d = tmp_path / "a"
     log = open_log(d, signer)
     log.append("test.event", {"n": 0})
-    real_read = verify_mod._read
+    real_read = reading_mod._read
     reads: list[str] = []
 
     def read_then_append(path: Path) -> bytes:
@@ -714,7 +725,7 @@ def test_verify_beside_a_running_broker_sees_no_problem(
         reads.append(path.name)
         return data
 
-    monkeypatch.setattr(verify_mod, "_read", read_then_append)
+    monkeypatch.setattr(reading_mod, "_read", read_then_append)
     report = verify_log(d, pem)
     log.close()
     assert len(reads) == 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +16,23 @@ from typing import Any
 
 import pytest
 
-from appliance.broker.files import FileOps, Outcome, UndoRecord
+from appliance.broker.files import (
+    TRASH_DIR,
+    FileOps,
+    Kept,
+    Outcome,
+    UndoRecord,
+    base,
+    creating,
+    deleting,
+    fsutil,
+)
 from appliance.broker.files import moving as fileops_mod
+from appliance.broker.files.trees import walk_tree
 from appliance.broker.scope import ShareConfigError, Shares, Target
 from appliance.broker.snapshots import SnapshotError, SnapshotStore, manifest_id
 from appliance.config import Limits
-from appliance.errors import ApplianceError, ExecutionError, ScopeError
+from appliance.errors import ApplianceError, ExecutionError, InsufficientStorage, ScopeError
 
 LIMITS = Limits(read_bytes=64, write_bytes=100, list_entries=5, name_bytes=64, path_bytes=256)
 
@@ -42,6 +55,7 @@ class Env:
         self.shares = Shares({"docs": self.docs, "photos": self.photos}, LIMITS)
         self.store = SnapshotStore(base / "state" / "snapshots")
         self.ops = FileOps(self.shares, self.store, LIMITS, **kw)
+        self.keeper = Keeper()
 
     def t(self, resource: str) -> Target:
         return self.shares.parse(resource)
@@ -49,12 +63,13 @@ class Env:
     def run(self, verb: str, resource: str, **params: Any) -> Outcome:
         if isinstance(params.get("to"), str):
             params["to"] = self.t(params["to"])
-        return self.ops.execute(verb, self.t(resource), params)
+        return self.ops.execute(verb, self.t(resource), params, keeper=self.keeper)
 
     def undo(self, outcome: Outcome) -> dict:
         # Undo records go through SQLite as JSON: prove they survive that.
         assert outcome.undo is not None
-        return self.ops.undo(UndoRecord.from_json(json.loads(json.dumps(outcome.undo.to_json()))))
+        record = UndoRecord.from_json(json.loads(json.dumps(outcome.undo.to_json())))
+        return self.ops.undo(record, keeper=self.keeper)
 
 
 @pytest.fixture
@@ -63,9 +78,12 @@ def env(tmp_path: Path) -> Env:
 
 
 def tree(root: Path, *, times: bool = False) -> dict[str, tuple]:
-    """Everything under root: names, types, bytes and modes (and mtimes)."""
+    """Everything under root but the share's trash: names, types, bytes and
+    modes (and mtimes)."""
     out: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and TRASH_DIR in dirnames:
+            dirnames.remove(TRASH_DIR)
         for n in dirnames + filenames:
             p = Path(dirpath) / n
             st = p.lstat()
@@ -85,7 +103,29 @@ def visible(root: Path) -> dict[str, tuple]:
 
 
 def junk(root: Path) -> list[str]:
-    return [k for k in tree(root) if ".appliance-" in k]
+    """Leftovers of an action: hidden temporary or half-deleted names."""
+    return [k for k in tree(root) if fsutil.LEFTOVER_RE.match(Path(k).name)]
+
+
+def trash(root: Path) -> dict[str, tuple]:
+    """What the share's trash holds."""
+    return tree(root / TRASH_DIR) if (root / TRASH_DIR).is_dir() else {}
+
+
+class Keeper:
+    """Stands in for the retention: a budget, and what was kept."""
+
+    def __init__(self, budget: int = 1 << 40):
+        self.budget, self.used = budget, 0
+        self.items: list[Kept] = []
+
+    def admit(self, size: int, what: str) -> None:
+        if self.used + size > self.budget:
+            raise InsufficientStorage(f"{what} would go over the budget")
+
+    def kept(self, kept: Kept) -> None:
+        self.items.append(kept)
+        self.used += kept.size
 
 
 # -- reading verbs ------------------------------------------------------------
@@ -209,8 +249,10 @@ def test_write_new_file_and_undo(env: Env) -> None:
     assert junk(env.docs) == []
     r = env.undo(o)
     assert tree(env.docs) == before
-    # The removed file went into the store first: the undo can itself be undone.
-    assert env.store.load(r["snapshot_id"])["files"][0]["sha256"] == o.result["sha256"]
+    # The removed file went into the trash: the undo destroys nothing either.
+    assert r == {"removed": "share:docs/sub/new.txt", "trash": True}
+    assert [v[1] for v in trash(env.docs).values()] == ["héllo".encode()]
+    assert [k.source for k in env.keeper.items] == ["share:docs/sub/new.txt"]
 
 
 def test_write_base64(env: Env) -> None:
@@ -284,8 +326,46 @@ def test_copy_and_undo(env: Env) -> None:
     assert (env.photos / "b.bin").read_bytes() == b"\x00\xffbeta"
     assert stat.S_IMODE((env.photos / "b.bin").stat().st_mode) == 0o640
     assert (env.docs / "sub" / "b.bin").exists()
+    # In the kernel: a reflink where the file system has them, else copy_file_range.
+    assert o.result["copied_by"] in ("reflink", "copy_file_range", "sendfile")
+    assert o.undo.identity.ino == (env.photos / "b.bin").stat().st_ino and not o.undo.sha256
+    assert junk(env.photos) == []
     env.undo(o)
     assert tree(env.photos) == before
+    assert [v[1] for v in trash(env.photos).values()] == [b"\x00\xffbeta"]
+
+
+def test_copy_of_a_large_file_is_exact(env: Env) -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    (env.docs / "big.bin").write_bytes(data)
+    env.run("file.copy", "share:docs/big.bin", to="share:photos/big.bin")
+    assert (env.photos / "big.bin").read_bytes() == data
+
+
+def test_copy_undo_refused_if_the_copy_changed(env: Env) -> None:
+    o = env.run("file.copy", "share:docs/a.txt", to="share:photos/a.txt")
+    (env.photos / "a.txt").write_text("edited")
+    with pytest.raises(ExecutionError, match="changed since"):
+        env.undo(o)
+    (env.photos / "a.txt").unlink()
+    (env.photos / "a.txt").write_text("alpha")  # same content, another file
+    with pytest.raises(ExecutionError, match="changed since"):
+        env.undo(o)
+    assert (env.photos / "a.txt").read_text() == "alpha" and trash(env.photos) == {}
+
+
+def test_copy_refused_without_room(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.fstatvfs
+
+    class Full:
+        def __init__(self, st: os.statvfs_result):
+            self.f_frsize, self.f_bavail = st.f_frsize, 1
+
+    monkeypatch.setattr(creating.os, "fstatvfs", lambda fd: Full(real(fd)))
+    with pytest.raises(InsufficientStorage, match="no room") as info:
+        env.run("file.copy", "share:docs/a.txt", to="share:photos/a.txt")
+    assert info.value.status == 507
+    assert os.listdir(env.photos) == []
 
 
 def test_copy_refusals(env: Env) -> None:
@@ -323,8 +403,9 @@ def test_copy_refusals(env: Env) -> None:
 def test_move_and_undo(env: Env, src: str, dest: str) -> None:
     before = {"docs": tree(env.docs, times=True), "photos": tree(env.photos, times=True)}
     o = env.run("file.move", src, to=dest)
-    assert o.snapshot_id and env.store.exists(o.snapshot_id)
-    assert env.store.load(o.snapshot_id)["source"] == src
+    # Nothing is destroyed, so nothing is copied: no snapshot, nothing kept.
+    assert o.snapshot_id is None and env.store.snapshot_ids() == [] and env.keeper.items == []
+    assert set(o.undo.to_json()) == {"verb", "from", "to", "identity"}
     s, d = env.t(src), env.t(dest)
     assert not (env.shares.root(s.share).joinpath(*s.parts)).exists()
     assert (env.shares.root(d.share).joinpath(*d.parts)).exists()
@@ -373,32 +454,77 @@ def test_move_refusals(env: Env) -> None:
     os.mkfifo(env.docs / "pipe")
     with pytest.raises(ScopeError, match="fifo"):
         env.run("file.move", "share:docs/pipe", to="share:photos/x")
-    # A directory holding a symlink is refused whole: nothing moves.
+
+
+def test_a_folder_moves_whole_without_following_what_it_holds(env: Env) -> None:
+    """One rename: a symlink inside goes along as a symlink, never followed,
+    and comes back with the undo."""
     (env.docs / "sub" / "deep" / "l").symlink_to(env.outside)
-    with pytest.raises(ScopeError, match="share:docs/sub/deep/l is a symlink"):
-        env.run("file.move", "share:docs/sub", to="share:photos/sub")
-    assert (env.docs / "sub" / "deep" / "c.txt").exists() and os.listdir(env.photos) == []
+    o = env.run("file.move", "share:docs/sub", to="share:photos/sub")
+    assert os.readlink(env.photos / "sub" / "deep" / "l") == str(env.outside)
+    assert sorted(os.listdir(env.outside)) == ["secret"]
+    env.undo(o)
+    assert os.readlink(env.docs / "sub" / "deep" / "l") == str(env.outside)
 
 
 def test_move_undo_refused_when_things_changed(env: Env) -> None:
     o = env.run("file.move", "share:docs/a.txt", to="share:photos/a.txt")
+    st = (env.photos / "a.txt").stat()
     (env.photos / "a.txt").write_text("edited")
-    with pytest.raises(ExecutionError, match="changed since"):
+    with pytest.raises(ExecutionError, match="not what was moved there"):
         env.undo(o)
     (env.photos / "a.txt").write_text("alpha")
+    os.utime(env.photos / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
     (env.docs / "a.txt").write_text("new one")
     with pytest.raises(ExecutionError, match="taken"):
         env.undo(o)
     (env.docs / "a.txt").unlink()
-    env.undo(o)  # same content again and the source is free: allowed
+    env.undo(o)  # the same file, its size and time as moved, the source free: allowed
     assert (env.docs / "a.txt").read_text() == "alpha"
+    # A folder is the same folder whatever it holds now: it goes back with it.
     o = env.run("file.move", "share:docs/sub", to="share:photos/sub")
     (env.photos / "sub" / "deep" / "extra").write_text("x")
-    with pytest.raises(ExecutionError, match="changed since"):
-        env.undo(o)
-    (env.photos / "sub" / "deep" / "extra").unlink()
     env.undo(o)
-    assert (env.docs / "sub" / "deep" / "c.txt").read_text() == "gamma"
+    assert (env.docs / "sub" / "deep" / "extra").read_text() == "x"
+
+
+def test_move_undo_refuses_a_file_swapped_in_by_a_share_writer(env: Env) -> None:
+    """Someone who can write into the share replaces the moved file with his
+    own (same name, same content, even the same times): the undo moves
+    nothing, because it is not the inode that was moved."""
+    o = env.run("file.move", "share:docs/a.txt", to="share:photos/a.txt")
+    st = (env.photos / "a.txt").stat()
+    os.rename(env.photos / "a.txt", env.outside / "kept-aside")
+    (env.photos / "a.txt").write_text("alpha")
+    os.utime(env.photos / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ExecutionError, match="not what was moved there"):
+        env.undo(o)
+    assert not (env.docs / "a.txt").exists()
+    # A folder swapped for another folder is refused the same way.
+    o = env.run("file.move", "share:docs/sub", to="share:photos/sub")
+    os.rename(env.photos / "sub", env.outside / "sub-aside")
+    (env.photos / "sub").mkdir()
+    with pytest.raises(ExecutionError, match="not what was moved there"):
+        env.undo(o)
+    assert not (env.docs / "sub").exists()
+
+
+def test_move_undo_refuses_symlinks_planted_where_it_would_act(env: Env) -> None:
+    o = env.run("file.move", "share:docs/sub/b.bin", to="share:photos/b.bin")
+    # The moved file replaced by a symlink to something outside:
+    os.rename(env.photos / "b.bin", env.photos / "aside.bin")
+    (env.photos / "b.bin").symlink_to(env.outside / "secret")
+    with pytest.raises(ScopeError, match="symlink"):
+        env.undo(o)
+    (env.photos / "b.bin").unlink()
+    os.rename(env.photos / "aside.bin", env.photos / "b.bin")
+    # The folder it would go back into replaced by a symlink to outside:
+    os.rename(env.docs / "sub", env.docs / "sub-aside")
+    (env.docs / "sub").symlink_to(env.outside)
+    with pytest.raises(ScopeError, match="symlink"):
+        env.undo(o)
+    assert sorted(os.listdir(env.outside)) == ["secret"]
+    assert (env.photos / "b.bin").read_bytes() == b"\x00\xffbeta"
 
 
 def test_rename_and_undo(env: Env) -> None:
@@ -435,26 +561,40 @@ def test_rename_never_overwrites(env: Env) -> None:
 # -- delete -------------------------------------------------------------------
 
 
-def test_delete_file_and_undo(env: Env) -> None:
+def test_delete_file_goes_to_the_trash_and_comes_back(env: Env) -> None:
     before = tree(env.docs, times=True)
+    ino = (env.docs / "sub" / "b.bin").stat().st_ino
     o = env.run("file.delete", "share:docs/sub/b.bin")
     assert not (env.docs / "sub" / "b.bin").exists()
-    m = env.store.load(o.snapshot_id)
-    blob = env.store.open_blob(m["files"][0]["sha256"]).read()
-    assert blob == b"\x00\xffbeta"
+    # A rename: the same inode in the share's trash, nothing in the store.
+    (item,) = os.listdir(env.docs / TRASH_DIR)
+    assert (env.docs / TRASH_DIR / item).stat().st_ino == ino
+    assert o.undo.trash == item and o.snapshot_id is None and env.store.snapshot_ids() == []
+    assert o.result == {
+        "resource": "share:docs/sub/b.bin",
+        "type": "file",
+        "files": 1,
+        "bytes": 6,
+        "trash": True,
+    }
+    assert env.keeper.items == [Kept(f"trash:docs/{item}", "share:docs/sub/b.bin", 6)]
+    assert stat.S_IMODE((env.docs / TRASH_DIR).stat().st_mode) == 0o700
     env.undo(o)
     assert tree(env.docs, times=True) == before
+    assert (env.docs / "sub" / "b.bin").stat().st_ino == ino and trash(env.docs) == {}
 
 
 def test_delete_tree_and_undo(env: Env) -> None:
     os.chmod(env.docs / "sub" / "deep", 0o750)
+    (env.docs / "sub" / "deep" / "l").symlink_to(env.outside)  # goes along, never followed
     before = tree(env.docs, times=True)
     o = env.run("file.delete", "share:docs/sub")
-    assert sorted(os.listdir(env.docs)) == ["a.txt"]
-    assert o.result["files"] == 2
+    assert sorted(os.listdir(env.docs)) == [TRASH_DIR, "a.txt"]
+    assert o.result["files"] == 3 and o.result["bytes"] == 6 + 5 + len(str(env.outside))
     env.undo(o)
     assert tree(env.docs, times=True) == before
-    assert junk(env.docs) == []
+    assert junk(env.docs) == [] and trash(env.docs) == {}
+    assert sorted(os.listdir(env.outside)) == ["secret"]
 
 
 def test_delete_undo_refused_if_path_taken(env: Env) -> None:
@@ -473,72 +613,114 @@ def test_delete_undo_refused_if_path_taken(env: Env) -> None:
 def test_delete_refusals(env: Env) -> None:
     with pytest.raises(ScopeError, match="share root"):
         env.run("file.delete", "share:docs")
-    (env.docs / "sub" / "deep" / "p").symlink_to("/dev/null")
-    before = tree(env.docs)
-    with pytest.raises(ScopeError, match="symlink"):
-        env.run("file.delete", "share:docs/sub")
-    assert tree(env.docs) == before
     with pytest.raises(ExecutionError, match="does not exist"):
         env.run("file.delete", "share:docs/nope")
+    (env.docs / "link").symlink_to(env.outside / "secret")
+    with pytest.raises(ScopeError, match="symlink"):
+        env.run("file.delete", "share:docs/link")
+    assert (env.outside / "secret").read_text() == "SECRET"
 
 
-def test_delete_over_snapshot_limit_refused(tmp_path: Path) -> None:
-    env = Env(tmp_path, snapshot_bytes=8, snapshot_entries=3)
-    (env.docs / "big").write_bytes(b"x" * 9)
-    with pytest.raises(ExecutionError, match="snapshot limit"):
-        env.run("file.delete", "share:docs/big")
-    assert (env.docs / "big").exists()
-    (env.photos / "many").mkdir()
-    for i in range(4):
-        (env.photos / "many" / str(i)).write_text("")
-    with pytest.raises(ExecutionError, match="entries"):
-        env.run("file.delete", "share:photos/many")
-    assert len(os.listdir(env.photos / "many")) == 4
+def test_delete_refused_over_the_budget_before_anything_changes(env: Env) -> None:
+    env.keeper.budget = 8
+    before = tree(env.docs)
+    with pytest.raises(InsufficientStorage, match="over the budget") as info:
+        env.run("file.delete", "share:docs/sub")  # 11 bytes
+    assert info.value.status == 507 and tree(env.docs) == before and trash(env.docs) == {}
+    env.run("file.delete", "share:docs/a.txt")  # 5 bytes: fits
+    with pytest.raises(InsufficientStorage):
+        env.run("file.delete", "share:docs/sub/b.bin")  # 6 more: does not
+    assert (env.docs / "sub" / "b.bin").exists()
 
 
-def test_delete_refuses_tree_changed_after_snapshot(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A file added after the snapshot would be lost: the delete is undone and refused."""
-    real_save = env.store.save
-
-    def save_then_race(manifest: dict) -> str:
-        sid = real_save(manifest)
-        (env.docs / "sub" / "late.txt").write_text("not in the snapshot")
-        return sid
-
-    monkeypatch.setattr(env.store, "save", save_then_race)
-    with pytest.raises(ExecutionError, match="changed while being deleted"):
-        env.run("file.delete", "share:docs/sub")
-    assert (env.docs / "sub" / "late.txt").read_text() == "not in the snapshot"
-    assert (env.docs / "sub" / "deep" / "c.txt").exists() and junk(env.docs) == []
+def test_trash_folder_planted_by_a_share_writer_is_refused(env: Env) -> None:
+    """A share writer makes the trash folder first (his own, open to all), or
+    a symlink in its place: the broker puts nothing there, and deletes nothing."""
+    (env.outside / "trap").mkdir()
+    (env.docs / TRASH_DIR).symlink_to(env.outside / "trap")
+    with pytest.raises(ScopeError, match="not a folder"):
+        env.run("file.delete", "share:docs/a.txt")
+    (env.docs / TRASH_DIR).unlink()
+    (env.docs / TRASH_DIR).mkdir(mode=0o777)
+    os.chmod(env.docs / TRASH_DIR, 0o777)
+    with pytest.raises(ExecutionError, match="not the broker's own"):
+        env.run("file.delete", "share:docs/a.txt")
+    assert (env.docs / "a.txt").read_text() == "alpha"
+    assert os.listdir(env.outside / "trap") == [] and os.listdir(env.docs / TRASH_DIR) == []
 
 
-def test_delete_with_parent_swapped_for_symlink_stays_inside(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trash_undo_refuses_an_item_swapped_in_the_trash(env: Env) -> None:
+    o = env.run("file.delete", "share:docs/a.txt")
+    item = env.docs / TRASH_DIR / o.undo.trash
+    os.rename(item, env.outside / "aside")
+    item.write_text("alpha")  # another inode under the item's name
+    with pytest.raises(ExecutionError, match="not what was deleted"):
+        env.undo(o)
+    item.unlink()
+    with pytest.raises(ExecutionError, match="no longer in the trash"):
+        env.undo(o)
+    assert not (env.docs / "a.txt").exists()
+
+
+def test_trash_undo_refuses_a_symlinked_parent(env: Env) -> None:
+    """The folder the undo would write into is swapped for a symlink to
+    outside: the walk refuses it, nothing is written outside."""
+    o = env.run("file.delete", "share:docs/sub/deep/c.txt")
+    os.rename(env.docs / "sub", env.docs / "sub.old")
+    (env.docs / "sub").symlink_to(env.outside)
+    with pytest.raises(ScopeError, match="symlink"):
+        env.undo(o)
+    assert sorted(os.listdir(env.outside)) == ["secret"]
+    assert len(os.listdir(env.docs / TRASH_DIR)) == 1
+
+
+def test_delete_with_parent_swapped_for_symlink_stays_inside(env: Env) -> None:
     """The parent directory is replaced by a symlink to outside between the
-    resolution and the unlink: the unlink goes through the fd already held,
-    so it removes the share's file, never the outside one."""
+    resolution and the rename: the rename goes through the fd already held,
+    so it moves the share's file, never the outside one."""
     (env.outside / "deep").mkdir()
     (env.outside / "deep" / "c.txt").write_text("OUTSIDE")
-    real_save = env.store.save
 
-    def save_then_swap(manifest: dict) -> str:
-        sid = real_save(manifest)
+    def swap(snapshot_id: str | None, undo: UndoRecord) -> None:
         os.rename(env.docs / "sub", env.docs / "sub.old")
         (env.docs / "sub").symlink_to(env.outside)
-        return sid
 
-    monkeypatch.setattr(env.store, "save", save_then_swap)
-    o = env.run("file.delete", "share:docs/sub/deep/c.txt")
+    o = env.ops.execute("file.delete", env.t("share:docs/sub/deep/c.txt"), {}, before_change=swap)
     assert (env.outside / "deep" / "c.txt").read_text() == "OUTSIDE"
     assert not (env.docs / "sub.old" / "deep" / "c.txt").exists()
-    monkeypatch.undo()
+    assert [v[1] for v in trash(env.docs).values()] == [b"gamma"]
     # The undo walks again, sees the symlink and refuses rather than write outside.
     with pytest.raises(ScopeError, match="symlink"):
         env.undo(o)
     assert sorted(os.listdir(env.outside / "deep")) == ["c.txt"]
+
+
+def test_delete_on_another_file_system_takes_a_snapshot(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the trash cannot be reached by a rename (EXDEV: a mount point
+    inside the share), the content goes into the store first, and the undo
+    rebuilds it; the snapshot limits and the budget apply there."""
+    real = base.renameat2_noreplace
+
+    def cross(a: int, b: str, c: int, d: str) -> None:
+        if a != c:  # into the trash (another folder)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(a, b, c, d)
+
+    monkeypatch.setattr(base, "renameat2_noreplace", cross)
+    before = tree(env.docs, times=True)
+    o = env.run("file.delete", "share:docs/sub")
+    assert o.snapshot_id and o.result["trash"] is False and not (env.docs / "sub").exists()
+    assert env.store.load(o.snapshot_id)["source"] == "share:docs/sub"
+    assert env.keeper.items[-1] == Kept(f"snapshot:{o.snapshot_id}", "share:docs/sub", 11)
+    env.undo(o)
+    assert tree(env.docs, times=True) == before
+    small = Env(env.base / "small", snapshot_bytes=8, snapshot_entries=3)
+    (small.docs / "big").write_bytes(b"x" * 9)
+    with pytest.raises(ExecutionError, match="snapshot limit"):
+        small.run("file.delete", "share:docs/big")
+    assert (small.docs / "big").exists()
 
 
 # -- undo records -------------------------------------------------------------
@@ -546,14 +728,20 @@ def test_delete_with_parent_swapped_for_symlink_stays_inside(
 
 def test_undo_records_are_checked(env: Env) -> None:
     o = env.run("file.delete", "share:docs/a.txt")
+    good = o.undo.to_json()
+    assert set(good) == {"verb", "target", "trash", "identity"}
     with pytest.raises(ExecutionError, match="malformed"):
         env.ops.undo(UndoRecord.from_json({"verb": "file.delete"}))
     with pytest.raises(ScopeError):
-        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "target": "share:docs/../../etc/x"}))
-    with pytest.raises(ExecutionError, match="disagree"):
-        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "target": "share:photos/a.txt"}))
-    with pytest.raises(SnapshotError, match="malformed"):
-        env.ops.undo(UndoRecord.from_json({**o.undo.to_json(), "snapshot_id": "../../x"}))
+        env.ops.undo(UndoRecord.from_json({**good, "target": "share:docs/../../etc/x"}))
+    with pytest.raises(ExecutionError, match="no longer in the trash"):
+        env.ops.undo(UndoRecord.from_json({**good, "target": "share:photos/a.txt"}))
+    for item in ("../../x", "..", "0" * 15, TRASH_DIR):
+        with pytest.raises(ExecutionError, match="malformed"):
+            UndoRecord.from_json({**good, "trash": item})
+    for ident in ("x", {"kind": "link", "ino": 1, "btime_ns": 0, "size": 0, "mtime_ns": 0}):
+        with pytest.raises(ExecutionError, match="malformed"):
+            UndoRecord.from_json({**good, "identity": ident})
     with pytest.raises(ExecutionError, match="no undo"):
         env.ops.undo(UndoRecord.from_json({"verb": "file.read"}))
     with pytest.raises(ExecutionError, match="malformed"):
@@ -563,6 +751,43 @@ def test_undo_records_are_checked(env: Env) -> None:
             )
         )
     assert not (env.docs / "a.txt").exists()
+
+
+def legacy_snapshot(env: Env, resource: str) -> str:
+    """What an earlier version stored before a move or delete: the content."""
+    t = env.t(resource)
+    with env.shares.open_parent(t) as (fd, name):
+        found = walk_tree(fd, name, t, env.store, store=True, max_bytes=1 << 20, max_entries=100)
+    return env.store.save(found.manifest)
+
+
+def test_records_of_earlier_versions_are_still_undone(env: Env) -> None:
+    """State directories written before the trash and the undo by inverse
+    hold records naming a content snapshot: they undo as they did then."""
+    before = tree(env.docs, times=True)
+    sid = legacy_snapshot(env, "share:docs/sub")
+    os.rename(env.docs / "sub", env.photos / "sub")  # what that move did
+    move = {"verb": "file.move", "from": "share:docs/sub", "to": "share:photos/sub"}
+    (env.photos / "sub" / "extra").write_text("x")
+    with pytest.raises(ExecutionError, match="changed since the move"):
+        env.ops.undo(UndoRecord.from_json({**move, "snapshot_id": sid}))
+    (env.photos / "sub" / "extra").unlink()
+    env.ops.undo(UndoRecord.from_json({**move, "snapshot_id": sid}))
+    assert tree(env.docs, times=True) == before
+    sid = legacy_snapshot(env, "share:docs/a.txt")
+    (env.docs / "a.txt").unlink()  # what that delete did
+    record = UndoRecord.from_json({"verb": "file.delete", "target": "share:docs/a.txt",
+                                   "snapshot_id": sid})  # fmt: skip
+    with pytest.raises(ExecutionError, match="disagree"):
+        env.ops.undo(dataclasses.replace(record, target="share:photos/a.txt"))
+    assert env.ops.undo(record) == {"restored": "share:docs/a.txt", "snapshot_id": sid}
+    assert tree(env.docs, times=True) == before
+    sha = hashlib.sha256(b"alpha").hexdigest()
+    shutil.copy(env.docs / "a.txt", env.photos / "a.txt")  # what that copy did
+    env.ops.undo(
+        UndoRecord.from_json({"verb": "file.copy", "target": "share:photos/a.txt", "sha256": sha})
+    )
+    assert not (env.photos / "a.txt").exists()
 
 
 def test_unknown_verb(env: Env) -> None:
@@ -617,13 +842,15 @@ def test_store_refuses_missing_blobs_and_tampering(tmp_path: Path) -> None:
 
 
 def test_restore_refuses_damaged_blob(env: Env) -> None:
-    o = env.run("file.delete", "share:docs/a.txt")
-    sha = env.store.load(o.snapshot_id)["files"][0]["sha256"]
+    sid = legacy_snapshot(env, "share:docs/a.txt")
+    (env.docs / "a.txt").unlink()
+    sha = env.store.load(sid)["files"][0]["sha256"]
     p = env.store.blob_path(sha)
     os.chmod(p, 0o600)
     p.write_bytes(b"tampered")
+    record = {"verb": "file.delete", "target": "share:docs/a.txt", "snapshot_id": sid}
     with pytest.raises(SnapshotError, match="damaged"):
-        env.undo(o)
+        env.ops.undo(UndoRecord.from_json(record))
     assert not (env.docs / "a.txt").exists() and junk(env.docs) == []
 
 
@@ -665,7 +892,9 @@ class Faults:
         return wrapper
 
     def __enter__(self) -> Faults:
-        targets = [(os, n) for n in PATCHED] + [(fileops_mod, "renameat2_noreplace")]
+        targets = [(os, n) for n in PATCHED] + [
+            (mod, "renameat2_noreplace") for mod in (fileops_mod, deleting, base)
+        ]
         for mod, name in targets:
             fn = getattr(mod, name)
             self.saved.append((mod, name, fn))
@@ -686,6 +915,11 @@ def stored_contents(store: SnapshotStore) -> set[bytes]:
             assert hashlib.sha256(data).hexdigest() == f["sha256"]
             out.add(data)
     return out
+
+
+def trashed_contents(env: Env) -> set[bytes]:
+    """Contents recoverable from the shares' trash folders."""
+    return {v[1] for root in (env.docs, env.photos) for v in trash(root).values() if v[0] == "file"}
 
 
 def files_of(env: Env) -> dict[tuple[str, str], bytes]:
@@ -827,7 +1061,7 @@ def test_no_content_is_ever_lost(tmp_path: Path, scenario: tuple, mode: str) -> 
         )
         assert faults.count > n, f"{name}: call {n} never failed"
         now = files_of(env)
-        recoverable = stored_contents(env.store)
+        recoverable = stored_contents(env.store) | trashed_contents(env)
         for (share, rel), data in before.items():
             dest = dest_of(share, rel)
             assert now.get((share, rel)) == data or now.get(dest) == data or data in recoverable, (

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from appliance.api.deps import BrokerDep, Client, Wait, wait_for
+from appliance.api.openapi import AUTHENTICATED, answers
 from appliance.errors import NotFound
 
 router = APIRouter()
 
 
-@router.get("/v1/approvals")
+@router.get("/v1/approvals", responses=answers(*AUTHENTICATED))
 def approvals(client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     # "lockout": whether this caller is locked out of approvals, and how long.
     return {
@@ -21,7 +22,7 @@ def approvals(client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/approvals/{approval_id}")
+@router.get("/v1/approvals/{approval_id}", responses=answers(*AUTHENTICATED, 404, 422))
 async def approval(
     approval_id: str, client_id: Client, broker: BrokerDep, wait: Wait = 0
 ) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from appliance.api.deps import BrokerDep, Client
+from appliance.api.openapi import AUTHENTICATED, answers
 
 router = APIRouter()
 
 
-@router.get("/v1/plans")
+@router.get("/v1/plans", responses=answers(*AUTHENTICATED, 422))
 def plans(
     client_id: Client,
     broker: BrokerDep,
@@ -25,7 +26,7 @@ def plans(
     return broker.views.plans_page(client_id, start, limit, changes=changes)
 
 
-@router.get("/v1/audit/search")
+@router.get("/v1/audit/search", responses=answers(*AUTHENTICATED, 422))
 def search(
     client_id: Client,
     broker: BrokerDep,

@@ -16,12 +16,15 @@ from fastapi.concurrency import run_in_threadpool
 from appliance import __version__
 from appliance.agent.client import AgentClient
 from appliance.api.deps import BrokerDep, Client, Owner
+from appliance.api.openapi import AUTHENTICATED, answers
 from appliance.audit import verify_log
 from appliance.broker.service import Broker
-from appliance.console.names import escaped, name_warnings
 from appliance.errors import ApplianceError, NotFound
+from appliance.names import escaped, name_warnings
 
 router = APIRouter()
+# Every owner route may also answer 403: the caller is not the box's console.
+OWNER = (*AUTHENTICATED, 403)
 
 MODEL_ASK_S = 3.0  # how long the box page waits for the model agent's answer
 
@@ -47,7 +50,7 @@ def box(broker: Broker) -> dict[str, Any]:
     return out
 
 
-@router.get("/v1/box")
+@router.get("/v1/box", responses=answers(*OWNER))
 async def get_box(_: Owner, broker: BrokerDep) -> dict[str, Any]:
     return await run_in_threadpool(box, broker)
 
@@ -77,7 +80,7 @@ def clients(broker: Broker, start: int, limit: int, *, everyone: bool) -> dict[s
     return {"clients": page, "total": len(rows), "next": nxt if nxt < len(rows) else None}
 
 
-@router.get("/v1/clients")
+@router.get("/v1/clients", responses=answers(*OWNER, 422))
 def get_clients(
     _: Owner,
     broker: BrokerDep,
@@ -88,19 +91,19 @@ def get_clients(
     return clients(broker, start, limit, everyone=everyone)
 
 
-@router.post("/v1/clients/{client_id}/revoke")
+@router.post("/v1/clients/{client_id}/revoke", responses=answers(*OWNER, 404, 422))
 def revoke(client_id: str, _: Owner, broker: BrokerDep) -> dict[str, Any]:
     """Revoke a paired client: its credential stops working and nothing it
     asked for runs any more."""
     return broker.revoke_client(client_id)
 
 
-@router.get("/v1/lockouts")
+@router.get("/v1/lockouts", responses=answers(*OWNER))
 def lockouts(_: Owner, broker: BrokerDep) -> dict[str, Any]:
     return {"lockouts": broker.approvals.lockouts()}
 
 
-@router.post("/v1/lockouts/{requester}/lift")
+@router.post("/v1/lockouts/{requester}/lift", responses=answers(*OWNER, 404, 422))
 def lift(requester: str, owner: Owner, broker: BrokerDep) -> dict[str, Any]:
     """End a lockout now (the owner says the requester asked in good faith)."""
     if not broker.approvals.lift_lockout(requester, by=owner):
@@ -154,12 +157,12 @@ def audit_state(broker: Broker, check: AuditCheck) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/audit/state")
+@router.get("/v1/audit/state", responses=answers(*AUTHENTICATED))
 def get_audit_state(request: Request, _: Client, broker: BrokerDep) -> dict[str, Any]:
     return audit_state(broker, audit_check(request))
 
 
-@router.post("/v1/audit/verify")
+@router.post("/v1/audit/verify", responses=answers(*OWNER))
 async def verify(request: Request, _: Owner, broker: BrokerDep) -> dict[str, Any]:
     """Check the whole log now, as ``appliance audit verify`` does."""
     return await run_in_threadpool(audit_check(request).run, broker)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from appliance.api.deps import BrokerDep, Client
+from appliance.api.openapi import AUTHENTICATED, WITH_BODY, answers
 from appliance.api.routes.plans import STATUS_FOR_PLAN
 
 router = APIRouter()
@@ -20,12 +21,15 @@ class PluginRunRequest(BaseModel):
     input: Any = None  # handed to the plugin as JSON
 
 
-@router.get("/v1/plugins")
+@router.get("/v1/plugins", responses=answers(*AUTHENTICATED))
 def plugins(_: Client, broker: BrokerDep) -> dict[str, Any]:
     return {"plugins": broker.plugins.list()}
 
 
-@router.post("/v1/plugins/{name}/run")
+@router.post(
+    "/v1/plugins/{name}/run",
+    responses=answers(*AUTHENTICATED, *WITH_BODY, 404, 409, 503, plan=True),
+)
 def run_plugin(
     name: str, body: PluginRunRequest, client_id: Client, broker: BrokerDep
 ) -> JSONResponse:

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from appliance.api.deps import BrokerDep, Client
+from appliance.api.openapi import AUTHENTICATED, answers
 
 router = APIRouter()
 
 
-@router.get("/v1/audit")
+@router.get("/v1/audit", responses=answers(*AUTHENTICATED, 422))
 def audit(
     client_id: Client,
     broker: BrokerDep,
@@ -28,22 +29,25 @@ def audit(
     return {"entries": entries, "size": size, "next": nxt if nxt < size else None}
 
 
-@router.get("/v1/audit/checkpoint")
+@router.get("/v1/audit/checkpoint", responses=answers(*AUTHENTICATED))
 def checkpoint(_: Client, broker: BrokerDep) -> dict[str, Any]:
     return broker.audit.latest_checkpoint()
 
 
-@router.get("/v1/attestation")
+@router.get("/v1/attestation", responses=answers(*AUTHENTICATED, 422, 501, 503))
 def attest(
     _: Client,
     broker: BrokerDep,
-    nonce: Annotated[str, Query(pattern="^[0-9a-fA-F]{16,128}$", description="hex, 8-64 bytes")],
+    # Whole bytes: an odd number of hex digits is refused here (422), not by bytes.fromhex.
+    nonce: Annotated[
+        str, Query(pattern="^(?:[0-9a-fA-F]{2}){8,64}$", description="hex, 8-64 bytes")
+    ],
 ) -> dict[str, Any]:
     """TPM2_Quote and TPM2_Certify with the caller's nonce, for the desktop to check."""
     return broker.attestation(bytes.fromhex(nonce))
 
 
-@router.get("/v1/keys")
+@router.get("/v1/keys", responses=answers(*AUTHENTICATED))
 def keys(_: Client, broker: BrokerDep) -> dict[str, Any]:
     """The device key and this start's boot statement: a desktop that pinned
     the device key follows the chain device key -> statement -> token root."""

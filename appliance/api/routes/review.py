@@ -14,14 +14,15 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from appliance.api.deps import BrokerDep, Client, Owner
+from appliance.api.openapi import AUTHENTICATED, WITH_BODY, answers
 from appliance.broker.service import Broker
 from appliance.console.review import review
 
@@ -34,20 +35,22 @@ HEARTBEAT_S = 15.0
 
 class Seen(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    digest: str
+    digest: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 def approval_review(broker: Broker, client_id: str, approval_id: str) -> dict[str, Any]:
     return review(broker, broker.views.approval(client_id, approval_id))
 
 
-@router.get("/v1/approvals/{approval_id}/review")
+@router.get("/v1/approvals/{approval_id}/review", responses=answers(*AUTHENTICATED, 404, 422))
 def get_review(approval_id: str, client_id: Client, broker: BrokerDep) -> dict[str, Any]:
     """Everything a press on this request would do, rendered by the box."""
     return approval_review(broker, client_id, approval_id)
 
 
-@router.post("/v1/approvals/{approval_id}/seen")
+@router.post(
+    "/v1/approvals/{approval_id}/seen", responses=answers(*AUTHENTICATED, *WITH_BODY, 403, 404)
+)
 def seen(approval_id: str, body: Seen, owner: Owner, broker: BrokerDep) -> dict[str, Any]:
     """The owner's console has shown this request with this digest: a press
     may approve it now (after the arming delay). 404 when the request on the
@@ -85,12 +88,41 @@ def _changes(state: dict[str, Any]) -> str:
     )
 
 
-@router.get("/v1/events")
-async def events(request: Request, client_id: Client, broker: BrokerDep) -> StreamingResponse:
+_LINE = {
+    "type": "object",
+    "required": ["approvals", "recent", "lockout"],
+    "properties": {
+        "approvals": {"type": "array"},
+        "recent": {"type": "array"},
+        "lockout": {"type": ["object", "null"]},
+    },
+}
+
+
+@router.get(
+    "/v1/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "With `Accept: text/event-stream`: server-sent events, "
+            "`approvals` with the line now and again each time it changes (the stream "
+            "ends after 10 minutes; EventSource reconnects). Otherwise the line now, once.",
+            "content": {
+                "text/event-stream": {"schema": _LINE},
+                "application/json": {"schema": _LINE},
+            },
+        },
+        **answers(*AUTHENTICATED),
+    },
+)
+async def events(request: Request, client_id: Client, broker: BrokerDep) -> Response:
     """Server-sent events: ``approvals`` with the line (:func:`line`) now, and
     again whenever a request arrives, is shown, seen, decided, or its plan
-    moves on."""
+    moves on. A caller that does not ask for ``text/event-stream`` gets the
+    line now, once, as JSON."""
     first = await run_in_threadpool(line, broker, client_id)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        return JSONResponse(first, headers={"Cache-Control": "no-store"})
 
     async def stream() -> AsyncIterator[bytes]:
         state, last = first, ""

@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from appliance.broker.files.fsutil import (
     renameat2_noreplace,
@@ -24,18 +24,18 @@ from appliance.broker.files.fsutil import (
     unlink_quietly,
     write_all,
 )
+from appliance.broker.files.identity import Identity, identity_at
+from appliance.broker.files.trash import item_name
 from appliance.broker.files.trees import Tree, walk_tree
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
     ShareConfigError,
     Shares,
     Target,
-    kind_of,
-    lstat_at,
 )
 from appliance.broker.snapshots import SnapshotError, SnapshotStore
 from appliance.config import Limits
-from appliance.errors import ExecutionError
+from appliance.errors import ExecutionError, InsufficientStorage
 from appliance.verbs import INTENT_VERBS
 
 
@@ -48,9 +48,33 @@ class Outcome:
     undo: UndoRecord | None = None
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Something an action keeps so that it can be undone, which takes room
+    until the retention settings let it go: an item in a share's trash, or a
+    snapshot in the store."""
+
+    key: str  # "trash:SHARE/ITEM" or "snapshot:ID"
+    source: str  # the canonical path it was at
+    size: int  # bytes
+
+
+class Keeper(Protocol):
+    """Where the caller keeps account of what actions keep (the retention)."""
+
+    def admit(self, size: int, what: str) -> None:
+        """Refuse (raise) before anything changes if ``size`` more bytes kept
+        would go over the budget."""
+
+    def kept(self, kept: Kept) -> None:
+        """Record, durably and before the change, that ``kept`` now exists."""
+
+
 # How to record an action's undo before it changes anything.
-BeforeChange = Callable[[str, UndoRecord], None]
+BeforeChange = Callable[[str | None, UndoRecord], None]
 Handler = TypeVar("Handler", bound=Callable[..., Outcome])
+Filled = TypeVar("Filled")
+ROOM_MARGIN = 16 << 20  # left free on a share's disk by a copy or write
 # One handler per file verb of the registry (appliance/verbs.py); ops.py checks.
 HANDLERS: dict[str, Callable[..., Outcome]] = {}
 
@@ -96,10 +120,51 @@ class FileActions:
         # unchanged inodes) are only meaningful if the broker is not racing itself.
         self._lock = threading.RLock()
         self._before_change: BeforeChange | None = None
+        self._keeper: Keeper | None = None
 
-    def _saved(self, snapshot_id: str, undo: UndoRecord) -> None:
+    def _saved(self, snapshot_id: str | None, undo: UndoRecord) -> None:
         if self._before_change is not None:
             self._before_change(snapshot_id, undo)
+
+    def _admit(self, size: int, what: str) -> None:
+        if self._keeper is not None:
+            self._keeper.admit(size, what)
+
+    def _kept(self, kept: Kept) -> None:
+        if self._keeper is not None:
+            self._keeper.kept(kept)
+
+    def _into_trash(
+        self,
+        fd: int,
+        name: str,
+        tfd: int,
+        target: Target,
+        size: int,
+        what: str,
+        record: Callable[[str], UndoRecord | None],
+    ) -> str:
+        """Put ``name`` in the share's trash (``tfd``) with one no-replace
+        rename, after admitting and recording what it keeps and the undo
+        record ``record(item)`` makes (if any). Returns the item's name;
+        raises the rename's OSError (EXDEV: another file system after all)."""
+        item = item_name()
+        self._admit(size, what)
+        self._kept(Kept(f"trash:{target.share}/{item}", target.canonical, size))
+        undo = record(item)
+        if undo is not None:
+            self._saved(None, undo)
+        try:
+            renameat2_noreplace(fd, name, tfd, item)
+        except OSError as e:
+            if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise ExecutionError(
+                    "this file system cannot rename without replacing; refusing to risk it"
+                ) from None
+            raise
+        settle(tfd)
+        settle(fd)
+        return item
 
     def _walk(self, dir_fd: int, name: str, target: Target, *, store: bool) -> Tree:
         """The manifest of ``name`` (stored, or only hashed), within the
@@ -114,12 +179,9 @@ class FileActions:
             max_entries=self.snapshot_entries,
         )
 
-    def _check_same(
-        self, dir_fd: int, name: str, ident: tuple[str, int, int, int], target: Target
-    ) -> None:
-        """Refuse if ``name`` is no longer the exact file that was snapshotted."""
-        st = lstat_at(dir_fd, name)
-        if st is None or (kind_of(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns) != ident:
+    def _check_same(self, dir_fd: int, name: str, ident: Identity, target: Target) -> None:
+        """Refuse if ``name`` is no longer the exact file that was looked at."""
+        if not ident.same(identity_at(dir_fd, name)):
             raise ExecutionError(f"{target.canonical} changed during the action; nothing was done")
 
     def _materialize(
@@ -133,7 +195,33 @@ class FileActions:
         mtime_ns: int | None = None,
         expect_sha: str | None = None,
     ) -> str:
-        """Create ``name`` with the given bytes: temp file, fsync, link into place.
+        """Create ``name`` with the given bytes (hashed on the way), through
+        :meth:`_land`; returns their sha256."""
+
+        def fill(fd: int) -> str:
+            h = hashlib.sha256()
+            for chunk in chunks:
+                h.update(chunk)
+                write_all(fd, chunk)
+            sha = h.hexdigest()
+            if expect_sha is not None and sha != expect_sha:
+                raise SnapshotError(f"snapshot blob {expect_sha} is damaged; not restoring it")
+            return sha
+
+        return self._land(dir_fd, name, target, fill, mode, mtime_ns=mtime_ns)
+
+    def _land(
+        self,
+        dir_fd: int,
+        name: str,
+        target: Target,
+        fill: Callable[[int], Filled],
+        mode: int,
+        *,
+        mtime_ns: int | None = None,
+    ) -> Filled:
+        """Create ``name``: a temporary file filled by ``fill(fd)``, its mode
+        (and time) set, one fsync, then linked into place.
 
         The name appears complete or not at all, and ``link()`` refuses an
         existing name, so nothing is ever overwritten.
@@ -146,14 +234,8 @@ class FileActions:
             dir_fd=dir_fd,
         )
         try:
-            h = hashlib.sha256()
             try:
-                for chunk in chunks:
-                    h.update(chunk)
-                    write_all(fd, chunk)
-                sha = h.hexdigest()
-                if expect_sha is not None and sha != expect_sha:
-                    raise SnapshotError(f"snapshot blob {expect_sha} is damaged; not restoring it")
+                out = fill(fd)
                 os.fchmod(fd, mode & 0o777)
                 if mtime_ns is not None:
                     os.utime(fd, ns=(mtime_ns, mtime_ns))
@@ -166,7 +248,18 @@ class FileActions:
             raise
         unlink_quietly(dir_fd, tmp)
         settle(dir_fd)
-        return sha
+        return out
+
+    def _room(self, dir_fd: int, size: int, target: Target) -> None:
+        """Refuse before writing ``size`` bytes where the disk has no room
+        for them (and a little more: a full disk stops everything else)."""
+        st = os.fstatvfs(dir_fd)
+        free = st.f_bavail * st.f_frsize
+        if size + ROOM_MARGIN > free:
+            raise InsufficientStorage(
+                f"no room for {size} bytes at {target.canonical}: {free} bytes are free on "
+                "that disk; nothing was changed"
+            )
 
     def _link_into_place(self, dir_fd: int, tmp: str, name: str, target: Target) -> None:
         try:

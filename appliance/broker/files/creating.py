@@ -1,5 +1,11 @@
 """The verbs that make something new (mkdir, write, copy), and their undo:
-remove what was made, if it is still exactly what was made."""
+put what was made in the share's trash (folders: remove them, empty), if it
+is still exactly what was made.
+
+A copy runs in the kernel (fsutil.copy_content: a reflink where the file
+system has them, else ``copy_file_range``) into a temporary name, is
+fsync'd once and linked into place; its undo record holds the identity of
+the copy, so neither the copy nor its undo reads the content in Python."""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ import os
 import stat
 from typing import Any
 
-from appliance.broker.files.base import FileActions, Outcome, handles
+from appliance.broker.files.base import FileActions, Kept, Outcome, handles
 from appliance.broker.files.fsutil import (
-    chunks,
+    copy_content,
+    hash_fd,
     os_error,
     settle,
 )
+from appliance.broker.files.identity import Identity, identity_at
+from appliance.broker.files.trash import open_trash
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
     Target,
@@ -120,31 +129,75 @@ class Creating(FileActions):
             with self.shares.open_parent(dest) as (dfd, dname):
                 if lstat_at(dfd, dname) is not None:
                     raise ExecutionError(f"{dest.canonical} already exists; copy never overwrites")
-                sha = self._materialize(dfd, dname, dest, chunks(src), stat.S_IMODE(st.st_mode))
+                self._room(dfd, st.st_size, dest)
+
+                def fill(fd: int) -> str:
+                    way = copy_content(src, fd)
+                    after = os.fstat(src)
+                    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                        raise ExecutionError(
+                            f"{target.canonical} changed while being copied; nothing was done"
+                        )
+                    return way
+
+                way = self._land(dfd, dname, dest, fill, stat.S_IMODE(st.st_mode))
+                made = identity_at(dfd, dname)
         finally:
             os.close(src)
-        undo = UndoRecord("file.copy", target=dest.canonical, sha256=sha)
+        if made is None:
+            raise ExecutionError(f"{dest.canonical} vanished as it was made")
+        undo = UndoRecord("file.copy", target=dest.canonical, identity=made)
         result = {"resource": target.canonical, "to": dest.canonical, "size": st.st_size}
-        return Outcome({**result, "sha256": sha}, None, undo)
+        return Outcome({**result, "copied_by": way}, None, undo)
 
     def _undo_create(self, undo: UndoRecord) -> dict[str, Any]:
         target = self.shares.parse(undo.target)
-        sha = undo.sha256
-        with self.shares.open_parent(target) as (fd, name):
+        if target.is_root:
+            raise ExecutionError("malformed undo record")
+        with (
+            self.shares.open_parent(target) as (fd, name),
+            open_trash(self.shares, target.share, create=True) as tfd,
+        ):
+            assert tfd is not None  # made when missing
             st = lstat_at(fd, name)
             if st is None:
                 raise ExecutionError(f"{target.canonical} no longer exists")
             if not stat.S_ISREG(st.st_mode):
                 refuse_special(st.st_mode, target.canonical)
                 raise ExecutionError(f"{target.canonical} is no longer a file")
-            # Saved before removal, so this undo can itself be undone.
-            tree = self._walk(fd, name, target, store=True)
-            if tree.manifest["files"][0]["sha256"] != sha:
+            now = identity_at(fd, name)
+            if now is None or not self._is_made(fd, name, target, undo, now):
                 raise ExecutionError(f"{target.canonical} changed since it was created; keeping it")
-            sid = self.snapshots.save(tree.manifest)
-            self._check_same(fd, name, tree.inventory[""], target)
-            os.unlink(name, dir_fd=fd)
-            settle(fd)
+            if st.st_dev != os.fstat(tfd).st_dev:
+                return self._remove_by_snapshot(fd, name, target, now)
+            # Into the trash, so that this undo destroys nothing either.
+            self._check_same(fd, name, now, target)
+            what = f"undoing {undo.verb} of {target.canonical}"
+            self._into_trash(fd, name, tfd, target, st.st_size, what, lambda item: None)
+        return {"removed": target.canonical, "trash": True}
+
+    def _is_made(self, fd: int, name: str, target: Target, undo: UndoRecord, now: Identity) -> bool:
+        """Still exactly what the action made: its identity, or (a write, an
+        earlier copy) its content hash."""
+        if undo.identity is not None:
+            return undo.identity.same(now)
+        f = open_regular(fd, name, target.canonical)
+        try:
+            return hash_fd(f) == undo.sha256
+        finally:
+            os.close(f)
+
+    def _remove_by_snapshot(
+        self, fd: int, name: str, target: Target, now: Identity
+    ) -> dict[str, Any]:
+        """On another file system than the share's trash: saved first, then removed."""
+        self._admit(now.size, f"undoing the creation of {target.canonical}")
+        tree = self._walk(fd, name, target, store=True)
+        sid = self.snapshots.save(tree.manifest)
+        self._kept(Kept(f"snapshot:{sid}", target.canonical, tree.size))
+        self._check_same(fd, name, now, target)
+        os.unlink(name, dir_fd=fd)
+        settle(fd)
         return {"removed": target.canonical, "snapshot_id": sid}
 
     def _undo_mkdir(self, undo: UndoRecord) -> dict[str, Any]:

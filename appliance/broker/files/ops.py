@@ -6,10 +6,14 @@ Rules every verb follows (docs/files.md has the per-verb order):
   fds; final names are handled with ``*at()`` calls, never by path string.
 * Never overwrite: files land with ``link()`` (fails if the name exists),
   directories with ``renameat2(RENAME_NOREPLACE)``.
-* Snapshot first: whatever is about to change or disappear is copied into the
-  :class:`~appliance.broker.snapshots.SnapshotStore` and its manifest saved
-  (fsynced) before the first change. So a crash at any point leaves every
-  original file's content at its source, at its destination, or in the store.
+* Destroy nothing: a move is a rename, a delete a rename into the share's
+  trash (trash.py); only a delete across file systems copies the content
+  into the :class:`~appliance.broker.snapshots.SnapshotStore` (fsynced)
+  first. The undo record is stored before the first change. So a crash at
+  any point leaves every original file at its source, at its destination,
+  in the trash, or in the store.
+* What an action keeps for its undo (a trash item, a snapshot) is admitted
+  against the retention budget and recorded before the change (``keeper``).
 * A failure half-way (an OSError, not a crash) is rolled back where that is
   possible, so the caller sees "done" or "not done", not something between.
 * Undo records are plain JSON; an undo re-checks that nothing changed since
@@ -23,7 +27,7 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from appliance.broker.files.base import HANDLERS, BeforeChange, Outcome
+from appliance.broker.files.base import HANDLERS, BeforeChange, Keeper, Outcome
 from appliance.broker.files.creating import Creating
 from appliance.broker.files.deleting import Deleting
 from appliance.broker.files.fsutil import (
@@ -33,8 +37,10 @@ from appliance.broker.files.fsutil import (
     settle,
     unlink_if_same,
 )
+from appliance.broker.files.identity import Identity, identity_at
 from appliance.broker.files.moving import Moving
 from appliance.broker.files.reading import Reading
+from appliance.broker.files.trash import open_trash
 from appliance.broker.files.undo import UndoRecord
 from appliance.broker.scope import (
     Target,
@@ -55,12 +61,14 @@ class FileOps(Reading, Creating, Moving, Deleting):
         params: dict[str, Any],
         *,
         before_change: BeforeChange | None = None,
+        keeper: Keeper | None = None,
     ) -> Outcome:
         """Run one verb on one already-parsed target. Raises ApplianceError subclasses.
 
         ``before_change(snapshot_id, undo)`` is called for a move, rename or
-        delete once the snapshot is saved and before anything changes, so the
-        caller can record how to undo an action that a crash interrupts.
+        delete before anything changes, so the caller can record how to undo
+        an action that a crash interrupts. ``keeper`` admits and records what
+        the action keeps for its undo (a trash item, a snapshot).
         """
         handler = HANDLERS.get(verb)
         if handler is None:
@@ -68,7 +76,7 @@ class FileOps(Reading, Creating, Moving, Deleting):
         if not isinstance(target, Target):
             raise ExecutionError("target must be a parsed Target")
         with self._lock:
-            self._before_change = before_change
+            self._before_change, self._keeper = before_change, keeper
             try:
                 return handler(self, target, dict(params or {}))
             except ApplianceError:
@@ -76,7 +84,7 @@ class FileOps(Reading, Creating, Moving, Deleting):
             except OSError as e:
                 raise os_error(f"{verb} on {target.canonical} failed", e) from None
             finally:
-                self._before_change = None
+                self._before_change, self._keeper = None, None
 
     def settle_interrupted(self, undo: UndoRecord) -> bool:
         """After a crash in the middle of a move, rename or delete: bring it to
@@ -147,18 +155,57 @@ class FileOps(Reading, Creating, Moving, Deleting):
                     continue  # the directory is gone or unreadable: nothing to sweep there
         return removed
 
-    def undo(self, undo: UndoRecord) -> dict[str, Any]:
-        """Reverse an action from its undo record, if nothing changed since."""
+    def undo(self, undo: UndoRecord, *, keeper: Keeper | None = None) -> dict[str, Any]:
+        """Reverse an action from its undo record, if nothing changed since.
+        (Undoing a write or copy puts the file in the trash: ``keeper``.)"""
         reverse = _UNDOERS.get(undo.how)
         if reverse is None:
             raise ExecutionError(f"{undo.verb} has no undo")
         with self._lock:
+            self._keeper = keeper
             try:
                 return reverse(self, undo)
             except ApplianceError:
                 raise
             except OSError as e:
                 raise os_error(f"undo of {undo.verb} failed", e) from None
+            finally:
+                self._keeper = None
+
+    def collect_snapshot_garbage(self) -> int:
+        """Blobs no snapshot names any more, removed while no action runs."""
+        with self._lock:
+            return self.snapshots.collect_garbage()
+
+    def purge_trash_item(self, share: str, item: str, ident: Identity | None) -> bool:
+        """Remove one item from a share's trash for good (retention). Only
+        the item recorded: if another thing stands under its name, it is
+        left alone. Returns whether something was removed."""
+        with self._lock:
+            try:
+                with open_trash(self.shares, share, create=False) as tfd:
+                    if tfd is None:
+                        return False
+                    now = identity_at(tfd, item)
+                    if now is None or (
+                        ident is not None
+                        and (now.kind, now.ino)
+                        != (
+                            ident.kind,
+                            ident.ino,
+                        )
+                    ):
+                        return False
+                    if now.kind == "dir":
+                        remove_tree(tfd, item)
+                    else:
+                        os.unlink(item, dir_fd=tfd)
+                    settle(tfd)
+                    return True
+            except OSError as e:
+                raise os_error(
+                    f"purging {item} from the trash of share {share} failed", e
+                ) from None
 
 
 _UNDOERS: dict[Undo, Callable[[FileOps, UndoRecord], dict[str, Any]]] = {

@@ -16,6 +16,7 @@ from appliance.broker.scope import (
     open_regular,
 )
 from appliance.errors import ExecutionError
+from appliance.intents import MAX_COUNT
 
 
 class Reading(FileActions):
@@ -77,8 +78,11 @@ class Reading(FileActions):
         max_bytes = params.get("max_bytes", self.limits.read_bytes)
         offset = params.get("offset", 0)
         for key, value in (("max_bytes", max_bytes), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ExecutionError(f"params.{key} must be a non-negative integer")
+            # Bounded above too: an offset past 2**63 is no file position at all.
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise ExecutionError(
+                    f"params.{key} must be a non-negative integer, at most {MAX_COUNT}"
+                )
         max_bytes = min(max_bytes, self.limits.read_bytes)
         with self.shares.open_parent(target) as (dfd, name):
             fd = open_regular(dfd, name, target.canonical)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.broker.files.fsutil import MAX_DEPTH, at_rel, hash_fd, write_all
+from appliance.broker.files.identity import Identity
 from appliance.broker.scope import (
     Target,
     lstat_at,
@@ -31,6 +32,11 @@ class Tree:
     # relative path -> (kind, inode, size, mtime_ns): the identity of what was copied.
     inventory: dict[str, tuple[str, int, int, int]]
     size: int
+
+    def identity(self) -> Identity:
+        """What was walked, at its top (no birth time: the walk reads fstat)."""
+        kind, ino, size, mtime = self.inventory[""]
+        return Identity(kind, ino, 0, size, mtime)
 
 
 def tree_content(manifest: dict[str, Any]) -> tuple[Any, ...]:
