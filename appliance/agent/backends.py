@@ -5,7 +5,7 @@
   GBNF grammar built from the schema), greedy, seeded. The fixed system
   prompt's KV state is kept: after the first request with a given system
   prompt its evaluated state is saved, and later requests start from it.
-* :class:`HailoBackend`: the Hailo-10H through HailoRT's GenAI API
+* :class:`~appliance.agent.hailo.HailoBackend`: the Hailo-10H through HailoRT's GenAI API
   (``hailo_platform.genai.LLM``), imported only here, only when used. No
   constrained decoding there: the prompt is rendered from the manifest's
   template, the answer parsed and validated, and one bounded repair prompt
@@ -15,9 +15,7 @@
 
 Every backend loads a model only after :func:`appliance.agent.models.verify`
 (or, for Ollama, after the manifest records the model's hash), and reports
-the model id and sha256 that go into every plan result. What they share
-(the answer, the seam, checking and repairing an answer) is in
-``appliance.agent.answers``.
+the model id and sha256 that go into every plan result.
 """
 
 from __future__ import annotations
@@ -25,15 +23,158 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from appliance.agent import templates
-from appliance.agent.answers import Backend, Generation, Raw, checked, strip_stops
 from appliance.agent.errors import ModelError
+from appliance.agent.jsonout import NoJson, extract_json, validate
 from appliance.agent.models import Manifest, require_sha256, verify
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer. ``text`` is JSON that conforms to the schema asked for, or
+    an answer its :class:`AnswerForm` accepts."""
+
+    text: str
+    tokens: int  # generated tokens (Hailo: the context's size after the answer)
+    seconds: float
+    cached_prefix: bool  # the system prompt's state came from the cache
+    repaired: bool = False  # the first answer was invalid; the repair prompt's was not
+    prompt_tokens: int = 0
+    # Each generated piece of text with the model's log-probability of it
+    # (llama.cpp only: the unconstrained distribution, before the grammar).
+    logprobs: tuple[tuple[str, float], ...] = ()
+
+
+class AnswerForm(Protocol):
+    """An answer that is not JSON (the planner's compact plans): a GBNF
+    grammar for a backend that constrains decoding, a check for those that
+    validate and repair, and when a streamed answer should stop early."""
+
+    @property
+    def gbnf(self) -> str: ...
+
+    def problems(self, text: str) -> list[str]:
+        """What is wrong with a whole answer (empty: nothing)."""
+        ...
+
+    def stop(self, text: str) -> bool:
+        """True when the answer so far should end here (e.g. a repeated step)."""
+        ...
+
+
+class Backend(Protocol):
+    model_id: str
+    model_sha256: str
+    context_tokens: int
+
+    def generate(
+        self,
+        system: str,
+        user: str,
+        *,
+        json_schema: dict[str, Any] | None,
+        max_tokens: int,
+        examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
+    ) -> Generation: ...
+
+    def close(self) -> None: ...
+
+
+REPAIR_PROMPT = (
+    "Your answer was not valid: {errors}\n"
+    "Answer again with only the corrected JSON object, nothing else."
+)
+
+
+@dataclass
+class Raw:
+    text: str
+    tokens: int
+    cached_prefix: bool
+    prompt_tokens: int = 0
+    logprobs: tuple[tuple[str, float], ...] = ()
+
+
+def checked(
+    raw: Callable[[list[dict[str, str]], dict[str, Any] | None], Raw],
+    system: str,
+    user: str,
+    json_schema: dict[str, Any] | None,
+    examples: Sequence[tuple[str, str]] = (),
+    form: AnswerForm | None = None,
+) -> Generation:
+    """Generate, parse, validate; one repair attempt with the errors quoted."""
+    start = time.perf_counter()
+    messages = templates.chat(system, user, examples)
+    first = raw(messages, json_schema)
+    if json_schema is None and form is None:
+        return Generation(
+            first.text, first.tokens, time.perf_counter() - start, first.cached_prefix
+        )
+    errors = _problems(first.text, json_schema, form)
+    if not errors:
+        return _done(first, start, repaired=False, form=form)
+    shown = "; ".join(errors[:5])
+    retry = [
+        *messages,
+        {"role": "assistant", "content": first.text[:2000]},
+        {"role": "user", "content": REPAIR_PROMPT.format(errors=shown)},
+    ]
+    second = raw(retry, json_schema)
+    again = _problems(second.text, json_schema, form)
+    if again:
+        shape = "a plan" if form is not None else "valid JSON for the schema"
+        raise ModelError(
+            f"the model's answer is not {shape}, even after one repair "
+            f"attempt: {'; '.join(again[:3])}"
+        )
+    second.tokens += first.tokens
+    second.cached_prefix = first.cached_prefix
+    return _done(second, start, repaired=True, form=form)
+
+
+def _problems(text: str, schema: dict[str, Any] | None, form: AnswerForm | None) -> list[str]:
+    if form is not None:
+        return form.problems(text)
+    try:
+        value = extract_json(text)
+    except NoJson as e:
+        return [str(e)]
+    return validate(value, schema or {})
+
+
+def _done(raw: Raw, start: float, *, repaired: bool, form: AnswerForm | None) -> Generation:
+    if form is not None:
+        text = raw.text.strip()
+    else:
+        text = json.dumps(extract_json(raw.text), ensure_ascii=False)
+    return Generation(
+        text=text,
+        tokens=raw.tokens,
+        seconds=time.perf_counter() - start,
+        cached_prefix=raw.cached_prefix,
+        repaired=repaired,
+        prompt_tokens=raw.prompt_tokens,
+        logprobs=raw.logprobs,
+    )
+
+
+def strip_stops(text: str, stops: tuple[str, ...]) -> str:
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
 
 # ---------------------------------------------------------------- llama.cpp
 
@@ -47,6 +188,30 @@ def _threads(manifest: Manifest) -> int:
     if isinstance(configured, int) and configured > 0:
         return configured
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Logits:
+    """A llama.cpp logits processor that changes nothing: it keeps the last
+    logits row (the model's own, before the grammar masks it) so that the
+    log-probability of the token then chosen can be read."""
+
+    def __init__(self) -> None:
+        self._row: Any = None
+        self._lse = 0.0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        row = np.array(scores, dtype=np.float64)
+        top = float(row.max())
+        self._row = row
+        self._lse = top + float(np.log(np.exp(row - top).sum()))
+        return scores
+
+    def logprob(self, token: int) -> float:
+        if self._row is None:
+            return 0.0
+        return float(self._row[token]) - self._lse
 
 
 class LlamaCppBackend:
@@ -84,6 +249,7 @@ class LlamaCppBackend:
         self._states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._grammars: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()  # one generation at a time per model
+        self._form: AnswerForm | None = None
 
     def tokens(self, pieces: list[tuple[str, bool]]) -> list[int]:
         """Tokenize a rendered prompt: the template's own text may hold control
@@ -147,18 +313,67 @@ class LlamaCppBackend:
                 cached = self._start_from_prefix(head)
         else:
             self._llm.reset()
+        form = self._form
+        if form is not None:
+            grammar = self._grammar_from(form.gbnf)
+        elif schema is not None:
+            grammar = self._grammar(schema)
+        else:
+            grammar = None
         max_tokens = min(self._max_tokens, self.context_tokens - len(prompt))
-        out = self._llm.create_completion(
-            prompt=prompt,
-            grammar=self._grammar(schema) if schema is not None else None,
-            temperature=0.0,
-            max_tokens=max_tokens,
-            seed=self.seed,
-            stop=list(self.manifest.stop) or None,
+        text, pieces_lp = self._complete(prompt, grammar, max_tokens, form)
+        return Raw(text, len(pieces_lp), cached, len(prompt), tuple(pieces_lp))
+
+    def _grammar_from(self, gbnf: str) -> Any:
+        grammar = self._grammars.get(gbnf)
+        if grammar is None:
+            try:
+                grammar = self._llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+            except Exception as e:  # noqa: BLE001 - the parser raises bare exceptions
+                raise ModelError(f"cannot build the answer grammar: {e}") from None
+            self._grammars[gbnf] = grammar
+            while len(self._grammars) > 8:
+                self._grammars.popitem(last=False)
+        return grammar
+
+    def _complete(
+        self, prompt: list[int], grammar: Any, max_tokens: int, form: AnswerForm | None
+    ) -> tuple[str, list[tuple[str, float]]]:
+        """Greedy generation token by token: stops at an end-of-generation
+        token, at ``max_tokens``, or where ``form.stop`` says (a repeated
+        step); records each token's log-probability under the model's own,
+        unconstrained distribution (the logits before the grammar)."""
+        llm = self._llm
+        vocab = llm._model.vocab
+        seen = _Logits()
+        out = bytearray()
+        text = ""
+        pieces: list[tuple[str, float]] = []
+        stream = llm.generate(
+            prompt,
+            temp=0.0,
+            repeat_penalty=1.0,
+            grammar=grammar,
+            logits_processor=self._llama_cpp.LogitsProcessorList([seen]),
         )
-        assert isinstance(out, dict)  # not streamed: one response
-        text = out["choices"][0]["text"]
-        return Raw(text, int(out["usage"]["completion_tokens"]), cached, len(prompt))
+        try:
+            for token in stream:
+                if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                piece = llm.detokenize([token])
+                out += piece
+                # A character may span tokens: each piece is what the text grew
+                # by once its bytes decode, so the pieces join to the text.
+                decoded = out.decode("utf-8", "ignore")
+                pieces.append((decoded[len(text) :], seen.logprob(token)))
+                text = decoded
+                if len(pieces) >= max_tokens:
+                    break
+                if form is not None and b"\n" in piece and form.stop(text):
+                    break
+        finally:
+            stream.close()
+        return out.decode("utf-8", "replace"), pieces
 
     def generate(
         self,
@@ -168,11 +383,13 @@ class LlamaCppBackend:
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
             self._fixed = 1 + 2 * len(examples)
-            return checked(self._raw, system, user, json_schema, examples)
+            self._form = form
+            return checked(self._raw, system, user, json_schema, examples, form)
 
     def close(self) -> None:
         # Gone from the backend once closed (and absent if the load failed).
@@ -180,188 +397,6 @@ class LlamaCppBackend:
         self._states.clear()
         if llm is not None:
             llm.close()
-
-
-# ---------------------------------------------------------------- Hailo-10H
-
-
-class GenAiLLM(Protocol):
-    """What the agent uses of ``hailo_platform.genai.LLM`` (HailoRT 5.1.1,
-    ``hailo_platform/pyhailort/pyhailort.py``). Tests stand a recorded model in
-    its place; on the box it is the real class."""
-
-    def generate_all(
-        self,
-        prompt: str,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        frequency_penalty: float | None = None,
-        max_generated_tokens: int | None = None,
-        do_sample: bool | None = None,
-        seed: int | None = None,
-    ) -> str: ...
-
-    def tokenize(self, text: str) -> list[int]: ...
-
-    def max_context_capacity(self) -> int: ...
-
-    def get_context_usage_size(self) -> int: ...
-
-    def clear_context(self) -> None: ...
-
-    def release(self) -> None: ...
-
-
-class _VDevice(Protocol):
-    def release(self) -> None: ...
-
-
-def _hailo_runtime() -> tuple[Callable[[], _VDevice], Callable[[_VDevice, str], GenAiLLM]]:
-    try:
-        from hailo_platform import VDevice
-        from hailo_platform.genai import LLM
-    except ImportError as e:
-        raise ModelError(
-            "the Hailo backend needs HailoRT's Python package (hailo_platform with genai), "
-            "which comes from Hailo's Debian packages on the Raspberry Pi, not from PyPI: "
-            f"{e}"
-        ) from None
-    return VDevice, LLM
-
-
-def _sampling(manifest: Manifest) -> dict[str, Any]:
-    """HailoRT's generation keywords for the manifest's options: greedy
-    (``do_sample=False``) unless ``options.temperature`` asks for sampling.
-    HailoRT refuses a temperature of 0 (it must be above 0), so greedy never
-    sends one."""
-    seed = int(manifest.options.get("seed", 7))
-    temperature = manifest.options.get("temperature")
-    if temperature is None:
-        return {"do_sample": False, "seed": seed}
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        raise ModelError(f"{manifest.name}: options.temperature must be a number")
-    if temperature <= 0:
-        raise ModelError(
-            f"{manifest.name}: HailoRT refuses temperature {temperature}; leave "
-            "options.temperature out for greedy decoding"
-        )
-    return {"do_sample": True, "temperature": float(temperature), "seed": seed}
-
-
-class HailoBackend:
-    """A HEF on the Hailo-10H through ``hailo_platform.genai.LLM``.
-
-    Greedy by default (``do_sample=False``). Before each generation the
-    rendered prompt is counted with the model's own tokenizer: HailoRT drops
-    the oldest tokens without a word when the context is full, so the answer's
-    budget is cut to what fits and a prompt that leaves no room is refused.
-    ``llm`` replaces the device for replaying recorded outputs in tests.
-    """
-
-    def __init__(self, manifest: Manifest, *, llm: GenAiLLM | None = None):
-        if manifest.backend != "hailo":
-            raise ModelError(f"{manifest.name} is not a Hailo model")
-        self.manifest = manifest
-        self.model_id = manifest.model_id
-        self.model_sha256 = require_sha256(manifest)
-        self.context_tokens = manifest.context_tokens
-        self.sampling = _sampling(manifest)
-        self._vdevice: _VDevice | None = None
-        if llm is None:
-            path = verify(manifest)
-            make_vdevice, make_llm = _hailo_runtime()
-            try:
-                vdevice = self._vdevice = make_vdevice()
-                llm = make_llm(vdevice, str(path))
-            except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
-                self._release_device()
-                raise ModelError(f"HailoRT could not load {path}: {e}") from None
-        self._llm: GenAiLLM | None = llm
-        self._lock = threading.Lock()
-        self._max_tokens = 0
-        self.prompts: list[str] = []  # the last request's rendered prompts (for tests, debugging)
-
-    def _budget(self, llm: GenAiLLM, prompt: str) -> tuple[int, int]:
-        """(prompt tokens, answer budget) with prompt + budget within the context."""
-        try:
-            used = len(llm.tokenize(prompt))
-            capacity = int(llm.max_context_capacity())
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"the Hailo-10H could not count the prompt: {e}") from None
-        room = capacity - used
-        if room <= 0:
-            raise ModelError(
-                f"the prompt is {used} tokens, over the model's {capacity}-token context on "
-                "the Hailo-10H (HailoRT would silently drop its beginning)"
-            )
-        return used, min(self._max_tokens, room)
-
-    def _raw(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> Raw:
-        llm = self._llm
-        if llm is None:
-            raise ModelError("the Hailo model is closed")
-        prompt = templates.render(self.manifest, messages)
-        self.prompts.append(prompt)
-        # The GenAI LLM keeps a conversation between calls: each request
-        # starts from an empty context so one task never sees another's.
-        try:
-            llm.clear_context()
-        except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
-            raise ModelError(f"the Hailo-10H could not clear its context: {e}") from None
-        prompt_tokens, budget = self._budget(llm, prompt)
-        try:
-            text = llm.generate_all(prompt=prompt, max_generated_tokens=budget, **self.sampling)
-            used = int(llm.get_context_usage_size())
-        except Exception as e:  # noqa: BLE001 - HailoRT raises its own exception types
-            raise ModelError(f"the Hailo-10H generation failed: {e}{self._reset(llm)}") from None
-        generated = max(0, used - prompt_tokens)
-        return Raw(strip_stops(str(text), self.manifest.stop), generated, False, prompt_tokens)
-
-    @staticmethod
-    def _reset(llm: GenAiLLM) -> str:
-        """After a failed generation: how full the context was, and empty it so
-        the next request starts clean. Returns a note for the error message."""
-        notes = []
-        try:
-            notes.append(f"{llm.get_context_usage_size()} tokens were in the context")
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"the context size is unknown ({e})")
-        try:
-            llm.clear_context()
-            notes.append("it was cleared")
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"clearing it failed too ({e})")
-        return " (" + "; ".join(notes) + ")"
-
-    def generate(
-        self,
-        system: str,
-        user: str,
-        *,
-        json_schema: dict[str, Any] | None,
-        max_tokens: int,
-        examples: Sequence[tuple[str, str]] = (),
-    ) -> Generation:
-        with self._lock:
-            self._max_tokens = max_tokens
-            self.prompts = []
-            return checked(self._raw, system, user, json_schema, examples)
-
-    def _release_device(self) -> None:
-        if self._vdevice is not None:
-            try:
-                self._vdevice.release()
-            finally:
-                self._vdevice = None
-
-    def close(self) -> None:
-        llm, self._llm = self._llm, None
-        try:
-            if llm is not None:
-                llm.release()
-        finally:
-            self._release_device()
 
 
 # ---------------------------------------------------------------- Ollama (hailo-ollama)
@@ -429,10 +464,11 @@ class OllamaBackend:
         json_schema: dict[str, Any] | None,
         max_tokens: int,
         examples: Sequence[tuple[str, str]] = (),
+        form: AnswerForm | None = None,
     ) -> Generation:
         with self._lock:
             self._max_tokens = max_tokens
-            return checked(self._raw, system, user, json_schema, examples)
+            return checked(self._raw, system, user, json_schema, examples, form)
 
     def close(self) -> None:
         self._http.close()
@@ -443,5 +479,7 @@ def make_backend(manifest: Manifest) -> Backend:
     if manifest.backend == "llama_cpp":
         return LlamaCppBackend(manifest)
     if manifest.backend == "hailo":
+        from appliance.agent.hailo import HailoBackend
+
         return HailoBackend(manifest)
     return OllamaBackend(manifest)

@@ -142,6 +142,11 @@ class AgentClient:
         intents validate and stay inside the listed shares."""
         result = self.request({"op": "plan", "text": text, "listing": listing})
         _check_model(result)
+        _check_proposal(result)
+        if result["kind"] != "plan":
+            if result.get("intents"):
+                raise failed(f"the model agent's {result['kind']} carries intents")
+            return result
         try:
             Plan.model_validate({"intents": result.get("intents")})
         except ValidationError as e:
@@ -180,6 +185,31 @@ class AgentClient:
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+EXPLANATION_MAX = 400  # characters of the model's explanation, question or reason
+COMPACT_MAX = 8000  # characters of the compact form kept with a plan
+
+
+def _check_proposal(result: dict[str, Any]) -> None:
+    """The plan's kind, the model's own words and its confidence, bounded:
+    they are shown to a person beside the plan and kept with the task."""
+    result.setdefault("kind", "plan")
+    if result["kind"] not in ("plan", "question", "refusal"):
+        raise failed(f"the model agent's answer is of an unknown kind {result['kind']!r}")
+    explanation = result.setdefault("explanation", "")
+    compact = result.setdefault("compact", "")
+    if not isinstance(explanation, str) or len(explanation) > EXPLANATION_MAX:
+        raise failed("the model agent's explanation is not a short text")
+    if result["kind"] != "plan" and not explanation.strip():
+        raise failed(f"the model agent's {result['kind']} says nothing")
+    if not isinstance(compact, str) or len(compact) > COMPACT_MAX:
+        raise failed("the model agent's compact plan is not a bounded text")
+    conf = result.get("confidence")
+    if conf is not None and not (
+        isinstance(conf, int | float) and not isinstance(conf, bool) and 0 <= conf <= 1
+    ):
+        raise failed("the model agent's confidence is not a number from 0 to 1")
 
 
 def _check_model(result: dict[str, Any]) -> None:

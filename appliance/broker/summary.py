@@ -92,7 +92,8 @@ def origin_label(origin: dict[str, Any] | None) -> str:
     if not origin:
         return ""
     if origin.get("task_id"):
-        return f"[the box's model {origin.get('model_id')}, for a task] "
+        note = f"{origin['note']} — " if origin.get("note") else ""
+        return f"[the box's model {shown(str(origin.get('model_id')))}, for a task] {note}"
     if origin.get("via"):
         return f"[{origin['via']}] "
     return ""

@@ -42,9 +42,12 @@ from appliance.broker.scope import Shares, Target
 from appliance.broker.tasks import (
     CONTENT_MAX,
     FOLDER_NAME,
+    NO_PLAN,
     TEXT_MAX,
     TaskStore,
+    approval_note,
     check_from_content,
+    proposal,
 )
 from appliance.config import Limits
 from appliance.errors import ApplianceError, NotFound
@@ -237,14 +240,23 @@ class TaskRunner:
             return None
         try:
             result = self.agent().plan(job.text, self.listing(job.requester))
+            if result.get("kind") in NO_PLAN:
+                self._answered(job, result)
+                return None
             intents = self._proposed(job, result)
             if job.task_id in self._cancelled:
                 self._fail(job.task_id, "cancelled", "the desktop was revoked")
                 return None
+            confidence = result.get("confidence")
             origin = {
                 "task_id": job.task_id,
                 "model_id": result["model_id"],
                 "model_sha256": result["model_sha256"],
+                # The model's explanation and confidence: for the console, and
+                # for the summary marked as its words.
+                "explanation": str(result.get("explanation", "")),
+                "confidence": confidence if isinstance(confidence, int | float) else None,
+                "note": approval_note(result),
             }
             return self.submit(job.requester, intents, origin=origin)
         except ApplianceError as e:
@@ -257,6 +269,15 @@ class TaskRunner:
             else:
                 self._fail(job.task_id, e.code, e.reason, e.reason)
             return None
+
+    def _answered(self, job: _Job, result: dict[str, Any]) -> None:
+        """Nothing is proposed: the task ends with the model's question or
+        reason, and the requester asks again."""
+        status = NO_PLAN[result["kind"]]
+        model = {"model_id": result["model_id"], "model_sha256": result["model_sha256"]}
+        said = {**model, **proposal(result)}
+        self.audit.append("task.planned", {"task_id": job.task_id, **said})
+        self.tasks.update(job.task_id, status, status=status, detail=said, **model)
 
     def _proposed(self, job: _Job, result: dict[str, Any]) -> list[Intent]:
         """The agent's plan as intents, every field marked as the model's."""
@@ -283,6 +304,7 @@ class TaskRunner:
                 "seconds": result.get("seconds"),
                 "tokens": result.get("tokens"),
                 "intents": [i.model_dump(mode="json") for i in intents],
+                **proposal(result),
             },
         )
         self.tasks.update(
@@ -290,7 +312,7 @@ class TaskRunner:
             "planned",
             status="planned",
             time_to_plan_s=result.get("seconds"),
-            detail={**model, "intents": len(intents)},
+            detail={**model, "intents": len(intents), **proposal(result)},
             **model,
         )
         return intents

@@ -24,6 +24,7 @@ from typing import Any
 
 from appliance.db import Database
 from appliance.errors import ApplianceError
+from appliance.names import shown
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -41,8 +42,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 """
 
-# planning -> planned -> (the plan's own statuses) ; or failed
-TERMINAL = frozenset({"done", "denied", "failed", "expired"})
+# planning -> planned -> (the plan's own statuses) ; or failed; or, with no
+# plan proposed, question (the request is ambiguous, or the model was not sure
+# enough) or refused (no file action can do it)
+TERMINAL = frozenset({"done", "denied", "failed", "expired", "question", "refused"})
+# The agent's answer kinds that propose nothing, and the task status each ends in.
+NO_PLAN = {"question": "question", "refusal": "refused"}
 TEXT_MAX = 4000  # characters of a task's text
 CONTENT_MAX = 64 * 1024  # bytes of a file the extractor may see
 # What a value found in a file may become: one folder name, nothing more.
@@ -115,5 +120,29 @@ class TaskStore:
             self._changed.wait(timeout)
 
 
-def _event(kind: str, **detail: Any) -> dict[str, Any]:
-    return {"event": kind, "time": time.time(), **detail}
+def proposal(result: dict[str, Any]) -> dict[str, Any]:
+    """What the requester is shown beside a model's plan, from the agent's
+    answer: its one-line explanation (the model's own words), its confidence
+    (None: the backend gives none) and the compact form it wrote; kept with
+    the task, audited with ``task.planned``."""
+    return {
+        "kind": result.get("kind", "plan"),
+        "explanation": result.get("explanation", ""),
+        "confidence": result.get("confidence"),
+        "compact": result.get("compact", ""),
+    }
+
+
+def approval_note(result: dict[str, Any]) -> str:
+    """The approval summary's prefix for a model's plan: the explanation is
+    marked as the model's words (the actions that follow it are what runs),
+    and shown safely (the model may have copied a hostile file name)."""
+    conf = result.get("confidence")
+    sure = f", confidence {conf:.2f}" if isinstance(conf, int | float) else ""
+    words = shown(str(result.get("explanation", "")), quote=True, limit=400)
+    return f"the box's model{sure}: {words}"
+
+
+def _event(name: str, /, **detail: Any) -> dict[str, Any]:
+    # Positional-only: a detail may itself be called "kind" (the plan's kind).
+    return {"event": name, "time": time.time(), **detail}

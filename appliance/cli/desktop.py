@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli.output import OK, REFUSED, WAITING, Output, UsageError
-from appliance.cli.views import event_line, lines_view, plan_view, task_view
+from appliance.cli.views import (
+    event_line,
+    lines_view,
+    plan_lines,
+    plan_view,
+    proposal_lines,
+    task_view,
+)
 from appliance.client import ApplianceClient, Plan, Task, press_sentence
 
 
@@ -97,10 +104,14 @@ def cmd_task(args: argparse.Namespace, out: Output) -> int:
             nonlocal shown
             for event in now.events[shown:]:
                 out.say(event_line(event))
+                if event.get("event") in ("planned", "question", "refused"):
+                    out.say(proposal_lines(event))
             shown = len(now.events)
             plan = now.plan
             if plan is not None and plan.waiting_for_press and plan.plan_id not in asked:
                 asked.add(plan.plan_id)
+                # The whole plan before the code: what a press would do.
+                plan_lines(plan, out.err)
                 out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
                 update(f"waiting for the press on the box (code {plan.code})")
 

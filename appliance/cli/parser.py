@@ -24,7 +24,7 @@ from appliance.cli.output import EXIT_CODES
 from appliance.cli.pairing import cmd_discover, cmd_pair
 from appliance.client import DEFAULT_CREDENTIALS
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct.toml"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "qwen2.5-coder-1.5b-instruct.toml"
 DEFAULT_STATE = Path(os.environ.get("APPLIANCE_STATE_DIR", "/var/lib/appliance"))
 WAIT_S = 300.0
 
@@ -97,7 +97,8 @@ def _box_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--model",
         type=Path,
         default=DEFAULT_MODEL,
-        help="development: the model manifest the agent runs (default: SmolLM2-135M on the CPU)",
+        help="development: the model manifest the agent runs "
+        "(default: Qwen2.5-Coder-1.5B-Instruct on the CPU)",
     )
     up.add_argument(
         "--no-agent", action="store_true", help="development: do not start the model agent"

@@ -157,8 +157,25 @@ def task_view(task: Task) -> Render:
     return render
 
 
+PROPOSAL_WORDS = {"question": "the box asks", "refused": "the box cannot do this"}
+SAID = ("kind", "explanation", "confidence", "compact")
+
+
+def proposal_lines(event: dict[str, Any]) -> Text:
+    """The model's own words on a task (its explanation, question or reason),
+    its confidence and the compact plan it wrote; the actions follow."""
+    conf = event.get("confidence")
+    sure = f" (confidence {conf:.2f})" if isinstance(conf, int | float) else ""
+    label = PROPOSAL_WORDS.get(str(event.get("event")), "the box's model")
+    line = Text(f"{label}{sure}: ", style="bold") + plain(event.get("explanation", ""))
+    if event.get("event") == "planned":
+        for said in str(event.get("compact", "")).splitlines()[2:]:
+            line += Text("\n   | ", style="dim") + plain(said)
+    return line
+
+
 def event_line(event: dict[str, Any]) -> Text:
-    detail = {k: v for k, v in event.items() if k not in ("event", "time") and v}
+    detail = {k: v for k, v in event.items() if k not in ("event", "time", *SAID) and v}
     line = status(str(event.get("event")))
     for key, value in list(detail.items())[:4]:
         line += Text(f"  {key}=", style="dim") + plain(value)

@@ -108,6 +108,8 @@ def _origin(broker: Broker, origin: dict[str, Any] | None) -> dict[str, Any]:
             "model_sha256": origin.get("model_sha256"),
             "words": broker.tasks.words(task_id),
             "words_sha256": row["text_sha256"] if row else None,
+            "explanation": origin.get("explanation") or "",
+            "confidence": origin.get("confidence"),
         }
     return {"kind": "plugin", "via": origin.get("via")}
 

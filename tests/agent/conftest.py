@@ -1,5 +1,6 @@
-"""Shared fixtures: the real default model, loaded once per test session
-(loading is ~0.3 s, but each generation costs seconds: keep calls few)."""
+"""Shared fixtures: the real default model (Qwen2.5-Coder-1.5B-Instruct on
+llama.cpp), loaded once per test session (its hash is checked and it loads in
+a few seconds; each plan costs seconds: keep calls few)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,14 @@
 """The Hailo-10H and hailo-ollama paths without the device: recorded model
-outputs (good, chatty, cut off, escaping, wrong shape) replayed through the
-real backend code: template, parsing, validation, the one repair, the planner."""
+outputs (good, chatty, cut off, escaping, wrong shape, looping) replayed
+through the real backend code: template, parsing, validation, the one repair,
+the stop on the token stream, the planner."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from appliance.agent.backends import HailoBackend, OllamaBackend
+from appliance.agent.backends import OllamaBackend
 from appliance.agent.errors import ModelError
+from appliance.agent.hailo import HailoBackend
 from appliance.agent.models import MODELS_DIR, Manifest, load_manifest
 from appliance.agent.planner import Planner
 from appliance.intents import Plan
@@ -42,6 +46,8 @@ class RecordedLLM:
         self.capacity = capacity
         self.used = 0
 
+        self.streamed: list[int] = []  # tokens handed out by each streamed call
+
     def generate_all(self, prompt: str, **kwargs: Any) -> str:
         self.calls.append({"prompt": prompt, **kwargs})
         out = self.outputs.pop(0)
@@ -53,6 +59,22 @@ class RecordedLLM:
 
     def max_context_capacity(self) -> int:
         return self.capacity
+
+    @contextlib.contextmanager
+    def generate(self, **kwargs: Any) -> Iterator[Iterator[str]]:
+        """The streaming call: the recorded output in word-sized tokens."""
+        self.calls.append(kwargs)
+        out = self.outputs.pop(0)
+        tokens = re.findall(r"\S+\s*|\s+", out)
+        self.used = len(self.tokenize(kwargs["prompt"])) + len(self.tokenize(out))
+        self.streamed.append(0)
+
+        def stream() -> Iterator[str]:
+            for token in tokens:
+                self.streamed[-1] += 1
+                yield token
+
+        yield stream()
 
     def clear_context(self) -> None:
         self.cleared += 1
@@ -74,35 +96,58 @@ def planner_on(*outputs: str, manifest: Manifest | None = None) -> tuple[Planner
     return Planner(HailoBackend(manifest or hailo_manifest(), llm=llm)), llm
 
 
+def _sorted(*years: str) -> list[dict[str, Any]]:
+    names = {"2021": "2021-invoice.pdf", "2022": "2022-receipt.pdf", "2023": "2023-letter.pdf"}
+    out: list[dict[str, Any]] = []
+    for y in years:
+        out.append({"verb": "file.mkdir", "resource": f"share:docs/{y}", "params": {}})
+        out.append(
+            {
+                "verb": "file.move",
+                "resource": f"share:docs/Inbox/{names[y]}",
+                "params": {"to": f"share:docs/{y}/{names[y]}"},
+            }
+        )
+    return out
+
+
 def test_good_output_plans_without_repair() -> None:
     planner, llm = planner_on(recorded("qwen_plan_ok.txt"))
     result = planner.plan("sort the PDFs in Inbox by year", LISTING)
     Plan.model_validate({"intents": result.intents})
-    assert result.intents == [
-        {"verb": "file.mkdir", "resource": "share:docs/2021", "params": {}},
-        {
-            "verb": "file.move",
-            "resource": "share:docs/Inbox/2021-invoice.pdf",
-            "params": {"to": "share:docs/2021/2021-invoice.pdf"},
-        },
-        {"verb": "file.mkdir", "resource": "share:docs/2022", "params": {}},
-        {
-            "verb": "file.move",
-            "resource": "share:docs/Inbox/2022-receipt.pdf",
-            "params": {"to": "share:docs/2022/2022-receipt.pdf"},
-        },
-    ]
+    assert result.intents == _sorted("2021", "2022", "2023")
+    assert result.compact == (
+        "plan: Sorting the PDFs in Inbox into year folders.\nsteps: move\n"
+        "move docs:Inbox/*.pdf > docs:{year}/"
+    )
+    assert result.explanation == "Sorting the PDFs in Inbox into year folders."
+    assert result.confidence is None  # HailoRT gives no probabilities
     assert not result.repaired and result.model_id == "Qwen2.5-1.5B-Instruct-Hailo10H"
     assert result.model_sha256 == hailo_manifest().sha256
-    # One call: rendered ChatML (generate_all applies no template), fresh context.
+    # One call: rendered ChatML (the raw prompt applies no template), fresh context.
     (call,) = llm.calls
-    assert call["prompt"].startswith("<|im_start|>system\nYou are the planner")
+    assert call["prompt"].startswith("<|im_start|>system\nYou plan file actions")
     assert call["prompt"].endswith("<|im_start|>assistant\n")
-    assert "Request: sort the PDFs in Inbox by year" in call["prompt"]
+    assert "REQUEST: sort the PDFs in Inbox by year" in call["prompt"]
+    assert "docs:Inbox/2021-invoice.pdf\n" in call["prompt"]
     assert call["max_generated_tokens"] == planner.plan_max_tokens and call["seed"] == 7
     # Greedy: HailoRT's do_sample=False, and no temperature (HailoRT refuses 0).
     assert call["do_sample"] is False and "temperature" not in call
     assert llm.cleared == 1
+
+
+def test_a_looping_model_is_stopped_on_the_token_stream() -> None:
+    """The whole plan over and over, up to the step cap (3-4 minutes at 7
+    tokens/s on the NPU): the stream is left at the first repeated step."""
+    loop = recorded("qwen_plan_loop.txt")
+    planner, llm = planner_on(loop)
+    result = planner.plan("sort the PDFs in Inbox by year", LISTING)
+    assert result.intents == _sorted("2021", "2022")
+    assert result.stopped_at_repeat and not result.repaired
+    total = len(re.findall(r"\S+\s*|\s+", loop))
+    # Read: the header (8 word tokens, then 13 for the length), the two steps
+    # and their first repeat (4 each); of 85 recorded.
+    assert llm.streamed == [8 + 13 + 3 * 4] and total == 85
 
 
 def test_chatty_output_in_a_code_fence_is_read() -> None:
@@ -228,11 +273,13 @@ def ollama() -> Iterator[str]:
 
 
 def test_ollama_chat_with_repair(ollama: str) -> None:
-    _Ollama.answers = [recorded("qwen_plan_truncated.txt"), recorded("qwen_plan_ok.txt")]
+    # Ollama's answer carries no end-of-turn marker.
+    ok = recorded("qwen_plan_ok.txt").replace("<|im_end|>", "")
+    _Ollama.answers = [recorded("qwen_plan_truncated.txt"), ok]
     m = load_manifest(MODELS_DIR / "ollama-qwen2.5-instruct-1.5b.toml")
     backend = OllamaBackend(m, base_url=ollama)
     result = Planner(backend).plan("sort the PDFs", LISTING)
-    assert result.repaired and result.tokens == 34 and len(result.intents) == 4
+    assert result.repaired and result.tokens == 34 and len(result.intents) == 6
     first = _Ollama.seen[0]
     assert first["path"] == "/api/chat" and first["model"] == "qwen2.5-instruct:1.5b"
     # hailo-ollama declares `format` a string and never reads it: not sent.
@@ -256,11 +303,11 @@ def test_the_answer_budget_fits_the_context() -> None:
     """HailoRT drops the oldest tokens silently when its context is full: the
     prompt is counted first and the answer's budget cut to what is left."""
     planner, llm = planner_on(recorded("qwen_plan_ok.txt"))
-    llm.capacity = 1000
+    llm.capacity = 1500
     planner.plan("sort the PDFs in Inbox by year", LISTING)
     (call,) = llm.calls
     prompt_tokens = len(llm.tokenize(call["prompt"]))
-    assert call["max_generated_tokens"] == 1000 - prompt_tokens < planner.plan_max_tokens
+    assert call["max_generated_tokens"] == 1500 - prompt_tokens < planner.plan_max_tokens
 
 
 def test_a_prompt_over_the_context_is_refused_before_generating() -> None:

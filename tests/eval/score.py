@@ -48,7 +48,9 @@ from appliance.intents import Plan
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-REQUESTS = HERE / "requests.json"
+REQUESTS = HERE / "requests.json"  # the tuning part: prompt work looks at these
+HELDOUT = HERE / "heldout.json"  # the held-out part: prompt work never looks at these
+NO_PLAN = ("question", "refusal")
 # Parameters that say *what* an intent does; the others (mkdir's parents,
 # read's max_bytes/offset) are details a right plan may or may not spell out.
 KEY_PARAMS = ("to", "name", "content")
@@ -65,6 +67,16 @@ def load_requests(path: Path = REQUESTS) -> list[dict[str, Any]]:
     """The requests of an eval file (see README.md for the format)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return data["requests"]
+
+
+def load_parts(part: str = "all") -> list[dict[str, Any]]:
+    """The requests of the tuning part, the held-out part or both, each marked
+    with its ``part``."""
+    out: list[dict[str, Any]] = []
+    for name, path in (("tuning", REQUESTS), ("heldout", HELDOUT)):
+        if part in (name, "all"):
+            out += [{**r, "part": name} for r in load_requests(path)]
+    return out
 
 
 # ---------------------------------------------------------------- scoring
@@ -258,7 +270,11 @@ PlanFn = Callable[[str, dict[str, list[str]]], dict[str, Any]]
 
 def score_request(request: dict[str, Any], plan_fn: PlanFn) -> dict[str, Any]:
     """Plan one request and score the answer. A refusal of the planner (an
-    ApplianceError: invalid output, a model failure) is a result, not a crash."""
+    ApplianceError: invalid output, a model failure) is a result, not a crash.
+
+    A request that expects no plan (``expect``: question or refusal) is right
+    when the answer is a question or a refusal; a request that expects a plan
+    scores 0 for either."""
     start = time.perf_counter()
     error = None
     answer: dict[str, Any] = {}
@@ -269,14 +285,27 @@ def score_request(request: dict[str, Any], plan_fn: PlanFn) -> dict[str, Any]:
             raise  # no agent at all: the run is void, not the model's fault
         error = f"{e.code}: {e.reason}"
     wall = time.perf_counter() - start
-    got = answer.get("intents") if error is None else []
+    kind = str(answer.get("kind", "plan")) if error is None else "failed"
+    got = answer.get("intents") if error is None and kind == "plan" else []
     if not isinstance(got, list):
         got = []
-    valid = error is None and is_valid(got)
-    score = score_plan(request["expected"], got, bool(request.get("unordered")))
+    expect = request.get("expect", "plan")
+    if kind in NO_PLAN:
+        valid = bool(str(answer.get("explanation", "")).strip())
+        score = 1.0 if expect in NO_PLAN else 0.0
+    else:
+        valid = error is None and is_valid(got)
+        score = (
+            0.0
+            if expect in NO_PLAN
+            else score_plan(request["expected"], got, bool(request.get("unordered")))
+        )
     return {
         "id": request["id"],
+        "part": request.get("part", "tuning"),
         "tags": list(request.get("tags", [])),
+        "expect": expect,
+        "kind": kind,
         "score": round(score, 4),
         "exact": valid and score == 1.0,
         "valid": valid,
@@ -286,6 +315,9 @@ def score_request(request: dict[str, Any], plan_fn: PlanFn) -> dict[str, Any]:
         "model_seconds": answer.get("seconds"),
         "tokens": answer.get("tokens"),
         "repaired": answer.get("repaired"),
+        "confidence": answer.get("confidence"),
+        "explanation": answer.get("explanation"),
+        "compact": answer.get("compact"),
         "expected": request["expected"],
         "got": got,
     }
@@ -300,6 +332,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         return {"requests": 0}
     seconds = [r["seconds"] for r in results]
     tokens = [r["tokens"] for r in results if isinstance(r.get("tokens"), int)]
+    model_seconds = [
+        r["model_seconds"] for r in results if isinstance(r.get("model_seconds"), int | float)
+    ]
     tags: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         for tag in r.get("tags", []):
@@ -317,6 +352,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds_max": round(max(seconds), 3),
         "seconds_total": round(sum(seconds), 3),
         "tokens_mean": round(statistics.fmean(tokens), 1) if tokens else None,
+        "tokens_median": statistics.median(tokens) if tokens else None,
+        "tokens_max": max(tokens) if tokens else None,
+        "time_to_plan_median": round(statistics.median(model_seconds), 3)
+        if model_seconds
+        else None,
         "by_tag": {
             tag: {
                 "requests": len(rs),
@@ -329,7 +369,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def in_process(
-    manifest_path: Path, *, warm: bool = True
+    manifest_path: Path, *, warm: bool = True, confidence_floor: float | None = None
 ) -> tuple[PlanFn, dict[str, Any], Callable[[], None]]:
     """A planner in this process on the manifest's backend (sha256 checked
     before the model loads), warmed like the agent warms at start, so the
@@ -341,6 +381,8 @@ def in_process(
     manifest = load_manifest(manifest_path)
     backend = make_backend(manifest)
     planner = Planner(backend)
+    if confidence_floor is not None:
+        planner.confidence_floor = confidence_floor
     warm_s = None
     if warm:
         start = time.perf_counter()
@@ -358,6 +400,7 @@ def in_process(
         "backend": manifest.backend,
         "via": f"in-process ({manifest_path})",
         "warm_up_seconds": warm_s,
+        "confidence_floor": planner.confidence_floor,
     }
     return plan, model, backend.close
 
@@ -388,22 +431,32 @@ def _brief(intent: Any) -> str:
     return f"{verb} {resource}" + (f" {extra}" if extra else "")
 
 
-HEADER = f"{'request':<28} {'F1':>5} {'exact':>5} {'valid':>5} {'esc':>3} {'s':>6} {'tok':>4}  note"
+HEADER = (
+    f"{'request':<28} {'F1':>5} {'exact':>5} {'valid':>5} {'esc':>3} {'s':>6} {'tok':>4} "
+    f"{'conf':>5}  note"
+)
 
 
 def format_row(r: dict[str, Any], show: bool) -> str:
     """One request's line of the table (and, with ``show``, its misses)."""
     note = r["error"] or (r["escapes"][0] if r["escapes"] else "")
+    if not note and r.get("kind") in NO_PLAN:
+        note = f"{r['kind']}: {r.get('explanation') or ''}"
     if not note and not r["exact"]:
         note = _brief(r["got"][0]) if r["got"] else "(empty plan)"
     tokens = r["tokens"] if r["tokens"] is not None else "-"
+    conf = r.get("confidence")
+    conf_s = f"{conf:.2f}" if isinstance(conf, float | int) else "-"
     lines = [
         f"{_cut(r['id'], 28):<28} {r['score']:>5.2f} {'yes' if r['exact'] else 'no':>5} "
         f"{'yes' if r['valid'] else 'no':>5} {len(r['escapes']):>3} {r['seconds']:>6.2f} "
-        f"{tokens:>4}  {_cut(note, 70)}"
+        f"{tokens:>4} {conf_s:>5}  {_cut(note, 70)}"
     ]
     if show and not r["exact"]:
+        if r.get("expect", "plan") != "plan":
+            lines.append(f"{'':<30}want a {r['expect']}")
         lines += [f"{'':<30}want {_brief(i)}" for i in r["expected"]]
+        lines += [f"{'':<30}said {line}" for line in (r.get("compact") or "").splitlines()]
         lines += [f"{'':<30}got  {_brief(i)}" for i in r["got"]]
     return "\n".join(lines)
 
@@ -419,8 +472,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f"seconds/request   mean {s['seconds_mean']:.2f}  median {s['seconds_median']:.2f}  "
         f"max {s['seconds_max']:.2f}  total {s['seconds_total']:.1f}",
     ]
+    if s.get("time_to_plan_median") is not None:
+        lines.append(f"time to plan      median {s['time_to_plan_median']:.2f} s (in the model)")
     if s["tokens_mean"] is not None:
-        lines.append(f"tokens/request    mean {s['tokens_mean']:.1f}")
+        lines.append(
+            f"tokens/request    mean {s['tokens_mean']:.1f}  median {s['tokens_median']}  "
+            f"max {s['tokens_max']}"
+        )
     by_tag = "  ".join(f"{t} {v['mean_f1']:.2f}" for t, v in s["by_tag"].items())
     lines.append(f"mean F1 by tag    {by_tag}")
     return "\n".join(lines)
@@ -440,17 +498,29 @@ def main(argv: list[str] | None = None) -> int:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", type=Path, help="a model manifest (default: the default model)")
     source.add_argument("--socket", type=Path, help="a running agent's Unix socket")
-    p.add_argument("--requests", type=Path, default=REQUESTS, help="the eval file")
+    p.add_argument(
+        "--part",
+        choices=("all", "tuning", "heldout"),
+        default="all",
+        help="which part of the eval (default: both, scored separately)",
+    )
+    p.add_argument("--requests", type=Path, help="another eval file instead of the parts")
     p.add_argument("--limit", type=int, default=None, help="score only the first N requests")
     p.add_argument("--only", action="append", default=[], help="score only this request id")
     p.add_argument("--no-warm", action="store_true", help="time the first request cold")
+    p.add_argument(
+        "--confidence-floor",
+        type=float,
+        help="in process: propose plans down to this confidence (default: the planner's own; "
+        "0 proposes every plan, to measure where the floor belongs)",
+    )
     p.add_argument("--timeout", type=float, default=300, help="seconds per request (--socket)")
     p.add_argument("--show", action="store_true", help="print wanted and got plans of misses")
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
     p.add_argument("--json-out", type=Path, help="also write machine-readable results here")
     args = p.parse_args(argv)
 
-    requests = load_requests(args.requests)
+    requests = load_requests(args.requests) if args.requests else load_parts(args.part)
     if args.only:
         unknown = set(args.only) - {r["id"] for r in requests}
         if unknown:
@@ -469,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = args.model or default_manifest_path()
             if not manifest.exists() and (REPO / manifest).exists():
                 manifest = REPO / manifest  # models/NAME.toml from anywhere
-            plan_fn, model, close = in_process(manifest, warm=not args.no_warm)
+            plan_fn, model, close = in_process(
+                manifest, warm=not args.no_warm, confidence_floor=args.confidence_floor
+            )
         if not args.json:
             print(f"model {model['model_id']} (sha256 {model['model_sha256']}) via {model['via']}")
             if model.get("warm_up_seconds") is not None:
@@ -489,14 +561,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score.py: {e.reason}", file=sys.stderr)
         return 2
     summary = summarize(results)
-    report = {"model": model, "summary": summary, "results": results}
+    parts = {
+        name: summarize([r for r in results if r["part"] == name])
+        for name in ("tuning", "heldout")
+        if any(r["part"] == name for r in results)
+    }
+    report = {"model": model, "summary": summary, "parts": parts, "results": results}
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        print()
-        print(format_summary(summary))
+        for name, part in parts.items():
+            if len(parts) > 1:
+                print(f"\n{name} part")
+            print()
+            print(format_summary(part))
+        if len(parts) > 1:
+            print("\nboth parts")
+            print()
+            print(format_summary(summary))
     return 0
 
 

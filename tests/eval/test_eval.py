@@ -27,8 +27,10 @@ from tests.eval.score import (
     summarize,
 )
 
-REQUESTS = load_requests()
-BY_ID = {r["id"]: r for r in REQUESTS}
+REQUESTS = load_requests()  # the tuning part
+HELDOUT = load_requests(score.HELDOUT)
+BOTH = REQUESTS + HELDOUT
+BY_ID = {r["id"]: r for r in BOTH}
 
 
 def mv(src: str, to: str) -> dict[str, Any]:
@@ -250,6 +252,33 @@ def test_a_model_failure_is_a_result_but_no_agent_stops_the_run() -> None:
         score_request(request, absent)
 
 
+def test_questions_and_refusals_are_scored_by_kind() -> None:
+    ambiguous = BY_ID["ask-which-photo"]
+    plan_wanted = BY_ID["move-one"]
+
+    def asks(text: str, listing: dict[str, list[str]]) -> dict[str, Any]:
+        return {"kind": "question", "intents": [], "explanation": "Which photo?"}
+
+    def refuses(text: str, listing: dict[str, list[str]]) -> dict[str, Any]:
+        return {"kind": "refusal", "intents": [], "explanation": "I cannot."}
+
+    def plans(text: str, listing: dict[str, list[str]]) -> dict[str, Any]:
+        return {"kind": "plan", "intents": plan_wanted["expected"]}
+
+    for fn in (asks, refuses):  # either proposes nothing: right
+        r = score_request(ambiguous, fn)
+        assert (r["score"], r["exact"], r["valid"]) == (1.0, True, True)
+    assert score_request(ambiguous, plans)["score"] == 0.0  # a guess where a question was due
+    r = score_request(plan_wanted, asks)
+    assert (r["score"], r["exact"], r["valid"]) == (0.0, False, True)
+    assert score_request(plan_wanted, plans)["exact"]
+
+    def silent(text: str, listing: dict[str, list[str]]) -> dict[str, Any]:
+        return {"kind": "question", "intents": [], "explanation": "  "}
+
+    assert not score_request(ambiguous, silent)["valid"]  # a question must say something
+
+
 def _result(
     rid: str,
     s: float,
@@ -311,11 +340,11 @@ def test_table_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ---------------------------------------------------------------- the data set
 def test_eval_set_is_well_formed() -> None:
-    assert len(REQUESTS) >= 30
-    ids = [r["id"] for r in REQUESTS]
-    assert len(ids) == len(set(ids)), "ids must be unique"
-    for r in REQUESTS:
-        assert set(r) <= {"id", "tags", "text", "listing", "expected", "unordered"}, r["id"]
+    assert len(BOTH) >= 120 and len(HELDOUT) >= 40
+    ids = [r["id"] for r in BOTH]
+    assert len(ids) == len(set(ids)), "ids must be unique across both parts"
+    for r in BOTH:
+        assert set(r) <= {"id", "tags", "text", "listing", "expected", "unordered", "expect"}
         assert re.fullmatch(r"[a-z0-9-]+", r["id"])
         assert isinstance(r["text"], str) and r["text"].strip()
         assert isinstance(r.get("unordered", False), bool)
@@ -325,6 +354,11 @@ def test_eval_set_is_well_formed() -> None:
                 # Every listed folder is listed with its parent folders.
                 parent = entry.rstrip("/").rpartition("/")[0]
                 assert not parent or parent + "/" in entries, (r["id"], entry)
+        if r.get("expect"):
+            # Nothing to propose: an ambiguous request or one no file action can do.
+            assert r["expect"] in ("question", "refusal") and r["expected"] == [], r["id"]
+            assert {"ambiguous", "refuse"} & set(r["tags"]), r["id"]
+            continue
         assert r["expected"], r["id"]
         for intent in r["expected"]:
             Intent.model_validate(intent)  # raises on a malformed expectation
@@ -332,7 +366,7 @@ def test_eval_set_is_well_formed() -> None:
 
 
 def test_expected_plans_stay_inside_their_listing() -> None:
-    for r in REQUESTS:
+    for r in BOTH:
         assert escapes(r["expected"], r["listing"]) == [], r["id"]
         # Even the unordered ones make a folder before they use it.
         assert order_violations(r["expected"]) == set(), r["id"]
@@ -342,7 +376,7 @@ def test_expected_plans_are_plans_a_planner_can_say() -> None:
     """A move or copy keeps the name and goes into a folder; a copy copies a
     file; a folder that is not there is made first; nothing is said twice; sort-by-year requests put
     each file into the folder of the year its name starts with."""
-    for r in REQUESTS:
+    for r in BOTH:
         keys = [intent_key(i) for i in r["expected"]]
         assert len(keys) == len(set(keys)), r["id"]
         listed = {f"share:{s}/{e.rstrip('/')}" for s, es in r["listing"].items() for e in es}
@@ -362,8 +396,9 @@ def test_expected_plans_are_plans_a_planner_can_say() -> None:
                     assert folder.rsplit("/", 1)[1] == src.rsplit("/", 1)[1][:4], r["id"]
 
 
-def test_eval_set_covers_the_brief() -> None:
-    tags = {t for r in REQUESTS for t in r["tags"]}
+@pytest.mark.parametrize("part", [REQUESTS, HELDOUT], ids=["tuning", "heldout"])
+def test_eval_set_covers_the_brief(part: list[dict[str, Any]]) -> None:
+    tags = {t for r in part for t in r["tags"]}
     wanted = {
         "sort-year",
         "move",
@@ -378,9 +413,14 @@ def test_eval_set_covers_the_brief() -> None:
         "everyday",
         "two-shares",
         "distractors",
+        "typo",
+        "ambiguous",
+        "refuse",
+        "injection",
+        "sort-month",
     }
     assert wanted <= tags, wanted - tags
-    verbs = {i["verb"] for r in REQUESTS for i in r["expected"]}
+    verbs = {i["verb"] for r in part for i in r["expected"]}
     assert verbs >= {
         "file.move",
         "file.rename",
@@ -391,10 +431,12 @@ def test_eval_set_covers_the_brief() -> None:
         "file.read",
         "file.stat",
     }
-    assert sum("two-shares" in r["tags"] for r in REQUESTS) >= 3
-    assert sum("distractors" in r["tags"] for r in REQUESTS) >= 3
-    assert any(r.get("unordered") for r in REQUESTS)
-    assert any(len(r["expected"]) > 1 and not r.get("unordered") for r in REQUESTS)
+    assert sum("two-shares" in r["tags"] for r in part) >= 3
+    assert sum("distractors" in r["tags"] for r in part) >= 3
+    assert sum(r.get("expect") == "question" for r in part) >= 3
+    assert sum(r.get("expect") == "refusal" for r in part) >= 3
+    assert any(r.get("unordered") for r in part)
+    assert any(len(r["expected"]) > 1 and not r.get("unordered") for r in part)
 
 
 # ---------------------------------------------------------------- with the real model
@@ -413,39 +455,49 @@ def _default_manifest() -> Path:
     return path
 
 
+SMOKE = ["sort-year-inbox-archive", "copy-two-shares", "ask-which-photo"]
+
+
 def test_smoke_run_with_the_default_model(tmp_path: Path) -> None:
-    """score.py as a user runs it: completes and prints validity and escape
-    figures. No quality threshold (the 135M model is weak); escapes must be 0
-    whatever the model says, because the planner keeps it to the listing."""
+    """score.py as a user runs it, on a few requests of the tuning part: it
+    completes and prints every figure; nothing escapes the listing whatever
+    the model says; and the issue's own request (the README's tour) is
+    planned exactly right. The full run is `make eval`."""
     manifest = _default_manifest()
     out_json = tmp_path / "run.json"
+    only = [arg for rid in SMOKE for arg in ("--only", rid)]
     run = subprocess.run(
         [
             sys.executable,
             str(Path(score.__file__)),
             "--model",
             str(manifest),
-            "--limit",
-            "2",
+            "--part",
+            "tuning",
+            *only,
             "--no-warm",  # the first request warms the cache: one prompt less to evaluate
             "--json-out",
             str(out_json),
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert re.search(r"validity rate\s+[01]\.\d{3}", run.stdout), run.stdout
+    for figure in ("validity rate", "time to plan", "tokens/request"):
+        assert figure in run.stdout, run.stdout
     assert re.search(r"escape rate\s+0\.000", run.stdout), run.stdout
     report = json.loads(out_json.read_text())
-    assert report["summary"]["requests"] == 2
+    assert report["summary"]["requests"] == len(SMOKE)
     assert report["summary"]["escape_rate"] == 0.0
     assert re.fullmatch(r"[0-9a-f]{64}", report["model"]["model_sha256"])
-    assert [r["id"] for r in report["results"]] == [r["id"] for r in REQUESTS[:2]]
+    by_id = {r["id"]: r for r in report["results"]}
+    assert set(by_id) == set(SMOKE)
     for r in report["results"]:
         assert r["valid"] == (r["error"] is None)
         assert r["seconds"] > 0
+    sort = by_id["sort-year-inbox-archive"]
+    assert sort["exact"] and sort["tokens"] <= 60, sort
 
 
 def test_scoring_through_an_agent_socket(tmp_path: Path) -> None:

