@@ -144,7 +144,10 @@ def box(tmp_path: Path) -> Iterator[Box]:
     yield from open_console_box(tmp_path)
 
 
-@pytest.fixture(scope="session")
+# One browser for the console's tests, closed once they end: Playwright's
+# sync API keeps an event loop running in this thread while it is open, and
+# the later suites call asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
