@@ -8,6 +8,7 @@ STATE ?= $(CURDIR)/.state
 # swtpm: the development TPM; libtss2-dev + pkg-config: to build tpm2-pytss;
 # device-tree-compiler: dtc/fdtoverlay check the overlays/ sources;
 # nodejs + npm: the AssemblyScript compiler for plugins (plugins/package-lock.json);
+# chromium: the real browser the console's tests drive (Playwright, tests/console/);
 # deploy/ and image-build/ tests: units (systemd-analyze), firewall (nft, ip),
 # update bundles (rauc, mksquashfs, openssl), image files (sfdisk, mtools,
 # mkfs.vfat, mkfs.ext4, debugfs, xz).
@@ -19,6 +20,7 @@ NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
 	pkg-config --exists tss2-esys 2>/dev/null || echo libtss2-dev pkg-config; \
 	command -v dtc >/dev/null || echo device-tree-compiler; \
 	command -v npm >/dev/null || echo nodejs npm; \
+	command -v chromium >/dev/null || echo chromium; \
 	$(PY) -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv; \
 	for t in $(DEPLOY_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t\#\#*:}; done;
 # `make image-check` also builds an arm64 root file system under qemu-user.

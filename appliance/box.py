@@ -28,8 +28,9 @@ from appliance.broker.quota import ReadQuota
 from appliance.broker.recovery import recover
 from appliance.broker.retention import Retention
 from appliance.broker.scope import Shares
-from appliance.broker.service import Broker, Parts
+from appliance.broker.service import Broker
 from appliance.broker.snapshots import SnapshotStore
+from appliance.broker.state import Parts
 from appliance.broker.storage import Storage
 from appliance.broker.tasks import TaskStore
 from appliance.config import Config

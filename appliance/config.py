@@ -57,6 +57,26 @@ class ApprovalSettings:
     lockout_window_s: float = 600.0
     lockout_s: float = 900.0
     pairing_window_s: float = 120.0  # how long a long hold on the idle button opens pairing
+    # Trusted arming (docs/console.md): a plan is approved by no press until
+    # the owner's console has shown it when it deletes anything, changes
+    # anything derived from file content, sends anything off the box, has
+    # more than console_steps steps (0: any number), or has a step of
+    # console_risk or above ("": no such threshold). The desktop that asks
+    # chooses what its own screen says; only the box's own rendering counts.
+    console_deletes: bool = True
+    console_content: bool = True
+    console_network: bool = True
+    console_steps: int = 8
+    console_risk: str = "high"
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """The box's own web console (docs/console.md)."""
+
+    # How long a signed-in console stays signed in; its owner pairing ends
+    # with it, and signing in again takes a press.
+    session_s: float = 12 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,7 @@ class Config:
     plugin_limits: PluginLimits = field(default_factory=PluginLimits)
     panel: PanelSettings = field(default_factory=PanelSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def db_path(self) -> Path:
@@ -216,6 +237,8 @@ def load_toml(path: Path) -> dict:
         out["plugin_limits"] = PluginLimits(**raw["plugin_limits"])
     if "retention" in raw:
         out["retention"] = RetentionSettings(**raw["retention"])
+    if "console" in raw:
+        out["console"] = ConsoleSettings(**raw["console"])
     if "panel" in raw:
         panel = dict(raw["panel"])
         if panel.get("rgb_pins") is not None:

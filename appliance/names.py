@@ -117,7 +117,7 @@ def name_ok(name: str, limits: Limits) -> bool:
 # differently from what it is, or not at all.
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 # Zero-width characters people cannot see (all of category Cf but one).
-_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
+ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
 CLIENT_NAME_MAX = 64  # characters of a paired desktop's name
 
 
@@ -176,14 +176,26 @@ def name_warnings(name: str) -> list[str]:
     warnings = []
     if any(ch in BIDI_CONTROLS for ch in name):
         warnings.append("bidirectional controls")
-    if any(ch in _ZERO_WIDTH for ch in name):
+    if any(ch in ZERO_WIDTH for ch in name):
         warnings.append("zero-width characters")
-    if any(hidden(ch) and ch not in BIDI_CONTROLS and ch not in _ZERO_WIDTH for ch in name):
+    if any(hidden(ch) and ch not in BIDI_CONTROLS and ch not in ZERO_WIDTH for ch in name):
         warnings.append("control characters")
     mixed = scripts(name)
     if len(mixed) > 1 and not any(set(mixed) <= ok for ok in _USUAL_MIXES):
         warnings.append("mixed scripts: " + "+".join(mixed))
     return warnings
+
+
+def escaped(text: str, *, keep: str = "") -> str:
+    """``text`` with every hidden character (but those in ``keep``, such as a
+    text's newlines) written as an escape, and a backslash doubled so no
+    name can fake one; nothing added, nothing cut (:func:`shown` adds both)."""
+    return "".join(
+        ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if (hidden(ch) and ch not in keep) or ch == "\\"
+        else ch
+        for ch in text
+    )
 
 
 def shown(name: str, *, quote: bool = False, limit: int = 120) -> str:
@@ -193,13 +205,7 @@ def shown(name: str, *, quote: bool = False, limit: int = 120) -> str:
     about it said in brackets: ``'pаypal' [mixed scripts: Cyrillic+Latin]``.
 
     The panel's summaries, the CLI and the console show names through this."""
-    out = []
-    for ch in name[:limit]:
-        if hidden(ch) or ch == "\\":
-            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
-        else:
-            out.append(ch)
-    text = "".join(out) + ("…" if len(name) > limit else "")
+    text = escaped(name[:limit]) + ("…" if len(name) > limit else "")
     if quote:
         text = f"'{text}'"
     warnings = name_warnings(name)
@@ -222,7 +228,7 @@ def check_client_name(name: str) -> str:
                 "a bidirectional control"
                 if ch in BIDI_CONTROLS
                 else "a zero-width character"
-                if ch in _ZERO_WIDTH
+                if ch in ZERO_WIDTH
                 else "a lone surrogate (not valid Unicode)"
                 if unicodedata.category(ch) == "Cs"
                 else "a control character"

@@ -55,8 +55,9 @@ class _Running:
     """The broker and its control socket once they started; the panel is
     opened once, so its pins stay claimed across retries."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, secure: bool) -> None:
         self.config = config
+        self.secure = secure  # served over TLS: the console's cookies are Secure
         self.panel: Panel | None = None
         self.broker: Broker | None = None
         self.control: ControlServer | None = None
@@ -80,7 +81,7 @@ class _Running:
             broker.close()
             return e.reason
         self.broker, self.control = broker, control
-        self.switch.app = create_app(broker)
+        self.switch.app = create_app(broker, secure=self.secure)
         if broker.keystore.unsafe:
             print(
                 "WARNING: UNSAFE development keys (not in a TPM). Do not use for real data.",
@@ -97,7 +98,8 @@ class _Running:
 
 def serve(config: Config, options: ServeOptions) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    running = _Running(config)
+    use_tls = options.tls or not config.dev or config.host not in LOOPBACK
+    running = _Running(config, secure=use_tls)
     reason = running.start()
     if reason is not None and config.dev:
         print(f"appliance: cannot start: {reason}", file=sys.stderr)
@@ -105,7 +107,6 @@ def serve(config: Config, options: ServeOptions) -> int:
     agent = None
     if reason is None and config.dev and options.agent:
         agent = start_agent(config, options.model)
-    use_tls = options.tls or not config.dev or config.host not in LOOPBACK
     server: list[uvicorn.Server] = []
     tls: ssl.SSLContext | None
     fp: str | None = None  # the device certificate's fingerprint, advertised

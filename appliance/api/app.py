@@ -19,30 +19,38 @@ from appliance.api.limits import BodyLimit, RateLimiter
 from appliance.api.routes import (
     approvals,
     health,
+    history,
     mcp,
+    owner,
     pairing,
     plans,
     plugins,
     proofs,
+    review,
     shares,
     tasks,
 )
 from appliance.broker.service import Broker
+from appliance.console.mount import mount
 
 
-def create_app(broker: Broker) -> FastAPI:
+def create_app(broker: Broker, *, secure: bool | None = None) -> FastAPI:
+    """The LAN API and the box's console. ``secure``: served over TLS (the
+    console's cookies are ``Secure``); default: outside development."""
     limits = broker.config.limits
     app = FastAPI(
         title="Safe agent appliance",
         version=__version__,
         description="LAN API of the appliance broker. Every /v1 call except pairing needs "
-        "`Authorization: Bearer <credential>`.",
+        "`Authorization: Bearer <credential>` (or the box's console's session).",
     )
     app.state.broker = broker
     app.state.limiter = RateLimiter(limits.requests_per_second, limits.burst)
     install_handlers(app)
-    for module in (health, pairing, plans, plugins, tasks, approvals, proofs, shares):
+    routes = (health, pairing, plans, history, plugins, tasks, approvals, review, proofs, shares)
+    for module in (*routes, owner):
         app.include_router(module.router, dependencies=[Depends(proper_text)])
     mcp.install(app)  # /mcp: the same contract as MCP tools (streamable HTTP)
+    mount(app, broker, secure=not broker.config.dev if secure is None else secure)
     app.add_middleware(BodyLimit, limit=limits.body_bytes)
     return app

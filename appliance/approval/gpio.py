@@ -208,7 +208,7 @@ class GpioPanel(Panel):
     def show(self, request: ApprovalRequest | None) -> None:
         with self._lock:
             self._shown = request
-            if request is None and self._base in ("pending", "pairing"):
+            if request is None and self._base in ("pending", "console", "pairing"):
                 # Decided, nothing next: after its outcome the LED is idle
                 # (the queue indicates "pairing" after this if a window is
                 # still open; it may have closed while a request was shown).

@@ -37,6 +37,7 @@ def _code_steps(code: str) -> list[tuple[float, float]]:
 
 
 BREATH_S = 2.0
+CONSOLE_CYCLE_S = 1.6  # the "needs the console" heartbeat: flash, flash, pause
 
 
 def pending_cycle_s(code: str) -> float:
@@ -49,6 +50,9 @@ def led_level(state: str, t: float, *, code: str | None = None, pwm: bool = True
     * idle: a dim glow (PWM) or a 50 ms blip every 5 s: the box is alive;
     * pending: a 2 s breath, then the verification code as blink counts
       (4817: four blinks, eight, one, seven), repeated;
+    * console (a risky request no press can approve until the owner's
+      console has shown it): a heartbeat, two short flashes and a pause,
+      repeated; no code, since the press would not count yet;
     * pairing (window open, nothing asked yet): fast blink, 5 per second;
     * approved: steady on; denied: three fast flashes; expired: a slow fade;
     * fault: a long flash and a short one, repeated (TPM or policy
@@ -58,6 +62,9 @@ def led_level(state: str, t: float, *, code: str | None = None, pwm: bool = True
         return 0.04 if pwm else float(t % 5.0 < 0.05)
     if state == "pairing" and code is None:
         return float(t % 0.2 < 0.1)
+    if state == "console":
+        u = t % CONSOLE_CYCLE_S
+        return float(u < 0.12 or 0.3 <= u < 0.42)
     if state in ("pending", "pairing"):
         cycle = pending_cycle_s(code or "")
         u = t % cycle
@@ -97,6 +104,7 @@ def rgb_colour(state: str, t: float, *, code: str | None = None) -> tuple[float,
             {
                 "idle": "white",
                 "pairing": "blue",
+                "console": "amber",
                 "approved": "green",
                 "denied": "red",
                 "expired": "amber",

@@ -13,11 +13,17 @@ the queue makes sure there is only ever one thing a press can mean:
 * a press may carry the digest the presser saw (the virtual panel and the
   local page do); a different digest is ignored, so a swap between display
   and press cannot approve the wrong request;
+* trusted arming: a request marked ``console`` (a risky plan) is approved
+  by no press until the owner's console has shown its digest (:meth:`seen`,
+  ``arming.py``); until then the LED says "needs the console";
 * silence is a denial: ``timeout_s`` after being shown, a request expires,
   even if nobody calls anything (a daemon timer thread does it);
 * a requester whose requests were denied or expired ``lockout_after`` times
   within ``lockout_window_s`` is locked out for ``lockout_s``: its open
-  requests are cancelled and new ones refused (429 ``locked_out``);
+  requests are cancelled and new ones refused (429 ``locked_out``); a
+  request that does not ``count`` (the box's model proposed it) is never
+  held against its requester, and the console can lift a lockout
+  (``lockouts.py``);
 * a pairing window (opened by a long hold on the idle button) is the only
   time a physical panel accepts pairing requests; it closes by itself.
 
@@ -42,6 +48,8 @@ from appliance.config import ApprovalSettings
 from appliance.errors import ApplianceError, LockedOut, NotFound, QueueFull, Unavailable
 from appliance.intents import verification_code
 
+from .arming import armed_in, refusal
+from .lockouts import Lockouts
 from .panel import Panel
 from .types import KINDS, ApprovalRequest, Decision, PanelState, PressResult, Status
 
@@ -108,10 +116,7 @@ class ApprovalQueue:
         self._requests: dict[str, ApprovalRequest] = {}
         self._decided_order: deque[str] = deque()
         self._closed = False
-        # Against approval fatigue: per requester, when its requests were
-        # denied or expired (recent ones), and until when it is locked out.
-        self._refusals: dict[str, deque[float]] = {}
-        self._locked: dict[str, float] = {}
+        self._lockouts = Lockouts(settings, clock)  # against approval fatigue
         self._pairing_until: float | None = None
         with self._lock:
             self._tell_panel(_Effects(), None, "idle")
@@ -121,9 +126,21 @@ class ApprovalQueue:
     # -- public API ---------------------------------------------------------
 
     def submit(
-        self, kind: str, subject_id: str, requester: str, summary: str, digest: str
+        self,
+        kind: str,
+        subject_id: str,
+        requester: str,
+        summary: str,
+        digest: str,
+        *,
+        console: tuple[str, ...] = (),
+        counts: bool = True,
     ) -> ApprovalRequest:
         """Queue a request for approval; shown at once if nothing else is.
+
+        ``console``: why a press may approve it only once the owner's console
+        has shown it (trusted arming; empty: a press is enough). ``counts``:
+        whether its denial counts toward locking ``requester`` out.
 
         Raises QueueFull (nothing queued) when ``queue_size`` requests already
         wait, and Unavailable (nothing queued) when the queue is closed or the
@@ -142,7 +159,7 @@ class ApprovalQueue:
                 if self._closed:
                     raise Unavailable("the approval queue is shut down")
                 self._expire_due(effects)
-                left = self._locked_for(requester)
+                left = self._lockouts.left(requester)
                 if left:
                     raise LockedOut(
                         f"{requester} is locked out of approvals for {left:.0f} more seconds: "
@@ -182,6 +199,8 @@ class ApprovalQueue:
                     digest=digest,
                     code=verification_code(digest),
                     created=self._clock(),
+                    console=tuple(console),
+                    counts=counts,
                 )
                 if self._shown is None:
                     if not self._show(req, effects):
@@ -214,9 +233,10 @@ class ApprovalQueue:
         ``held_for`` is how long ago the gesture began (a hold is reported a
         second after the finger went down): the arming delay is measured to
         when it *began*, so a press that started before the request appeared
-        never counts. Ignored, with a reason, when nothing is shown, when it
-        began within the arming delay of the request being shown, or when
-        ``digest`` is given and is not the shown request's digest.
+        never counts. Ignored, with a reason (``arming.refusal``), when
+        nothing is shown, when it began within the arming delay, when
+        ``digest`` is not the shown request's, or when it would approve a
+        request that waits for the console.
         """
         if decision not in ("approve", "deny"):
             raise ApplianceError(f"decision must be 'approve' or 'deny', not {decision!r}")
@@ -227,27 +247,13 @@ class ApprovalQueue:
                 shown = self._shown
                 now = self._clock()
                 began = now - max(0.0, held_for)
-                accepted = False
-                if self._closed:
-                    reason = "ignored: the approval queue is shut down"
-                elif shown is None or shown.shown_at is None:
-                    reason = "ignored: nothing is pending"
-                elif began - shown.shown_at < self.settings.arming_delay_s:
-                    reason = (
-                        f"ignored: pressed {began - shown.shown_at:.2f}s after the request was "
-                        f"shown, within the {self.settings.arming_delay_s:g}s arming delay; "
-                        "check what is shown and press again"
-                    )
-                elif digest is not None and (
-                    not isinstance(digest, str) or digest.lower() != shown.digest
-                ):
-                    reason = (
-                        "ignored: the digest pressed for is not the digest of the request "
-                        "shown (it changed since it was displayed)"
-                    )
-                else:
-                    accepted = True
-                    reason = "approved" if decision == "approve" else "denied"
+                refused = (
+                    "ignored: the approval queue is shut down"
+                    if self._closed
+                    else refusal(shown, decision, digest, began, self.settings.arming_delay_s)
+                )
+                accepted = refused is None
+                reason = refused or ("approved" if decision == "approve" else "denied")
                 result = PressResult(accepted, shown.approval_id if shown else None, reason)
                 effects.event(
                     "approval.press",
@@ -296,6 +302,46 @@ class ApprovalQueue:
         finally:
             self._dispatch(effects)
 
+    def seen(self, approval_id: str, digest: str, *, by: str) -> ApprovalRequest:
+        """The owner's console showed the request on the panel, with this
+        digest (trusted arming): a press may approve it after a fresh arming
+        delay. NotFound for any other request or digest (it was replaced)."""
+        effects = _Effects()
+        try:
+            with self._lock:
+                self._expire_due(effects)
+                shown = self._shown
+                if (
+                    shown is None
+                    or shown.approval_id != approval_id
+                    or not isinstance(digest, str)
+                    or digest.lower() != shown.digest
+                ):
+                    raise NotFound(
+                        f"approval request {approval_id!r} with that digest is not the one "
+                        "on the panel now"
+                    )
+                if shown.seen_at is None:
+                    shown.seen_at = self._clock()
+                    effects.event(
+                        "approval.seen",
+                        {"approval_id": approval_id, "digest": shown.digest, "by": by},
+                    )
+                    if shown.console:
+                        # The light now shows the code: the press may follow.
+                        self._tell_panel(effects, shown, "pending")
+                    self._cond.notify_all()
+                snapshot = dataclasses.replace(shown)
+        finally:
+            self._dispatch(effects)
+        return snapshot
+
+    def recent(self, n: int = 5) -> builtins.list[dict[str, Any]]:
+        """The public view of the ``n`` requests decided last, newest first."""
+        with self._guard():
+            ids = [i for i in reversed(self._decided_order) if i in self._requests][:n]
+            return [self._public(self._requests[i]) for i in ids]
+
     # -- the pairing window ---------------------------------------------------
 
     def open_pairing_window(self, *, source: str) -> bool:
@@ -339,24 +385,25 @@ class ApprovalQueue:
     def lockouts(self) -> builtins.list[dict[str, Any]]:
         """Requesters locked out now, and for how much longer."""
         with self._guard():
-            return [
-                {"requester": r, "seconds_left": round(left, 1)}
-                for r in sorted(self._locked)
-                if (left := self._locked_for(r))
-            ]
+            return self._lockouts.list()
 
     def lockout(self, requester: str) -> dict[str, Any] | None:
         """This requester's lockout, if any (what the API tells a client)."""
         with self._guard():
-            left = self._locked_for(requester)
-            if not left:
-                return None
-            return {
-                "requester": requester,
-                "seconds_left": round(left, 1),
-                "reason": f"{self.settings.lockout_after} requests denied or unanswered within "
-                f"{self.settings.lockout_window_s / 60:g} minutes",
-            }
+            return self._lockouts.one(requester)
+
+    def lift_lockout(self, requester: str, *, by: str) -> bool:
+        """The owner lifts ``requester``'s lockout (from the console); False
+        when it was not locked out."""
+        effects = _Effects()
+        try:
+            with self._lock:
+                lifted = self._lockouts.lift(requester)
+                if lifted:
+                    effects.event("approval.lockout_lifted", {"requester": requester, "by": by})
+                return lifted
+        finally:
+            self._dispatch(effects)
 
     def current(self) -> ApprovalRequest | None:
         """The request shown on the panel now, if any (a copy)."""
@@ -486,7 +533,12 @@ class ApprovalQueue:
             position = 1 + self._waiting.index(req)
         else:
             position = None
-        return req.to_public(now=self._clock(), position=position)
+        now = self._clock()
+        out = req.to_public(now=now, position=position)
+        if req is self._shown and req.shown_at is not None:
+            # When a press may count (the console's page counts it down).
+            out["armed_in_s"] = armed_in(req, now, self.settings.arming_delay_s)
+        return out
 
     def _show(self, req: ApprovalRequest, effects: _Effects) -> bool:
         """Make ``req`` the shown request; False if the panel failed."""
@@ -495,7 +547,8 @@ class ApprovalQueue:
         req.shown_at = now  # the arming delay and the deadline start now
         req.deadline = now + self.settings.timeout_s
         self._shown = req
-        ok = self._tell_panel(effects, req, "pairing" if req.kind == "pairing" else "pending")
+        state: PanelState = "pairing" if req.kind == "pairing" else "pending"
+        ok = self._tell_panel(effects, req, "console" if req.waits_for_console else state)
         if ok:
             effects.event("approval.shown", self._public(req))
         return ok
@@ -528,45 +581,14 @@ class ApprovalQueue:
         effects.decided.append(dataclasses.replace(req))
         effects.event("approval.decided", req.to_public())
         self._cond.notify_all()
-        if status in ("denied", "expired"):
-            self._count_refusal(req.requester, effects)
-
-    def _count_refusal(self, requester: str, effects: _Effects) -> None:
-        s = self.settings
-        if s.lockout_after <= 0 or self._locked_for(requester):
-            return
-        now = self._clock()
-        recent = self._refusals.setdefault(requester, deque())
-        recent.append(now)
-        while recent and now - recent[0] > s.lockout_window_s:
-            recent.popleft()
-        if len(recent) < s.lockout_after:
-            return
-        del self._refusals[requester]
-        self._locked[requester] = now + s.lockout_s
-        effects.event(
-            "approval.lockout",
-            {
-                "requester": requester,
-                "refusals": s.lockout_after,
-                "window_s": s.lockout_window_s,
-                "lockout_s": s.lockout_s,
-            },
-        )
-        # Its other open requests go too: nothing of it stays on the panel.
-        for other in [r for r in self._waiting if r.requester == requester]:
-            self._waiting.remove(other)
-            self._finish(other, "cancelled", "lockout", effects)
-
-    def _locked_for(self, requester: str) -> float:
-        until = self._locked.get(requester)
-        if until is None:
-            return 0.0
-        left = until - self._clock()
-        if left <= 0:
-            del self._locked[requester]
-            return 0.0
-        return left
+        if status in ("denied", "expired") and req.counts:
+            lockout = self._lockouts.refused(req.requester)
+            if lockout is not None:
+                effects.event("approval.lockout", lockout)
+                # Its other open requests go too: nothing of it stays on the panel.
+                for other in [r for r in self._waiting if r.requester == req.requester]:
+                    self._waiting.remove(other)
+                    self._finish(other, "cancelled", "lockout", effects)
 
     def _close_pairing(self, effects: _Effects, why: str) -> None:
         if self._pairing_until is None:

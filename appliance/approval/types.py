@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-PanelState = Literal["idle", "pending", "pairing", "approved", "denied", "expired", "fault"]
+PanelState = Literal[
+    "idle", "pending", "console", "pairing", "approved", "denied", "expired", "fault"
+]
 PANEL_STATES: tuple[str, ...] = PanelState.__args__  # type: ignore[attr-defined]
 
 Kind = Literal["plan", "pairing", "undo"]
@@ -49,6 +51,19 @@ class ApprovalRequest:
     status: Status = "waiting"
     decided_by: str | None = None
     gesture: str | None = None  # how it was decided: "hold", "double-tap", "timeout", "cli"...
+    # Trusted arming: why a press counts only once the owner's console has
+    # shown this digest (empty: it does not need the console), and when the
+    # console showed it.
+    console: tuple[str, ...] = ()
+    seen_at: float | None = None
+    # Whether a denial counts toward locking the requester out (not for a
+    # plan the box's own model proposed for it).
+    counts: bool = True
+
+    @property
+    def waits_for_console(self) -> bool:
+        """A press cannot approve it yet: the console has not shown it."""
+        return bool(self.console) and self.seen_at is None
 
     @property
     def decided(self) -> bool:
@@ -85,6 +100,9 @@ class ApprovalRequest:
             "deadline": self.deadline,
             "decided_by": self.decided_by,
             "gesture": self.gesture,
+            "needs_console": list(self.console),
+            "seen_on_console": self.seen_at is not None,
+            "counts_toward_lockout": self.counts,
         }
         if now is not None and self.deadline is not None and not self.decided:
             out["expires_in_s"] = round(max(0.0, self.deadline - now), 3)

@@ -129,6 +129,22 @@ class Clients:
             raise NotFound("no such pairing (the pairing id is the secret its requester was told)")
         return dict(row)
 
+    def pairing_request(self, ref: str) -> dict[str, Any] | None:
+        """A pairing request by its public reference: who asks (name,
+        address) and the grant it asks for; never its secret."""
+        row = self.db.one(
+            "SELECT name, address, grant_json, status FROM pairing_requests WHERE ref = ?", (ref,)
+        )
+        if row is None:
+            return None
+        grant = Grant.from_json(json.loads(row["grant_json"]))
+        return {
+            "name": row["name"],
+            "address": row["address"],
+            "grant": grant,
+            "status": row["status"],
+        }
+
     def set_pairing_status(self, ref: str, status: str) -> None:
         self.db.execute(
             "UPDATE pairing_requests SET status = ? WHERE ref = ? AND status = 'pending'",

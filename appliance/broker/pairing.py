@@ -50,12 +50,16 @@ class Pairing:
         # that approval's decision can be handled.
         self._lock = lock
 
-    def request(self, name: str, address: str = "local", grant: object = None) -> dict[str, Any]:
+    def request(
+        self, name: str, address: str = "local", grant: object = None, *, console: bool = False
+    ) -> dict[str, Any]:
         """A desktop asks to pair, for ``grant`` (default: read every share).
         ``address`` (the caller's IP) is the requester, so one LAN device
-        cannot fill the approval queue under many names."""
+        cannot fill the approval queue under many names. Only the box's own
+        console (``console``, never the LAN API) may ask for an owner grant;
+        the panel's summary says so before the press."""
         name = check_name(name)
-        wanted = requested_grant(grant, sorted(self.config.shares))
+        wanted = requested_grant(grant, sorted(self.config.shares), owner_allowed=console)
         decision = self.policy.decide(
             PolicyRequest(verb=PAIR_VERB, requester=f"unpaired:{address}", share=None, path="")
         )

@@ -95,6 +95,10 @@ class PlanRow:
     created: float
     error: str | None
     compacted: int | None = None
+    # Who proposed the plan for its requester: the box's model for a task
+    # ({"task_id", "model_id", "model_sha256"}), a plugin ({"via"}); None: the
+    # requester itself.
+    origin: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ class PlanStore:
         if "compacted" not in columns:
             # How many read actions a read-only plan had when its rows were dropped.
             db.execute("ALTER TABLE plans ADD COLUMN compacted INTEGER")
+        if "origin" not in columns:
+            db.execute("ALTER TABLE plans ADD COLUMN origin TEXT")
 
     # -- reading --------------------------------------------------------------
 
@@ -194,6 +200,9 @@ class PlanStore:
         out: dict[str, Any] = {
             "plan_id": plan_id,
             "kind": plan.kind.value,
+            "requester": plan.requester,
+            "created": plan.created,
+            "origin": plan.origin,
             "status": plan.status.value,
             "approval_id": plan.approval_id,
             "code": plan.code,
@@ -206,6 +215,33 @@ class PlanStore:
             # A read-only plan past its window: what it read is in plan.read.
             out["compacted"] = plan.compacted
         return out
+
+    def page(
+        self, requester: str | None, start: int, limit: int, *, changes: bool = False
+    ) -> tuple[list[str], int]:
+        """Plan ids newest first (``requester``'s, or everyone's when None),
+        ``limit`` of them from ``start``, and how many there are; with
+        ``changes``, only plans that change something (undo plans included)."""
+        where, args = ["1 = 1"], []
+        if requester is not None:
+            where.append("requester = ?")
+            args.append(requester)
+        if changes:
+            reads = tuple(sorted(READS))
+            where.append(
+                "EXISTS (SELECT 1 FROM actions a WHERE a.plan_id = plans.plan_id"
+                f" AND a.verb NOT IN ({','.join('?' * len(reads))}))"
+            )
+            args.extend(reads)
+        cond = " AND ".join(where)
+        row = self.db.one(f"SELECT COUNT(*) AS n FROM plans WHERE {cond}", tuple(args))
+        total = row["n"] if row is not None else 0
+        rows = self.db.all(
+            f"SELECT plan_id FROM plans WHERE {cond} ORDER BY created DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            (*args, limit, start),
+        )
+        return [r["plan_id"] for r in rows], int(total)
 
     def compact(self, before: float) -> tuple[int, int]:
         """Keep what is old small. A read-only plan that ended before
@@ -260,14 +296,25 @@ class PlanStore:
         approval_id: str | None,
         code: str | None,
         actions: Iterable[NewAction],
+        origin: dict[str, Any] | None = None,
     ) -> None:
         first = ActionStatus.refused if status is PlanStatus.denied else ActionStatus.planned
         # Not fsync'd: the plan's decision is already durable in the audit log.
         with self.db.tx(durable=False) as conn:
             conn.execute(
                 "INSERT INTO plans (plan_id, kind, requester, status, digest, approval_id, code,"
-                " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (plan_id, kind, requester, status, digest, approval_id, code, time.time()),
+                " created, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    plan_id,
+                    kind,
+                    requester,
+                    status,
+                    digest,
+                    approval_id,
+                    code,
+                    time.time(),
+                    json.dumps(origin) if origin else None,
+                ),
             )
             for idx, a in enumerate(actions):
                 conn.execute(
@@ -357,6 +404,7 @@ def _plan(row: dict[str, Any]) -> PlanRow:
         created=row["created"],
         error=row["error"],
         compacted=row.get("compacted"),
+        origin=json.loads(row["origin"]) if row.get("origin") else None,
     )
 
 

@@ -21,18 +21,12 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from appliance import __version__
 from appliance.agent.client import AgentClient
-from appliance.approval import ApprovalQueue, ApprovalRequest, Panel
-from appliance.approval.receipts import ReceiptStore
-from appliance.audit import AuditLog
-from appliance.broker.clients import Clients
-from appliance.broker.evaluate import Evaluated, Evaluator, plan_digest
-from appliance.broker.executor import Executor
-from appliance.broker.files import FileOps
+from appliance.approval import ApprovalRequest
+from appliance.broker import state
+from appliance.broker.evaluate import Evaluated, plan_digest
 from appliance.broker.pairing import Pairing
 from appliance.broker.plans import (
     ActionRow,
@@ -40,60 +34,20 @@ from appliance.broker.plans import (
     NewAction,
     PlanKind,
     PlanStatus,
-    PlanStore,
 )
-from appliance.broker.retention import Retention
-from appliance.broker.scope import Shares
-from appliance.broker.snapshots import SnapshotStore
-from appliance.broker.storage import Storage
+from appliance.broker.state import Parts
+from appliance.broker.summary import needs_console, origin_label, plan_summary
 from appliance.broker.taskrunner import TaskRunner
-from appliance.broker.tasks import TaskStore
 from appliance.broker.views import Views
-from appliance.config import Config
-from appliance.db import Database
 from appliance.errors import ApplianceError, NotFound
 from appliance.intents import Intent
 from appliance.issuer import attestation
-from appliance.issuer.keys import KeyStore, Signer
-from appliance.issuer.statement import BootChain
-from appliance.issuer.tokens import TokenService
-from appliance.names import shown
-from appliance.plugins.host import PluginHost
-from appliance.policy import PolicyEngine
 from appliance.verbs import CHANGE_VERBS, READ_VERBS, UNDO_VERB
 
 log = logging.getLogger("appliance.broker")
 
 HEALTH_INTERVAL_S = 10.0  # how often the panel's fault light is brought up to date
 MAINTENANCE_S = 60.0  # how often old read results are made small
-
-
-@dataclass
-class Parts:
-    """Everything the broker is made of, built by ``appliance.box.open_box``."""
-
-    config: Config
-    keystore: KeyStore
-    signer: Signer
-    db: Database
-    audit: AuditLog
-    policy: PolicyEngine
-    tokens: TokenService
-    chain: BootChain
-    shares: Shares
-    snapshots: SnapshotStore
-    files: FileOps
-    retention: Retention
-    storage: Storage
-    plans: PlanStore
-    task_store: TaskStore
-    clients: Clients
-    receipts: ReceiptStore
-    panel: Panel
-    approvals: ApprovalQueue
-    plugins: PluginHost
-    evaluator: Evaluator
-    executor: Executor
 
 
 def _id(prefix: str) -> str:
@@ -209,17 +163,25 @@ class Broker:
 
     # ------------------------------------------------------------------ submit
     def submit(
-        self, requester: str, intents: list[Intent], *, via: str | None = None
+        self,
+        requester: str,
+        intents: list[Intent],
+        *,
+        via: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Decide a plan as a whole; run it now, queue it for approval, or refuse it.
 
-        ``via`` names what proposed the plan for the requester (a plugin), for
-        the approval's summary."""
+        ``via`` names what proposed the plan for the requester (a plugin);
+        ``origin`` says the box's model did (``task_id``, ``model_id``,
+        ``model_sha256``). Both are kept with the plan, for the approval's
+        summary and the console."""
+        origin = origin or ({"via": via} if via else None)
         evaluated = [self.evaluator.evaluate(i, requester) for i in intents]
-        summary = self._summary(requester, evaluated)
-        if via:
-            summary = f"[{via}] {summary}"
-        return self._decide(PlanKind.intents, requester, evaluated, summary)
+        summary = origin_label(origin) + plan_summary(
+            self.clients.display_name(requester), evaluated
+        )
+        return self._decide(PlanKind.intents, requester, evaluated, summary, origin)
 
     def run_plugin(self, requester: str, name: str, verb: str, value: Any = None) -> dict[str, Any]:
         """Run a plugin's verb for ``requester``; what it proposes becomes one plan."""
@@ -276,25 +238,16 @@ class Broker:
 
     def _undo_plan(self, requester: str, actions: list[ActionRow]) -> dict[str, Any]:
         evaluated = [self.evaluator.evaluate_undo(a, requester) for a in actions]
-        first = actions[0]
-        more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
-        summary = (
-            f"{self.clients.display_name(requester)} wants to undo "
-            f"{first.verb} {shown(first.resource)}{more}"
-        )
+        summary = plan_summary(self.clients.display_name(requester), evaluated)
         return self._decide(PlanKind.undo, requester, evaluated, summary)
 
-    def _summary(self, requester: str, evaluated: list[Evaluated]) -> str:
-        parts = []
-        for e in evaluated[:3]:
-            to = e.params.get("to") or e.params.get("name")
-            target = f" -> {shown(str(to))}" if to else ""
-            parts.append(f"{e.intent.verb} {shown(e.resource)}{target}")
-        more = f" (+{len(evaluated) - 3} more)" if len(evaluated) > 3 else ""
-        return f"{self.clients.display_name(requester)} wants to: " + "; ".join(parts) + more
-
     def _decide(
-        self, kind: PlanKind, requester: str, evaluated: list[Evaluated], summary: str
+        self,
+        kind: PlanKind,
+        requester: str,
+        evaluated: list[Evaluated],
+        summary: str,
+        origin: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A plan is decided as a whole: any deny refuses it, any approve puts
         all of it behind one approval, otherwise it runs now."""
@@ -315,7 +268,7 @@ class Broker:
         else:
             self.parts.storage.room_for_records()
         digest = plan_digest(plan_id, requester, [e.digest for e in evaluated])
-        decided = {
+        decided: dict[str, Any] = {
             "plan_id": plan_id,
             "kind": kind.value,
             "requester": requester,
@@ -328,8 +281,12 @@ class Broker:
         read_only = status is PlanStatus.running and all(
             e.intent.verb in READ_VERBS for e in evaluated
         )
+        if origin:
+            decided["origin"] = origin
         with self._lock:
-            approval = self._ask(kind, plan_id, requester, summary, digest, decided, status)
+            approval = self._ask(
+                kind, plan_id, requester, summary, digest, decided, status, evaluated
+            )
             try:
                 if not read_only:
                     # The decision is on the record before anything may act on it.
@@ -346,6 +303,7 @@ class Broker:
                     approval_id=approval.approval_id if approval else None,
                     code=approval.code if approval else None,
                     actions=[_new_action(e) for e in evaluated],
+                    origin=origin,
                 )
             except BaseException:
                 if approval is not None:
@@ -366,8 +324,13 @@ class Broker:
         digest: str,
         decided: dict[str, Any],
         status: PlanStatus,
+        evaluated: list[Evaluated],
     ) -> ApprovalRequest | None:
-        """Put a plan that needs a press on the panel (None when it needs none)."""
+        """Put a plan that needs a press on the panel (None when it needs none).
+
+        A risky plan needs the owner's console to have shown it before a
+        press counts (trusted arming); a plan the box's model proposed is
+        not held against its requester when it is denied (lockouts)."""
         if status is not PlanStatus.pending_approval:
             return None
         # Privileged work needs the TPM (its receipt is signed there): if it
@@ -381,6 +344,8 @@ class Broker:
                 requester=requester,
                 summary=summary,
                 digest=digest,
+                console=needs_console(self.config.approvals, evaluated),
+                counts=not decided.get("origin", {}).get("task_id"),
             )
         except ApplianceError as e:
             self.audit.append("plan.refused", {**decided, "reason": e.reason})
@@ -478,54 +443,11 @@ class Broker:
 
     def health(self) -> dict[str, Any]:
         """What /healthz answers: whether privileged actions can run, and if not, why."""
-        problems = []
-        if self.audit.closed:
-            problems.append(
-                f"the audit log is unavailable ({self.audit.failure or 'closed'}); "
-                "nothing can run until it is repaired and the broker restarted"
-            )
-        if self.keystore.tpm is not None:
-            try:
-                self.keystore.tpm.check()
-            except ApplianceError as e:
-                problems.append(e.reason)
-        warnings = []
-        if self.keystore.unsafe:
-            warnings.append("keys are UNSAFE development keys, not in a TPM")
-        if self.rollback:
-            warnings.append(self.rollback)
-        if self.parts.storage.status()["low"]:
-            warnings.append("the data partition is full: changes are refused, reads go on")
-        return {
-            "status": "ok" if not problems else "unavailable",
-            "problems": problems,
-            "warnings": warnings,
-            "mode": "development" if self.config.dev else "production",
-            "signer": self.keystore.label,
-            "unsafe_signer": self.keystore.unsafe,
-            "panel": self.panel.name,
-            "version": __version__,
-        }
+        return state.health(self.parts, self.rollback)
 
     def status(self) -> dict[str, Any]:
-        current = self.approvals.current()
-        return {
-            "mode": "development" if self.config.dev else "production",
-            "signer": self.keystore.label,
-            "unsafe_signer": self.keystore.unsafe,
-            "device_key_id": self.signer.key_id,
-            "panel": {"name": self.panel.name, "virtual": self.panel.virtual}
-            | self.panel.snapshot(),
-            "shares": {name: str(path) for name, path in self.config.shares.items()},
-            "pending_approval": self.approvals.public(current.approval_id) if current else None,
-            "waiting_approvals": max(0, len(self.approvals.list()) - 1),
-            "pairing_window_s": self.approvals.pairing_window(),
-            "lockouts": self.approvals.lockouts(),
-            "audit_size": self.audit.size,
-            "epoch": self.tokens.epoch(),
-            "retention": self.retention.status(),
-            "disk": self.parts.storage.status(),
-        }
+        """The box's state for the CLI and the owner's console."""
+        return state.status(self.parts)
 
 
 def _new_action(e: Evaluated) -> NewAction:

@@ -110,6 +110,10 @@ class TaskRunner:
         self._served: dict[str, int] = {}  # requester -> when it was last served
         self._turn = 0
         self._open: dict[str, set[str]] = {}  # requester -> its tasks not ended
+        # The words of each task not ended, so the owner's console can show
+        # what the model was asked while its plan waits; only their hash is
+        # kept once the task ends.
+        self._words: dict[str, str] = {}
         self._cancelled: set[str] = set()
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()  # the broker is closing: stop following plans
@@ -149,6 +153,7 @@ class TaskRunner:
                 )
             task_id = self.tasks.create(requester, text_sha256)
             self._open.setdefault(requester, set()).add(task_id)
+            self._words[task_id] = text
             self._lines.setdefault(requester, deque()).append(
                 _Job(task_id, requester, text, from_content)
             )
@@ -210,6 +215,12 @@ class TaskRunner:
         with self._cond:
             self._open.get(job.requester, set()).discard(job.task_id)
             self._cancelled.discard(job.task_id)
+            self._words.pop(job.task_id, None)
+
+    def words(self, task_id: str) -> str | None:
+        """What the task asked, in its requester's words, while it is open."""
+        with self._cond:
+            return self._words.get(task_id)
 
     def cancel_requester(self, requester: str) -> int:
         """End every task of ``requester`` (it was revoked): waiting ones now,
@@ -239,7 +250,18 @@ class TaskRunner:
             if job.task_id in self._cancelled:
                 self._fail(job.task_id, "cancelled", "the desktop was revoked")
                 return None
-            return self.submit(job.requester, intents, via=approval_note(result))
+            confidence = result.get("confidence")
+            origin = {
+                "task_id": job.task_id,
+                "model_id": result["model_id"],
+                "model_sha256": result["model_sha256"],
+                # The model's explanation and confidence: for the console, and
+                # for the summary marked as its words.
+                "explanation": str(result.get("explanation", "")),
+                "confidence": confidence if isinstance(confidence, int | float) else None,
+                "note": approval_note(result),
+            }
+            return self.submit(job.requester, intents, origin=origin)
         except ApplianceError as e:
             code = e.code if e.code in AGENT_MESSAGES else None
             if code is not None:

@@ -11,6 +11,7 @@ exist (404): nothing tells a desktop what others are doing.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from appliance.approval import ApprovalQueue
@@ -20,6 +21,7 @@ from appliance.broker.plans import PlanStore
 from appliance.broker.taskrunner import TaskRunner
 from appliance.errors import NotFound
 
+SEARCH_SCAN = 20_000  # audit entries one search reads at most (then it says where it stopped)
 # Audit entry fields that name who or what an entry is about.
 _OWNER_FIELDS = ("requester", "client_id")
 _RECORD_FIELDS = ("plan_id", "task_id", "approval_id", "subject_id")
@@ -83,6 +85,63 @@ class Views:
             for a in self.approvals.public_list()
             if self._may(requester, "approval", a["approval_id"], a["requester"])
         ]
+
+    def approvals_recent(self, requester: str, n: int = 5) -> list[dict[str, Any]]:
+        """The requests decided last that the requester may see, newest first,
+        each with its plan's status now (what became of the press)."""
+        out = []
+        for a in self.approvals.recent(n * 4):
+            if not self._may(requester, "approval", a["approval_id"], a["requester"]):
+                continue
+            plan = self.plans.plan_row(a["plan_id"]) if a["plan_id"] else None
+            out.append({**a, "plan_status": plan.status.value if plan else None})
+            if len(out) >= n:
+                break
+        return out
+
+    def plans_page(
+        self, requester: str, start: int, limit: int, *, changes: bool = False
+    ) -> dict[str, Any]:
+        """Plans newest first: everyone's with an ``audit`` grant (or the
+        console's), else the requester's own."""
+        everyone = self.evaluator.may_view(requester, "plan", "*", mine=False)
+        ids, total = self.plans.page(None if everyone else requester, start, limit, changes=changes)
+        plans = [p for i in ids if (p := self.plans.public(i)) is not None]
+        nxt = start + len(ids)
+        return {"plans": plans, "total": total, "next": nxt if nxt < total else None}
+
+    def audit_search(
+        self,
+        requester: str,
+        *,
+        q: str = "",
+        kind: str = "",
+        before: int | None = None,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        """Audit entries the requester may read, newest first, whose kind
+        starts with ``kind`` and whose JSON contains ``q`` (case-insensitive),
+        from just before entry ``before``; ``next_before`` continues the
+        search (it stops after reading SEARCH_SCAN entries, and says where)."""
+        pos = self.audit.size if before is None else max(0, min(before, self.audit.size))
+        needle = q.lower()
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        while pos > 0 and len(found) < limit and scanned < SEARCH_SCAN:
+            lo = max(0, pos - 500)
+            entries = self.audit_entries(requester, lo, pos - lo)
+            scanned += pos - lo
+            for entry in reversed(entries):
+                if entry["kind"].startswith(kind) and (
+                    not needle or needle in json.dumps(entry, ensure_ascii=False).lower()
+                ):
+                    found.append(entry)
+                    if len(found) >= limit:
+                        pos = entry["index"]  # the next page starts before this one
+                        break
+            else:
+                pos = lo
+        return {"entries": found, "size": self.audit.size, "next_before": pos or None}
 
     def audit_entries(self, requester: str, start: int, limit: int) -> list[dict[str, Any]]:
         """A page of the log: all of it with an ``audit`` grant, else only the

@@ -153,7 +153,12 @@ def test_organise_by_date_end_to_end(
         (photos / "Inbox" / name).write_bytes(name.encode())
         os.utime(photos / "Inbox" / name, (t.timestamp(), t.timestamp()))
     config = tmp_path / "appliance.toml"
-    config.write_text(f'[plugin_publishers]\n{PUBLISHER} = "{publisher_key[1]}"\n')
+    # Not about trusted arming (tests/console/): the CLI's press may approve
+    # the content-derived moves without the console showing them first.
+    config.write_text(
+        f'[plugin_publishers]\n{PUBLISHER} = "{publisher_key[1]}"\n'
+        '[approvals]\nconsole_content = false\nconsole_risk = ""\n'
+    )
     manifest = json.loads((SOURCES["organise-by-date"] / "manifest.json").read_text())
     folder = make_plugin(tmp_path / "dist", modules["organise-by-date"], manifest, publisher_key[0])
 

@@ -124,7 +124,7 @@ def test_a_disk_that_fills_while_a_change_waits_for_its_press(data: Path) -> Non
         )
         assert r.status_code == 202
         fill_up(share / "film.mkv")
-        assert box.broker.approvals.press("approve", source="test").accepted
+        assert box.approve()
         plan = box.wait(r.json()["plan_id"])
         assert plan["status"] == "failed"
         assert plan["intents"][0]["result"]["error"]["code"] == "disk_full"

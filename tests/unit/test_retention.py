@@ -64,7 +64,7 @@ def budget_refusals(box: Box, share: Path) -> None:
         "/v1/intents",
         json={"intents": [{"verb": "file.delete", "resource": "share:docs/Inbox/c.pdf"}]},
     )
-    assert box.broker.approvals.press("approve", source="test").accepted
+    assert box.approve()
     plan = box.wait(r.json()["plan_id"])
     assert plan["status"] == "failed"
     error = error_of(plan)
@@ -114,7 +114,7 @@ def test_an_undo_asked_for_before_the_purge_is_refused_when_it_runs(box: Box, sh
     assert r.status_code == 202
     box.clock.forward(31 * DAY)
     box.broker.retention.purge_expired()
-    assert box.broker.approvals.press("approve", source="test").accepted
+    assert box.approve()
     undo = box.wait(r.json()["plan_id"])
     assert undo["status"] == "failed" and error_of(undo)["code"] == "purged"
     assert not (share / "Inbox" / "a.pdf").exists()
