@@ -46,11 +46,12 @@ def _read_intents(source: str) -> list[dict[str, Any]]:
 
 
 def wait_for_press(client: ApplianceClient, plan: Plan, out: Output, timeout: float) -> Plan:
-    """Show the code, then wait (a spinner on a terminal) until the press
-    decided and the plan ran, or ``timeout`` ran out."""
+    """Show the whole plan and the code, then wait (a spinner on a terminal)
+    until the press decided and the plan ran, or ``timeout`` ran out."""
     if plan.finished:
         return plan
     if plan.waiting_for_press:
+        plan_lines(plan, out.err)  # what a press would do, before the code
         out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
     code = plan.code
     with out.waiting(f"waiting for the press on the box (code {code})") as update:
@@ -110,8 +111,7 @@ def cmd_task(args: argparse.Namespace, out: Output) -> int:
             plan = now.plan
             if plan is not None and plan.waiting_for_press and plan.plan_id not in asked:
                 asked.add(plan.plan_id)
-                # The whole plan before the code: what a press would do.
-                plan_lines(plan, out.err)
+                plan_lines(plan, out.err)  # what a press would do, before the code
                 out.say(f"plan {plan.plan_id}: {press_sentence(plan.code)}")
                 update(f"waiting for the press on the box (code {plan.code})")
 

@@ -120,6 +120,9 @@ def test_desktop_commands_and_a_press(box: Box, creds: Path, tmp_path: Path) -> 
     human = run("submit", str(plan), *c, press=box)
     assert human.returncode == 0, human.stderr
     assert "shows code" in human.stderr  # the code to match, while waiting
+    # ...after the whole plan: what a press would do comes before the code.
+    said = human.stderr
+    assert -1 < said.find("1. file.mkdir share:docs/A") < said.find("shows code"), said
     assert "1. file.mkdir share:docs/A" in human.stdout and "medium risk" in human.stdout
     assert "to undo: appliance undo plan_" in human.stdout
     plan_id = human.stdout.split("to undo: appliance undo ")[1].split()[0]
