@@ -28,11 +28,22 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
+def parse(path: Path) -> ast.Module:
+    """``ast.parse``, once more if another thread parsed at the same moment:
+    CPython 3.11 before 3.11.8 (gh-106905) can raise "AST constructor
+    recursion depth mismatch" then, and 3.11's tracebacks parse source too
+    (a thread logging an exception is enough)."""
+    try:
+        return ast.parse(path.read_text())
+    except SystemError:
+        return ast.parse(path.read_text())
+
+
 def top_level_imports(path: Path) -> list[tuple[str, list[str]]]:
     """(module, names) a module imports at its top level, ``if
     TYPE_CHECKING`` blocks included (a cycle of types is a cycle of design);
     imports inside functions are left out."""
-    tree = ast.parse(path.read_text())
+    tree = parse(path)
     found: list[tuple[str, list[str]]] = []
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -59,7 +70,7 @@ def function_imports(path: Path) -> list[tuple[str, list[str]]]:
     """``from appliance... import`` statements inside functions."""
     return [
         (node.module, [a.name for a in node.names])
-        for fn in ast.walk(ast.parse(path.read_text()))
+        for fn in ast.walk(parse(path))
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
         for node in ast.walk(fn)
         if isinstance(node, ast.ImportFrom) and node.module and not node.level
