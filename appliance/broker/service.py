@@ -125,6 +125,7 @@ class Broker:
                 "panel": self.panel.name,
             },
         )
+        self.tasks.resume()
         if self.panel.fault_light:
             self._update_fault()
             self._every(HEALTH_INTERVAL_S, self._update_fault, "panel-health")

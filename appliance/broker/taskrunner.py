@@ -58,6 +58,8 @@ from appliance.intents import Intent, Provenance
 
 log = logging.getLogger("appliance.broker")
 
+INTERRUPTED = "the box restarted while its model was planning this task; ask again"
+
 # What the requester is told when the agent fails: a fixed message per code,
 # never the agent's own words (a compromised agent could quote a file).
 AGENT_MESSAGES = {
@@ -168,11 +170,14 @@ class TaskRunner:
         )
         return self.public(task_id)
 
-    def _next(self) -> _Job:
-        """The next task: of the requester served longest ago (never: first)."""
+    def _next(self) -> _Job | None:
+        """The next task: of the requester served longest ago (never: first);
+        None once the broker is closing."""
         with self._cond:
-            while not self._lines:
+            while not self._lines and not self._closing.is_set():
                 self._cond.wait()
+            if self._closing.is_set():
+                return None
             requester = min(self._lines, key=lambda r: self._served.get(r, -1))
             line = self._lines[requester]
             job = line.popleft()
@@ -185,31 +190,29 @@ class TaskRunner:
             return job
 
     def _work(self) -> None:
-        while True:
-            job = self._next()
+        while (job := self._next()) is not None:
             try:
                 plan = self._run(job)
             except Exception:  # noqa: BLE001 - the line must keep moving
+                if self._closing.is_set():
+                    return  # the broker closed under the task: a restart reports it
                 log.exception("task %s crashed", job.task_id)
                 plan = None
                 self.tasks.update(job.task_id, "failed", status="failed", error="internal error")
             if plan is None:
                 self._ended(job)
                 continue
-            follower = threading.Thread(
-                target=self._follow, args=(job, plan), name=f"follow-{job.task_id}", daemon=True
-            )
-            with self._cond:
-                self._followers.add(follower)
-            follower.start()
+            self._start_following(job, plan, (plan["plan_id"], plan["status"]))
 
     def close(self) -> None:
-        """Stop following plans (their records stay; a restarted box reports them)."""
+        """Stop taking tasks and following plans (their records stay; a
+        restarted box reports them)."""
         self._closing.set()
         with self._cond:
-            followers = list(self._followers)
-        for follower in followers:
-            follower.join(timeout=2)
+            self._cond.notify_all()
+            threads = [*self._followers, *([self._worker] if self._worker else [])]
+        for thread in threads:
+            thread.join(timeout=2)
 
     def _ended(self, job: _Job) -> None:
         with self._cond:
@@ -328,23 +331,25 @@ class TaskRunner:
         self.audit.append_quietly("task.failed", audited)
         self.tasks.update(task_id, "failed", status="failed", error=message, detail=error)
 
-    def _follow(self, job: _Job, plan: dict[str, Any]) -> None:
-        """Report the plan's progress on the task until it ends."""
+    def _follow(self, job: _Job, plan: dict[str, Any] | None, watched: tuple[str, str]) -> None:
+        """Report the plan ``watched`` (its id, its status now) on the task
+        until it ends; ``plan``: the plan as just submitted, recorded first."""
+        plan_id, status = watched
         try:
-            status = plan["status"]
-            self.tasks.update(
-                job.task_id,
-                status,
-                status=status,
-                plan_id=plan["plan_id"],
-                detail={
-                    "plan_id": plan["plan_id"],
-                    "approval_id": plan["approval_id"],
-                    "code": plan["code"],
-                },
-            )
+            if plan is not None:
+                self.tasks.update(
+                    job.task_id,
+                    status,
+                    status=status,
+                    plan_id=plan_id,
+                    detail={
+                        "plan_id": plan_id,
+                        "approval_id": plan["approval_id"],
+                        "code": plan["code"],
+                    },
+                )
             while status not in PLAN_TERMINAL and not self._closing.wait(0.1):
-                now = self.plans.plan_row(plan["plan_id"])
+                now = self.plans.plan_row(plan_id)
                 if now is None or now.status == status:
                     continue
                 status = now.status
@@ -353,6 +358,31 @@ class TaskRunner:
             self._ended(job)
             with self._cond:
                 self._followers.discard(threading.current_thread())
+
+    def _start_following(
+        self, job: _Job, plan: dict[str, Any] | None, watched: tuple[str, str]
+    ) -> None:
+        follower = threading.Thread(
+            target=self._follow,
+            args=(job, plan, watched),
+            name=f"follow-{job.task_id}",
+            daemon=True,
+        )
+        with self._cond:
+            self._followers.add(follower)
+            self._open.setdefault(job.requester, set()).add(job.task_id)
+        follower.start()
+
+    def resume(self) -> None:
+        """After a restart: a task its model was planning ends ``failed`` (its
+        words were never kept: the desktop asks again); a task whose plan was
+        proposed is followed again to the plan's end."""
+        for row in self.tasks.unfinished():
+            job = _Job(row["task_id"], row["requester"], "", None)
+            if row["plan_id"] is None:
+                self._fail(job.task_id, "interrupted", INTERRUPTED)
+            else:
+                self._start_following(job, None, (row["plan_id"], row["status"]))
 
     # -- reads on the requester's behalf, each a read-only plan under its grant ----------
 

@@ -96,6 +96,15 @@ class TaskStore:
         out["events"] = json.loads(out["events"])
         return out
 
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Tasks not ended (after a restart: planning, or following a plan)."""
+        marks = ", ".join("?" * len(TERMINAL))
+        rows = self.db.all(
+            f"SELECT task_id, requester, status, plan_id FROM tasks WHERE status NOT IN ({marks})",
+            tuple(sorted(TERMINAL)),
+        )
+        return [dict(r) for r in rows]
+
     def ids_of(self, requester: str) -> set[str]:
         rows = self.db.all("SELECT task_id FROM tasks WHERE requester = ?", (requester,))
         return {r["task_id"] for r in rows}

@@ -95,3 +95,43 @@ def test_bad_from_content_refused(setup, spec: dict) -> None:
     r = http.post("/v1/tasks", json={"text": "sort by year", "from_content": spec})
     assert r.status_code == 422 and r.json()["reason"]
     assert broker.db.one("SELECT COUNT(*) AS n FROM tasks")["n"] == 0
+
+
+def test_a_restart_ends_what_it_interrupted(tmp_path: Path) -> None:
+    """A task its model was planning when the box stopped ends failed (ask
+    again); a task whose plan waited for a press ends as its plan did. None
+    stays "planning" or "pending_approval" forever."""
+    from appliance.api.app import create_app
+    from appliance.broker.tasks import TERMINAL
+
+    share = tmp_path / "share"
+    share.mkdir()
+    broker = make_broker(tmp_path, share, agent_socket=tmp_path / "no-agent.sock")
+    http = TestClient(create_app(broker))
+    credential = pair(http, broker)
+    http.headers["Authorization"] = "Bearer " + credential
+    plan = http.post(
+        "/v1/intents", json={"intents": [{"verb": "file.mkdir", "resource": "share:docs/A"}]}
+    )
+    assert plan.json()["status"] == "pending_approval", plan.text
+    store = broker.tasks.tasks
+    requester = credential.split(".")[0]
+    planning = store.create(requester, "0" * 64)
+    waiting = store.create(requester, "1" * 64)
+    store.update(
+        waiting, "pending_approval", status="pending_approval", plan_id=plan.json()["plan_id"]
+    )
+    broker.close()
+
+    broker = make_broker(tmp_path, share, agent_socket=tmp_path / "no-agent.sock")
+    try:
+        http = TestClient(create_app(broker))
+        http.headers["Authorization"] = "Bearer " + credential
+        ended = http.get(f"/v1/tasks/{planning}", params={"wait": 10}).json()
+        assert ended["status"] == "failed" and "restarted" in ended["error"]
+        followed = http.get(f"/v1/tasks/{waiting}", params={"wait": 10}).json()
+        now = http.get(f"/v1/plans/{plan.json()['plan_id']}").json()
+        assert now["status"] in TERMINAL and followed["status"] == now["status"], (followed, now)
+        assert not (share / "A").exists()
+    finally:
+        broker.close()
