@@ -243,10 +243,6 @@ MORE_EXAMPLES: tuple[tuple[str, str], ...] = (
         ),
         _plan("Writing jobs.txt.", 'write home:jobs.txt "fix the gate"'),
     ),
-    (
-        ask_turn(["home:", "home:a.doc", "home:b.png", "home:Stuff/"], "tidy up my files"),
-        "ask: How should I tidy them: into which folders, or by year?",
-    ),
 )
 # Every example, the ask and the refusal last (nearest the request).
 PLAN_EXAMPLES = SHORT_EXAMPLES[:-2] + MORE_EXAMPLES + SHORT_EXAMPLES[-2:]
