@@ -4,9 +4,12 @@ listing: every pattern and template names each listed file once (see
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from appliance.agent.compact import (
@@ -20,6 +23,9 @@ from appliance.agent.compact import (
     parent_of,
     resource,
 )
+
+_WORD = re.compile(r"[a-z]+|[0-9]+")  # a request's words
+_YEARLY = re.compile(r"(?:19|20)[0-9]{2}")  # a year folder's name
 
 
 @dataclass
@@ -104,6 +110,13 @@ def expand(answer: Answer, names: Names) -> Expansion:
                 if folder is None:
                     skipped.append(f"{src}: no year or month in its name")
                     continue
+                if (
+                    src.endswith("/")
+                    and folder == parent_of(folder) + basename(src) + "/"
+                    and not names.is_folder(folder)
+                    and folder not in made
+                ):
+                    folder = parent_of(folder)  # "move docs:Scans/ > archive:Scans/"
                 if folder == parent_of(src):
                     continue  # already there
                 if src.endswith("/") and folder.startswith(src):
@@ -149,6 +162,129 @@ def unsaid_choice(answer: Answer, names: Names, request: str) -> tuple[str, str]
             said_theirs = any(m in words for m in theirs - own)
             if not said_own and (own - theirs or said_theirs):
                 return source, other
+    return None
+
+
+def placed(answer: Answer, names: Names, request: str) -> Answer:
+    """The answer with a source the request places elsewhere put there: when
+    a step picks one of two listed entries of the same name and the request
+    says the other's place (its share, its folder) but not the chosen one's
+    ("read notes.txt on the family share" planned as ``docs:notes.txt``),
+    the step takes the one the request placed (exactly one such: else as
+    written, and :func:`unsaid_choice` asks). And a move or copy into a
+    listed folder the request never names, on a share it does name ("to the
+    backup share" planned as ``backup:Old/``), goes to that share's top. A
+    sort into year folders inside its own source folder, which the request
+    names only as the source, goes "next to" it when the request says so, or
+    into the year folders that exist already (in one place of that share),
+    as the prompt asks."""
+    words = request.lower()
+
+    def place(source: str, dest: set[str]) -> str:
+        if "*" in source or basename(source).lower() not in words:
+            return source
+        own = _marks(source)
+        there = [
+            other
+            for other in names.shown
+            if other != source
+            and basename(other) == basename(source)
+            and other.endswith("/") == source.endswith("/")
+            and any(m in words for m in _marks(other) - own - dest)
+            and not any(m in words for m in own - _marks(other))
+        ]
+        return there[0] if len(there) == 1 else source
+
+    said = _WORD.findall(words)
+
+    def destination(target: str) -> str:
+        share = target.partition(":")[0]
+        if names.is_entry(target) and share.lower() in said:
+            folders = [p for p in _marks(target + "x") if p != share.lower()]
+            if not any(_said(p, words, said) for p in folders):
+                return share + ":"
+        return target
+
+    def year_home(template: str, source: str) -> str:
+        t = next(t for t in TEMPLATES if template.endswith(t))
+        base = template[: -len(t)]
+        if base != source.partition("*")[0] or base.endswith(":"):
+            return template  # only the model's easy guess: the source itself
+        name = re.escape(basename(base).lower())
+        if re.search(rf"\b(next to|beside) (the )?{name}\b", words):
+            return parent_of(base) + t
+        if len(re.findall(rf"\b{name}\b", words)) > 1 or not t.startswith("{year}"):
+            return template  # named as the place too ("...inside Scans")
+        homes = {
+            parent_of(f)
+            for f in names.folders
+            if _YEARLY.fullmatch(basename(f)) and f.partition(":")[0] == base.partition(":")[0]
+        }
+        return homes.pop() + t if len(homes) == 1 and base not in homes else template
+
+    steps = []
+    for step in answer.steps:
+        target = step.target
+        if step.verb in ("move", "copy") and target is not None:
+            target = destination(target)
+        if step.verb == "sort" and target is not None:
+            target = year_home(target, step.source)
+        # The words of a destination ("into Old") place the destination.
+        dest = _marks(target + "x") if target and ":" in target else set()
+        first, *more = (place(s, dest) for s in step.sources)
+        steps.append(replace(step, source=first, target=target, more=tuple(more)))
+    return replace(answer, steps=tuple(steps))
+
+
+def _said(name: str, words: str, said: list[str]) -> bool:
+    """Does the request (``words``, lower case; ``said``, its words) speak of
+    the file or folder ``name``: the name itself, or a word of its stem
+    (three letters or more; from four, its plural or a typo too: "train
+    tickets" are train-ticket-1.pdf, "shoping list" is shopping-list.txt)?"""
+    name = name.lower()
+    stem = os.path.splitext(name)[0]
+    whole = re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
+    if whole.search(words) or stem in said:
+        return True
+    for w in _WORD.findall(stem):
+        if len(w) < 3 or w.isdigit():
+            continue
+        if w in said or (
+            len(w) >= 4
+            and (any(x.startswith(w) for x in said) or difflib.get_close_matches(w, said, 1, 0.8))
+        ):
+            return True
+    return False
+
+
+def unnamed_pick(answer: Answer, names: Names, request: str) -> list[str] | None:
+    """A step on one file that the request never speaks of ("delete the
+    photo" planned as ``delete photos:a.jpg``), the only one of its kind
+    (same folder, same extension) the plan names, while its folder holds
+    others of that kind that it might as well mean: those files (the chosen
+    one first), to be asked about rather than guessed."""
+    words = request.lower()
+    said = _WORD.findall(words)
+    chosen = {src for step in answer.steps for src in step.sources}
+    for step in answer.steps:
+        if step.verb in ("mkdir", "write", "sort"):
+            continue
+        for source in step.sources:
+            if "*" in source or not names.is_file(source):
+                continue
+            if _said(basename(source), words, said):
+                continue
+            ext = os.path.splitext(source)[1].lower()
+            kind = [
+                f
+                for f in names.files_in(parent_of(source))
+                if os.path.splitext(f)[1].lower() == ext
+            ]
+            alike = [f for f in kind if f not in chosen]
+            # One of them picked: which one? (Several picked: a group was
+            # meant, "the PDFs", and the others are the model's to leave.)
+            if alike and len(kind) - len(alike) == 1:
+                return [source, *alike]
     return None
 
 

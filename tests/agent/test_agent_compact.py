@@ -294,3 +294,84 @@ def test_a_choice_between_two_same_names_the_request_does_not_make_is_asked() ->
     assert choice("delete docs:Old/a.txt", "delete a.txt") == ("docs:Old/a.txt", "docs:a.txt")
     # Names the request does not use are the model's to choose.
     assert choice("read docs:notes.txt", "read my notes") is None
+
+
+def test_a_same_named_entry_the_request_places_is_taken() -> None:
+    names = listing_names(
+        {"docs": ["notes.txt", "Old/", "Old/a.txt", "a.txt"], "family": ["notes.txt"]}, 10_000
+    )
+
+    def placed(step: str, request: str) -> tuple[str, ...]:
+        answer = parse(f"plan: x\nsteps: x\n{step}\n", names)
+        return expansion.placed(answer, names, request).steps[0].sources
+
+    # The request says the other one's place and not the chosen one's: taken.
+    assert placed("read docs:notes.txt", "Read notes.txt on the family share") == (
+        "family:notes.txt",
+    )
+    assert placed("delete docs:a.txt", "delete a.txt in Old") == ("docs:Old/a.txt",)
+    # Nothing said, or the chosen one's place said: as written.
+    assert placed("read docs:notes.txt", "Read notes.txt") == ("docs:notes.txt",)
+    assert placed("read docs:notes.txt", "Read notes.txt on docs, not family") == (
+        "docs:notes.txt",
+    )
+    assert placed("delete docs:Old/a.txt", "delete a.txt in Old") == ("docs:Old/a.txt",)
+    # The step is otherwise kept: its other sources, its target.
+    step = "copy docs:notes.txt, docs:a.txt > docs:Old/"
+    assert placed(step, "copy notes.txt from family and a.txt into Old") == (
+        "family:notes.txt",
+        "docs:a.txt",  # "Old" places the destination, not a.txt
+    )
+
+
+def test_a_file_the_request_never_speaks_of_among_others_like_it_is_asked() -> None:
+    names = listing_names(
+        {
+            "photos": ["a.jpg", "b.jpg", "beach.jpg", "notes.txt"],
+            "docs": ["shopping-list.txt", "packing-list.txt", "one.pdf"],
+        },
+        10_000,
+    )
+
+    def pick(request: str, *steps: str) -> list[str] | None:
+        words = ", ".join(s.split(" ", 1)[0] for s in steps)
+        answer = parse(f"plan: x\nsteps: {words}\n" + "\n".join(steps) + "\n", names)
+        return expansion.unnamed_pick(answer, names, request)
+
+    assert pick("Delete the photo.", "delete photos:a.jpg") == [
+        "photos:a.jpg",
+        "photos:b.jpg",
+        "photos:beach.jpg",
+    ]
+    # Its name, a word of it (a typo allowed), or the only one of its kind.
+    assert pick("Delete a.jpg", "delete photos:a.jpg") is None
+    assert pick("bin the beach photo", "delete photos:beach.jpg") is None
+    assert pick("what does my shoping list say", "read docs:shopping-list.txt") is None
+    assert pick("read my notes", "read photos:notes.txt") is None
+    assert pick("read the pdf", "read docs:one.pdf") is None
+    # Every one of its kind in the plan: nothing left to choose from.
+    assert pick("delete both photos", "delete photos:a.jpg, photos:b.jpg, photos:beach.jpg") is None
+    # Several of a kind picked: a group was meant ("the photos"), not asked.
+    assert pick("sort the photos", "delete photos:a.jpg", "delete photos:b.jpg") is None
+
+
+def test_a_destination_the_request_never_names_on_a_share_it_names_is_its_top() -> None:
+    names = listing_names(
+        {"docs": ["Photos/", "Photos/cat.jpg", "Scans/", "Scans/a.pdf"], "backup": ["Old/"]},
+        10_000,
+    )
+
+    def to(request: str, step: str) -> list[str]:
+        answer = expansion.placed(parse(f"plan: x\nsteps: x\n{step}\n", names), names, request)
+        return [i["params"]["to"] for i in expand(answer, names).intents if "to" in i["params"]]
+
+    step = "copy docs:Photos/cat.jpg > backup:Old/"
+    assert to("back up the cat photo to the backup share", step) == ["share:backup/cat.jpg"]
+    # The folder said, or the share not said: as written.
+    assert to("copy the cat photo into Old on the backup share", step) == [
+        "share:backup/Old/cat.jpg"
+    ]
+    assert to("keep a copy of the cat photo somewhere safe", step) == ["share:backup/Old/cat.jpg"]
+    # A folder moved into a new folder of its own name: it goes there as itself.
+    step = "move docs:Scans/ > backup:Scans/"
+    assert to("move the Scans folder to the backup share", step) == ["share:backup/Scans"]

@@ -152,7 +152,7 @@ def test_a_looping_model_is_stopped_on_the_token_stream() -> None:
 
 def test_chatty_output_in_a_code_fence_is_read() -> None:
     planner, _ = planner_on(recorded("qwen_plan_prose.txt"))
-    assert planner.plan("sort", LISTING).intents[-1]["params"]["to"] == (
+    assert planner.plan("move the 2021 invoice", LISTING).intents[-1]["params"]["to"] == (
         "share:docs/2021/2021-invoice.pdf"
     )
 
@@ -173,13 +173,16 @@ def test_one_repair_with_the_errors_quoted(bad: str) -> None:
     repair = llm.calls[1]["prompt"]
     assert "Your answer was not valid:" in repair
     # The bad answer is shown back as the assistant's turn, the errors as the user's.
-    assert repair.count("<|im_start|>assistant\n") == len(planner_examples()) + 2
+    assert repair.count("<|im_start|>assistant\n") == len(planner.examples) + 2
 
 
-def planner_examples() -> tuple:
-    from appliance.agent.planner import PLAN_EXAMPLES
+def test_a_small_context_gets_the_short_examples_and_room_for_names() -> None:
+    from appliance.agent.prompt import PLAN_EXAMPLES, SHORT_EXAMPLES
 
-    return PLAN_EXAMPLES
+    planner, _ = planner_on()  # 2048 tokens: the longer set would leave no room
+    assert planner.examples == SHORT_EXAMPLES
+    assert len(PLAN_EXAMPLES) > len(SHORT_EXAMPLES)
+    assert planner._char_budget("", planner.plan_max_tokens) > 0
 
 
 @pytest.mark.parametrize("bad", ["qwen_plan_escape.txt", "qwen_plan_outside.txt"])
