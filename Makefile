@@ -107,7 +107,7 @@ bench: setup
 	$(BIN)/python bench/run_all.py
 
 # The image recipe, checked as far as this machine allows (not part of
-# `make test`: about 11 minutes; see docs/image.md).
+# `make test`: 11 minutes idle, over an hour on a busy machine; docs/image.md).
 image-check: setup
 	@if ! command -v mmdebstrap >/dev/null || ! command -v qemu-aarch64-static >/dev/null \
 	    || ! command -v update-binfmts >/dev/null; then \
