@@ -26,13 +26,8 @@ from appliance.agent import templates  # noqa: E402
 from appliance.agent.backends import LlamaCppBackend  # noqa: E402
 from appliance.agent.client import AgentClient  # noqa: E402
 from appliance.agent.models import default_manifest_path, load_manifest  # noqa: E402
-from appliance.agent.planner import (  # noqa: E402
-    PLAN_EXAMPLES,
-    PLAN_SYSTEM,
-    Planner,
-    _ask,
-    listing_names,
-)
+from appliance.agent.planner import Planner, listing_names  # noqa: E402
+from appliance.agent.prompt import PLAN_SYSTEM, ask_turn  # noqa: E402
 from appliance.agent.server import AgentServer  # noqa: E402
 
 LISTING = {
@@ -60,8 +55,8 @@ HAILO_TOKENS_PER_S = (6.0, 8.0)  # published for 1.5B models on the AI HAT+ 2
 def messages_for(planner: Planner, text: str) -> list[dict[str, str]]:
     """Exactly the messages the planner sends for ``text`` over LISTING."""
     budget = planner._char_budget(PLAN_SYSTEM, planner.plan_max_tokens)
-    user = _ask(listing_names(LISTING, budget).shown, text)
-    return templates.chat(PLAN_SYSTEM, user, PLAN_EXAMPLES)
+    user = ask_turn(listing_names(LISTING, budget).shown, " ".join(text.split()))
+    return templates.chat(PLAN_SYSTEM, user, planner.examples)
 
 
 def rewind(backend: LlamaCppBackend, messages: list[dict[str, str]]) -> None:
