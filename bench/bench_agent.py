@@ -73,19 +73,19 @@ def raw_generation(
     backend: LlamaCppBackend, messages: list[dict[str, str]], n_tokens: int
 ) -> tuple[float, int]:
     """llama.cpp alone: the same rendered prompt from the same cached prefix
-    state, generating ``n_tokens`` (EOS banned so it does not stop early); no
-    grammar, no socket, no validation."""
+    state, greedy decoding by llama.cpp's own sampler chain, ``n_tokens``
+    generated (it does not stop at an end token); no grammar, no Python per
+    token beyond the loop, no socket, no validation."""
     llm = backend._llm  # the same loaded model
     prompt = backend.tokens(templates.segments(backend.manifest, messages))
     rewind(backend, messages)
     start = time.perf_counter()
-    out = llm.create_completion(
-        prompt=prompt,
-        max_tokens=n_tokens,
-        temperature=0.0,
-        logit_bias={llm.token_eos(): -1e9},
-    )
-    return time.perf_counter() - start, int(out["usage"]["completion_tokens"])
+    count = 0
+    for _ in llm.generate(prompt, temp=0.0, repeat_penalty=1.0):
+        count += 1
+        if count >= n_tokens:
+            break
+    return time.perf_counter() - start, count
 
 
 def main() -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from typing import Any
+
+import pytest
 
 from appliance.agent import compact
-from appliance.agent.backends import LlamaCppBackend
+from appliance.agent.backends import LlamaCppBackend, _GreedyGrammar
 from appliance.agent.planner import (
     PLAN_EXAMPLES,
     PLAN_SYSTEM,
@@ -210,3 +213,46 @@ def test_nothing_one_request_read_reaches_the_next(planner: Planner) -> None:
     after = planner.plan(words, LISTING)
     assert after.raw == before.raw and after.intents == before.intents
     assert "ZX" not in after.raw
+
+
+def test_greedy_with_the_grammar_checked_per_token_equals_llama_cpps_masking(
+    backend: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend asks the grammar only about the model's first choice and
+    masks the whole vocabulary only when that is refused. For greedy decoding
+    that must give exactly what llama.cpp's own sampler chain gives when it
+    masks every step, on grammars that let the model say what it would and
+    grammars that refuse it."""
+    import llama_cpp
+
+    masked: list[int | None] = []
+    original = _GreedyGrammar._masked_best
+
+    def counting(self: _GreedyGrammar, logits: Any) -> int | None:
+        masked.append(token := original(self, logits))
+        return token
+
+    monkeypatch.setattr(_GreedyGrammar, "_masked_best", counting)
+    llm = backend._llm
+    prompt = llm.tokenize(
+        b"<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        special=True,
+    )
+    refused: dict[str, tuple[int, int]] = {}
+    for gbnf in ('root ::= "Paris" ("!" | ".")', 'root ::= [0-9]+ "!"', "root ::= [a-z ]+"):
+        masked.clear()
+        llm.reset()
+        grammar = llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+        ours, pieces = backend._complete(list(prompt), grammar, 12, None)
+        llm.reset()
+        grammar = llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+        theirs = llm.create_completion(
+            prompt=list(prompt), max_tokens=12, temperature=0.0, grammar=grammar
+        )["choices"][0]["text"]
+        assert ours == theirs, (gbnf, ours, theirs)
+        assert len(pieces) > 0 and all(lp <= 0 for _, lp in pieces)
+        refused[gbnf] = (len(masked), len(pieces))
+    # Both paths ran: tokens the grammar refused (the digits grammar refuses
+    # the model's first word), and tokens taken without masking.
+    assert refused['root ::= [0-9]+ "!"'][0] >= 1, refused
+    assert any(n_masked < n_tokens for n_masked, n_tokens in refused.values()), refused
