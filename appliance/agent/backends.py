@@ -360,6 +360,7 @@ class LlamaCppBackend:
                 f"the prompt is {len(prompt)} tokens, over the model's {self.context_tokens}"
             )
         cached = False
+        keep = 0  # tokens of the context to keep: the fixed prefix's, when cached
         if self.prefix_cache:
             # The fixed part: the system prompt and the example turns.
             fixed = messages[: self._fixed]
@@ -368,6 +369,7 @@ class LlamaCppBackend:
             )
             if head and prompt[: len(head)] == head and len(head) < len(prompt):
                 cached = self._start_from_prefix(head)
+                keep = len(head)
         else:
             self._llm.reset()
         form = self._form
@@ -378,7 +380,7 @@ class LlamaCppBackend:
         else:
             grammar = None
         max_tokens = min(self._max_tokens, self.context_tokens - len(prompt))
-        text, pieces_lp = self._complete(prompt, grammar, max_tokens, form)
+        text, pieces_lp = self._complete(prompt, grammar, max_tokens, form, keep)
         return Raw(text, len(pieces_lp), cached, len(prompt), tuple(pieces_lp))
 
     def _grammar_from(self, gbnf: str) -> Any:
@@ -394,7 +396,12 @@ class LlamaCppBackend:
         return grammar
 
     def _complete(
-        self, prompt: list[int], grammar: Any, max_tokens: int, form: AnswerForm | None
+        self,
+        prompt: list[int],
+        grammar: Any,
+        max_tokens: int,
+        form: AnswerForm | None,
+        keep: int = 0,
     ) -> tuple[str, list[tuple[str, float]]]:
         """Greedy generation token by token: stops at an end-of-generation
         token, at ``max_tokens``, or where ``form.stop`` says (a repeated
@@ -402,10 +409,13 @@ class LlamaCppBackend:
         unconstrained distribution (the logits before the grammar)."""
         llm = self._llm
         vocab = llm._model.vocab
-        # Keep what the context already holds of the prompt (the cached
-        # fixed prefix); evaluate the rest, at least one token for logits.
+        # Keep the evaluated fixed prefix (``keep`` tokens, when the context
+        # holds them) and evaluate the rest, at least one token for logits.
+        # Never more than the prefix, even when the last request's words
+        # began the same way: evaluated in other batches their state differs
+        # in the last bits, and a plan must not depend on what came before.
         held = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], prompt, strict=False):
+        for a, b in zip(llm.input_ids[: min(llm.n_tokens, keep)], prompt, strict=False):
             if a != b:
                 break
             held += 1

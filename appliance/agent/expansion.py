@@ -236,33 +236,52 @@ def placed(answer: Answer, names: Names, request: str) -> Answer:
     return replace(answer, steps=tuple(steps))
 
 
-def _said(name: str, words: str, said: list[str]) -> bool:
-    """Does the request (``words``, lower case; ``said``, its words) speak of
-    the file or folder ``name``: the name itself, or a word of its stem
-    (three letters or more; from four, its plural or a typo too: "train
-    tickets" are train-ticket-1.pdf, "shoping list" is shopping-list.txt)?"""
-    name = name.lower()
-    stem = os.path.splitext(name)[0]
-    whole = re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
-    if whole.search(words) or stem in said:
-        return True
+def _matched(stem: str, said: list[str]) -> set[str]:
+    """The words of a name's ``stem`` that the request's words ``said`` speak
+    of: a number said as it is, a word of three letters or more (from four,
+    its plural or a typo too: "train tickets" are train-ticket-1.pdf,
+    "shoping list" is shopping-list.txt)."""
+    out: set[str] = set()
     for w in _WORD.findall(stem):
-        if len(w) < 3 or w.isdigit():
-            continue
-        if w in said or (
-            len(w) >= 4
-            and (any(x.startswith(w) for x in said) or difflib.get_close_matches(w, said, 1, 0.8))
+        if w.isdigit():
+            if w in said:
+                out.add(w)
+        elif len(w) >= 3 and (
+            w in said
+            or (
+                len(w) >= 4
+                and (
+                    any(x.startswith(w) for x in said) or difflib.get_close_matches(w, said, 1, 0.8)
+                )
+            )
         ):
-            return True
-    return False
+            out.add(w)
+    return out
+
+
+def _named(name: str, words: str, said: list[str]) -> bool:
+    """Does the request (``words``, lower case; ``said``, its words) say the
+    name ``name`` itself, or its stem?"""
+    name = name.lower()
+    whole = re.compile(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])")
+    return bool(whole.search(words)) or os.path.splitext(name)[0] in said
+
+
+def _said(name: str, words: str, said: list[str]) -> bool:
+    """Does the request speak of the file or folder ``name``: the name, its
+    stem, or a word of it (see :func:`_matched`)?"""
+    return _named(name, words, said) or bool(_matched(_stem(name), said))
 
 
 def unnamed_pick(answer: Answer, names: Names, request: str) -> list[str] | None:
-    """A step on one file that the request never speaks of ("delete the
-    photo" planned as ``delete photos:a.jpg``), the only one of its kind
-    (same folder, same extension) the plan names, while its folder holds
-    others of that kind that it might as well mean: those files (the chosen
-    one first), to be asked about rather than guessed."""
+    """A step on one file that the request does not single out, the only one
+    of its kind (same folder, same extension) the plan names, while its
+    folder holds others of that kind that it might as well mean: those files
+    (the chosen one first), to be asked about rather than guessed. A file is
+    singled out by its name, or by words of its name that no other file of
+    its kind has all of ("the school letter" is letter-school.pdf beside
+    letter-bank.pdf; "the invoice" beside invoice-march.pdf and
+    invoice-april.pdf is not)."""
     words = request.lower()
     said = _WORD.findall(words)
     chosen = {src for step in answer.steps for src in step.sources}
@@ -272,7 +291,7 @@ def unnamed_pick(answer: Answer, names: Names, request: str) -> list[str] | None
         for source in step.sources:
             if "*" in source or not names.is_file(source):
                 continue
-            if _said(basename(source), words, said):
+            if _named(basename(source), words, said):
                 continue
             ext = os.path.splitext(source)[1].lower()
             kind = [
@@ -283,9 +302,19 @@ def unnamed_pick(answer: Answer, names: Names, request: str) -> list[str] | None
             alike = [f for f in kind if f not in chosen]
             # One of them picked: which one? (Several picked: a group was
             # meant, "the PDFs", and the others are the model's to leave.)
-            if alike and len(kind) - len(alike) == 1:
+            if not alike or len(kind) - len(alike) != 1:
+                continue
+            mine = _matched(_stem(source), said)
+            if mine:
+                # Words of its name were said: ask only when another has them too.
+                alike = [f for f in alike if mine <= _matched(_stem(f), said)]
+            if alike:
                 return [source, *alike]
     return None
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(basename(path).lower())[0]
 
 
 def render(lines: Iterable[str]) -> str:

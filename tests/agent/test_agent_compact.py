@@ -355,6 +355,45 @@ def test_a_file_the_request_never_speaks_of_among_others_like_it_is_asked() -> N
     assert pick("sort the photos", "delete photos:a.jpg", "delete photos:b.jpg") is None
 
 
+def test_a_file_singled_out_only_by_words_another_has_too_is_asked() -> None:
+    names = listing_names(
+        {
+            "docs": [
+                "invoice-march.pdf",
+                "invoice-april.pdf",
+                "invoice-2019.pdf",
+                "letter-school.pdf",
+                "letter-bank.pdf",
+                "rota.pdf",
+                "rota-notes.txt",
+            ]
+        },
+        10_000,
+    )
+
+    def pick(request: str, step: str) -> list[str] | None:
+        answer = parse(f"plan: x\nsteps: {step.split()[0]}\n{step}\n", names)
+        return expansion.unnamed_pick(answer, names, request)
+
+    # "the invoice": every invoice has that word; the model's pick is asked about.
+    asked = pick("Move the invoice to Paid.", "move docs:invoice-april.pdf > docs:Paid/")
+    assert asked is not None and asked[0] == "docs:invoice-april.pdf"
+    assert set(asked[1:]) == {"docs:invoice-march.pdf", "docs:invoice-2019.pdf"}
+    # A word (or a number) only the chosen one has singles it out.
+    assert (
+        pick("move the april invoice to Paid", "move docs:invoice-april.pdf > docs:Paid/") is None
+    )
+    assert pick("bin the 2019 invoice", "delete docs:invoice-2019.pdf") is None
+    assert pick("what does the school letter say", "read docs:letter-school.pdf") is None
+    # The request's words point at another one than the model chose: asked.
+    assert pick("read the letter from the bank", "read docs:letter-school.pdf") == [
+        "docs:letter-school.pdf",
+        "docs:letter-bank.pdf",
+    ]
+    # Another kind (extension) is not a rival: "the rota" is rota.pdf.
+    assert pick("print the rota", "read docs:rota.pdf") is None
+
+
 def test_a_destination_the_request_never_names_on_a_share_it_names_is_its_top() -> None:
     names = listing_names(
         {"docs": ["Photos/", "Photos/cat.jpg", "Scans/", "Scans/a.pdf"], "backup": ["Old/"]},

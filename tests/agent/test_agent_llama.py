@@ -256,3 +256,26 @@ def test_greedy_with_the_grammar_checked_per_token_equals_llama_cpps_masking(
     # the model's first word), and tokens taken without masking.
     assert refused['root ::= [0-9]+ "!"'][0] >= 1, refused
     assert any(n_masked < n_tokens for n_masked, n_tokens in refused.values()), refused
+
+
+def test_an_answer_does_not_depend_on_the_request_before_it(backend: LlamaCppBackend) -> None:
+    """Each request starts from the saved fixed prefix and evaluates all of
+    its own words, even when the last request's began the same way: the same
+    request gives the same tokens with the same probabilities, to the last
+    bit, whatever came before it (a plan is not a function of history)."""
+    names = listing_names(LISTING, 10_000)
+
+    def ask(words: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+        gen = backend.generate(
+            PLAN_SYSTEM,
+            "NAMES:\n" + "\n".join(names.shown) + f"\nREQUEST: {words}",
+            json_schema=None,
+            form=compact.Form(names),
+            max_tokens=60,
+            examples=PLAN_EXAMPLES,
+        )
+        return gen.text, gen.logprobs
+
+    first = ask("delete notes.txt")
+    ask("delete notes.txt and list the Inbox")  # the same names and first words
+    assert ask("delete notes.txt") == first
