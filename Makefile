@@ -27,7 +27,7 @@ NEED = PATH="$$PATH:/usr/sbin:/sbin"; \
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support debian-archive-keyring
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck bench setup apt clean plugins image-check fuzz eval model
+.PHONY: run test lint typecheck bench setup apt clean plugins image-check fuzz eval model screenshots
 
 # Installed when running as root and something is missing.
 apt:
@@ -83,6 +83,11 @@ run: setup
 # The type checker and the linter first (seconds), then the suite.
 test: setup typecheck lint
 	$(BIN)/python -m pytest
+
+# The console's tests, writing their screenshots into docs/img/ (a plain test
+# run takes them too, but writes them elsewhere so the tree stays clean).
+screenshots: setup
+	APPLIANCE_SCREENSHOTS=docs $(BIN)/python -m pytest tests/console
 
 # schemathesis over the served OpenAPI document for five minutes (FUZZ_SECONDS);
 # `make test` runs a short pass of the same test.
