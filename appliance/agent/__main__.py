@@ -4,8 +4,9 @@
         --model /usr/share/appliance/models/hailo-qwen2.5-1.5b-instruct.toml \
         --broker-uid 991
 
-Loads the manifest, checks the model file's sha256, loads the model, warms
-the fixed prompts' cache, and serves the socket until SIGTERM/SIGINT.
+Listens on the socket, loads the manifest, checks the model file's sha256,
+loads the model, warms the fixed prompts' cache, and serves the socket until
+SIGTERM/SIGINT (requests sent before then wait in the socket's backlog).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from appliance.agent.backends import make_backend
 from appliance.agent.models import default_manifest_path, load_manifest
 from appliance.agent.planner import Planner
-from appliance.agent.server import AgentServer
+from appliance.agent.server import AgentServer, listen, unlisten
 from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.agent")
@@ -54,21 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(message)s")
     if os.geteuid() == 0:
         log.warning("running as root: in production the agent runs as its own unprivileged user")
+    # Listen first: the model's check and load take seconds (minutes on a
+    # loaded machine), and a request sent meanwhile should wait in the
+    # backlog, not find nothing there and fail as "not running".
+    try:
+        sock = listen(args.socket)
+    except (OSError, ApplianceError) as e:
+        print(f"appliance agent: cannot serve {args.socket}: {e}", file=sys.stderr)
+        return 2
     try:
         manifest = load_manifest(args.model or default_manifest_path())
         backend = make_backend(manifest)
     except ApplianceError as e:
+        unlisten(sock, args.socket)  # waiting requests see the agent gone
         print(f"appliance agent: {e.reason}", file=sys.stderr)
         return 2
     log.info("model %s (sha256 %s) on %s", manifest.name, manifest.sha256, manifest.backend)
     planner = Planner(backend)
-    server = AgentServer(args.socket, planner, broker_uid=args.broker_uid)
-    try:
-        server.bind()
-    except (OSError, ApplianceError) as e:
-        print(f"appliance agent: cannot serve {args.socket}: {e}", file=sys.stderr)
-        backend.close()
-        return 2
+    server = AgentServer(args.socket, planner, broker_uid=args.broker_uid, sock=sock)
 
     def _stop(signum: int, frame: object) -> None:
         server.stop()

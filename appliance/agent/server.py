@@ -30,48 +30,74 @@ log = logging.getLogger("appliance.agent")
 READ_TIMEOUT_S = 10.0  # a peer that connects must send its request this fast
 
 
+def listen(path: Path) -> socket.socket:
+    """The agent's listening socket at ``path``, mode 0660 from its first
+    moment. A stale socket from a previous run is replaced; anything else
+    there is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ApplianceError(
+                f"{path} exists and is not a socket; not replacing it",
+                code="agent_socket",
+                status=500,
+            )
+        os.unlink(path)  # a stale socket from a previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The socket file is created by bind() with the umask applied: set it
+    # so the file is 0660 from its first moment (the agent process is
+    # single-threaded while it binds).
+    old = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    sock.listen(16)
+    sock.settimeout(0.2)  # accept() wakes up to notice stop()
+    return sock
+
+
+def unlisten(sock: socket.socket, path: Path) -> None:
+    """Close the listening socket and remove its file (if it is a socket)."""
+    sock.close()
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class AgentServer:
-    def __init__(self, socket_path: Path, planner: Planner, *, broker_uid: int | None):
+    def __init__(
+        self,
+        socket_path: Path,
+        planner: Planner,
+        *,
+        broker_uid: int | None,
+        sock: socket.socket | None = None,
+    ):
+        """``sock``: the socket :func:`listen` made already (the agent binds
+        before it loads its model, so that a request sent meanwhile waits in
+        the backlog instead of finding nothing there)."""
         self.socket_path = Path(socket_path)
         self.planner = planner
         # None: the broker runs as our own user (development).
         self.broker_uid = os.getuid() if broker_uid is None else broker_uid
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = sock
         self._stop = threading.Event()
         self.served = 0
         self.refused = 0
 
     # -------------------------------------------------------------- socket
     def bind(self) -> None:
-        path = self.socket_path
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise ApplianceError(
-                    f"{path} exists and is not a socket; not replacing it",
-                    code="agent_socket",
-                    status=500,
-                )
-            os.unlink(path)  # a stale socket from a previous run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The socket file is created by bind() with the umask applied: set it
-        # so the file is 0660 from its first moment (the agent process is
-        # single-threaded while it binds).
-        old = os.umask(0o117)
-        try:
-            sock.bind(str(path))
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o660)
-        sock.listen(16)
-        sock.settimeout(0.2)  # accept() wakes up to notice stop()
-        self._sock = sock
+        self._sock = listen(self.socket_path)
 
     def serve_forever(self) -> None:
         if self._sock is None:
@@ -97,12 +123,7 @@ class AgentServer:
         self.stop()
         sock, self._sock = self._sock, None
         if sock is not None:
-            sock.close()
-            try:
-                if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
-                    os.unlink(self.socket_path)
-            except FileNotFoundError:
-                pass
+            unlisten(sock, self.socket_path)
 
     def serve_in_thread(self) -> threading.Thread:
         """Bind now, serve in a daemon thread (tests, benchmarks)."""
@@ -129,6 +150,11 @@ class AgentServer:
             except TimeoutError:
                 return
             if line is None:
+                return
+            if _hung_up(conn):
+                # It gave up waiting (its deadline passed while the agent
+                # started or planned something else): do not plan for no one.
+                log.info("the peer left before its turn: not answering")
                 return
             self._send(conn, self.answer(line))
             self.served += 1
@@ -179,6 +205,20 @@ class AgentServer:
     def _send(conn: socket.socket, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             conn.sendall(encode(message))
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Has the peer closed the connection (nothing more to read, at its end)?"""
+    timeout = conn.gettimeout()
+    conn.setblocking(False)  # a look, not a wait
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # still there, waiting for the answer
+    except OSError:
+        return True
+    finally:
+        conn.settimeout(timeout)
 
 
 def _error(code: str, reason: str) -> dict[str, Any]:

@@ -37,4 +37,8 @@ def backend(manifest: Manifest) -> Iterator[LlamaCppBackend]:
 
 @pytest.fixture(scope="session")
 def planner(backend: LlamaCppBackend) -> Planner:
-    return Planner(backend)
+    planner = Planner(backend)
+    # As the agent does at start: the fixed prompts evaluated once, here, so
+    # that no test's deadline pays for it (minutes on a loaded machine).
+    planner.warm()
+    return planner

@@ -287,3 +287,90 @@ def test_the_real_agent_process_stopped_then_killed(tmp_path: Path) -> None:
         proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_the_agent_listens_before_its_model_loads(tmp_path: Path) -> None:
+    """A request sent while the agent checks and loads its model waits in
+    the socket's backlog instead of finding nothing there ("not running").
+    The model file here is a pipe, so the agent's sha256 check waits until
+    the test writes; what it writes does not match the manifest, so the
+    agent then refuses to load it and leaves: the waiting request fails at
+    once (not at its deadline), and the socket file goes with the agent."""
+    model = tmp_path / "model.gguf"
+    os.mkfifo(model)
+    manifest = tmp_path / "pipe.toml"
+    manifest.write_text(
+        'name = "pipe"\nbackend = "llama_cpp"\nfile = "model.gguf"\n'
+        f'sha256 = "{"0" * 64}"\nchat_template = "chatml"\ncontext_tokens = 512\n'
+        'licence = "test"\nsource = "test"\nintended_use = "a test"\n'
+    )
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance.agent", "--socket", str(sock), "--model", str(manifest)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the agent never listened"
+            time.sleep(0.05)
+        # Listening, and the model not checked yet (nothing was written).
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+        outcome: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                AgentClient(sock, timeout_s=60).health()
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        t = threading.Thread(target=ask)
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not outcome  # waiting, not refused
+        started = time.monotonic()
+        with open(model, "wb") as pipe:
+            pipe.write(b"not the model the manifest names")
+        t.join(30)
+        assert proc.wait(30) == 2
+        assert len(outcome) == 1 and isinstance(outcome[0], AgentError), outcome
+        assert outcome[0].code in ("agent_failed", "agent_unavailable"), outcome[0].code
+        assert time.monotonic() - started < 20
+        assert proc.stderr is not None and b"does not match its manifest" in proc.stderr.read()
+        assert not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_a_request_whose_sender_left_is_not_planned(tmp_path: Path, planner: Planner) -> None:
+    """A request that waited in the backlog past its sender's deadline (the
+    sender closed the connection) costs the model nothing; one whose sender
+    still waits is answered."""
+    server = AgentServer(tmp_path / "agent.sock", planner, broker_uid=None)
+    server.bind()  # listening, not serving yet: as while the agent starts
+    try:
+        gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        gone.connect(str(server.socket_path))
+        gone.sendall(
+            json.dumps({"op": "plan", "text": "delete notes.txt", "listing": LISTING}).encode()
+            + b"\n"
+        )
+        gone.close()  # gave up before the agent took it
+        answers: list[dict[str, object]] = []
+        t = threading.Thread(
+            target=lambda: answers.append(AgentClient(server.socket_path, timeout_s=60).health())
+        )
+        t.start()
+        time.sleep(0.3)  # both wait in the backlog, the one that left first
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        t.join(60)
+        assert len(answers) == 1 and answers[0]["served"] == 0  # the plan was not made
+        assert server.served == 1
+    finally:
+        server.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance.agent.client import AgentClient
 from appliance.broker.tasks import TERMINAL as TASK_TERMINAL
 from appliance.intents import WRITE_VERBS
 from tests.e2e.conftest import Box
@@ -63,10 +64,14 @@ def wait_task(desk: httpx.Client, task_id: str, until: set[str]) -> dict:
 
 
 def wait_agent(box: Box) -> None:
+    """Until the agent answers: it listens before its model is loaded and
+    its prompt cache warmed (minutes on a loaded machine), and a task's
+    deadline should not pay for that here."""
     deadline = time.monotonic() + 60
     while not (box.state / "agent.sock").exists():
         assert time.monotonic() < deadline, "the agent did not start"
         time.sleep(0.2)
+    AgentClient(box.state / "agent.sock", timeout_s=900).health()
 
 
 def test_the_sort_in_plain_words_is_planned_right_approved_and_done(tmp_path: Path) -> None:
