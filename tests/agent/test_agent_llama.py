@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from appliance.agent import compact
-from appliance.agent.backends import LlamaCppBackend, _GreedyGrammar
+from appliance.agent.backends import LlamaCppBackend
+from appliance.agent.greedy import GreedyGrammar
 from appliance.agent.planner import (
     PLAN_EXAMPLES,
     PLAN_SYSTEM,
@@ -226,13 +227,13 @@ def test_greedy_with_the_grammar_checked_per_token_equals_llama_cpps_masking(
     import llama_cpp
 
     masked: list[int | None] = []
-    original = _GreedyGrammar._masked_best
+    original = GreedyGrammar._masked_best
 
-    def counting(self: _GreedyGrammar, logits: Any) -> int | None:
+    def counting(self: GreedyGrammar, logits: Any) -> int | None:
         masked.append(token := original(self, logits))
         return token
 
-    monkeypatch.setattr(_GreedyGrammar, "_masked_best", counting)
+    monkeypatch.setattr(GreedyGrammar, "_masked_best", counting)
     llm = backend._llm
     prompt = llm.tokenize(
         b"<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
