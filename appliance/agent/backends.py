@@ -283,7 +283,7 @@ class LlamaCppBackend:
                 f"the prompt is {len(prompt)} tokens, over the model's {self.context_tokens}"
             )
         cached = False
-        keep = 0  # tokens of the context to keep: the fixed prefix's, when cached
+        keep = 0  # tokens of the context to keep: the fixed prefix's
         if self.prefix_cache:
             # The fixed part: the system prompt and the example turns.
             fixed = messages[: self._fixed]
@@ -332,17 +332,13 @@ class LlamaCppBackend:
         unconstrained distribution (the logits before the grammar)."""
         llm = self._llm
         vocab = llm._model.vocab
-        # Keep the evaluated fixed prefix (``keep`` tokens, when the context
-        # holds them) and evaluate the rest, at least one token for logits.
-        # Never more than the prefix, even when the last request's words
-        # began the same way: evaluated in other batches their state differs
-        # in the last bits, and a plan must not depend on what came before.
-        held = 0
-        for a, b in zip(llm.input_ids[: min(llm.n_tokens, keep)], prompt, strict=False):
-            if a != b:
-                break
-            held += 1
-        llm.n_tokens = min(held, len(prompt) - 1)
+        # Keep the evaluated fixed prefix (``keep`` tokens: _start_from_prefix
+        # made the context begin with them) and evaluate the rest, at least
+        # one token for logits. Never more than the prefix, even when the
+        # last request's words began the same way: evaluated in other batches
+        # their state differs in the last bits, and a plan must not depend on
+        # what came before.
+        llm.n_tokens = min(keep, len(prompt) - 1)
         llm.eval(prompt[llm.n_tokens :])
         chooser = GreedyGrammar(self._llama_cpp, llm, grammar)
         out = bytearray()

@@ -79,7 +79,7 @@ class GreedyGrammar:
             token = self._masked_best(logits)
         if token is None:
             return None, 0.0
-        top = float(logits.max())
+        top = float(logits[best])  # the largest logit
         lse = top + float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
         if self._sampler is not None:
             self._lc.llama_sampler_accept(self._sampler, token)

@@ -238,6 +238,15 @@ def test_hung_peer_times_out(tmp_path: Path) -> None:
         peer.close()
 
 
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the agent process if it still runs, reap it, close its pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
 def test_the_real_agent_process_stopped_then_killed(tmp_path: Path) -> None:
     """`python -m appliance.agent` as its own process: a SIGSTOP'ed agent is a
     timeout, a SIGKILL'ed one mid-request is a failure; neither answers a plan."""
@@ -282,11 +291,7 @@ def test_the_real_agent_process_stopped_then_killed(tmp_path: Path) -> None:
         assert len(outcome) == 1 and isinstance(outcome[0], AgentError)
         assert outcome[0].code == "agent_failed"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        _end(proc)
 
 
 def test_the_agent_listens_before_its_model_loads(tmp_path: Path) -> None:
@@ -341,11 +346,7 @@ def test_the_agent_listens_before_its_model_loads(tmp_path: Path) -> None:
         assert proc.stderr is not None and b"does not match its manifest" in proc.stderr.read()
         assert not sock.exists()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        _end(proc)
 
 
 def test_a_request_whose_sender_left_is_not_planned(tmp_path: Path, planner: Planner) -> None:
