@@ -6,7 +6,9 @@ same prompt state in the same run (the ratio is the agent's overhead:
 grammar, rendering, validation, expansion, the socket), the tokens a plan
 costs (and what that means at the Hailo-10H's published 6-8 tokens/s), and
 the effect of the prompt cache (the first request evaluates the fixed system
-prompt and examples; later ones start from their saved state).
+prompt and examples; later ones start from their saved state), and, in a full
+run, time-to-plan beside a process that keeps one core busy (every core
+always, half always, and the thread governor as shipped).
 
     .venv/bin/python bench/bench_agent.py [--quick]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +32,7 @@ from appliance.agent.models import default_manifest_path, load_manifest  # noqa:
 from appliance.agent.planner import Planner, listing_names  # noqa: E402
 from appliance.agent.prompt import PLAN_SYSTEM, ask_turn  # noqa: E402
 from appliance.agent.server import AgentServer  # noqa: E402
+from appliance.agent.threads import ThreadGovernor  # noqa: E402
 
 LISTING = {
     "docs": [
@@ -79,6 +83,7 @@ def raw_generation(
     llm = backend._llm  # the same loaded model
     prompt = backend.tokens(templates.segments(backend.manifest, messages))
     rewind(backend, messages)
+    backend._use_threads(backend.governor.threads())  # what the agent would use now
     start = time.perf_counter()
     count = 0
     for _ in llm.generate(prompt, temp=0.0, repeat_penalty=1.0):
@@ -86,6 +91,68 @@ def raw_generation(
         if count >= n_tokens:
             break
     return time.perf_counter() - start, count
+
+
+class HalfGeneration(ThreadGovernor):
+    """As before the thread governor: the request's words evaluated on every
+    core, the plan generated on half (from its second token on; the first
+    is on every core, which favours this baseline a little)."""
+
+    def token(self, threads: int, seconds: float) -> int:
+        return self.half
+
+
+def on_half(
+    backend: LlamaCppBackend, client: AgentClient, messages: list[dict[str, str]], text: str
+) -> float:
+    """Time-to-plan of the same request generated on half the cores (as
+    before the thread governor), from the same prefix state."""
+    shipped = backend.governor
+    backend.governor = HalfGeneration(shipped.full, shipped.half)
+    try:
+        rewind(backend, messages)
+        t = time.perf_counter()
+        client.plan(text, LISTING)
+        return time.perf_counter() - t
+    finally:
+        backend.governor = shipped
+
+
+def busy(backend: LlamaCppBackend, client: AgentClient, rounds: int = 2) -> None:
+    """Time-to-plan beside one process that keeps a core busy: on every core
+    always, on half always, and as shipped (the backend's own governor, which
+    has seen the idle requests before: every core until generation is seen
+    to be contended, then half for a while). The three take turns, request
+    by request, so a change in the machine's speed falls on all three."""
+    shipped = backend.governor
+    full, half = shipped.full, shipped.half
+    if half == full:
+        print("one core: nothing to govern")
+        return
+    ways = {
+        f"always {full} threads": ThreadGovernor(full, full),
+        f"always {half} thread{'s' if half > 1 else ''}": ThreadGovernor(half, half),
+        "as shipped (governed)": shipped,
+    }
+    times: dict[str, list[float]] = {label: [] for label in ways}
+    before = shipped.contended
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for _ in range(rounds):
+            for text in REQUESTS:
+                for label, governor in ways.items():
+                    backend.governor = governor
+                    t = time.perf_counter()
+                    client.plan(text, LISTING)
+                    times[label].append(time.perf_counter() - t)
+    finally:
+        hog.kill()
+        hog.wait()
+        backend.governor = shipped
+    print(f"beside one busy process (median of {rounds * len(REQUESTS)} requests each):")
+    for label, ts in times.items():
+        print(f"  {label:24} {statistics.median(ts):6.2f} s")
+    print(f"  the governor moved to half the cores {shipped.contended - before} times")
 
 
 def main() -> None:
@@ -104,6 +171,7 @@ def main() -> None:
     client = AgentClient(server.socket_path, timeout_s=900)  # a loaded machine is slow
 
     print(f"model {backend.model_id}: verify (sha256) + load {load_s:.2f} s")
+    print(f"threads: {backend.governor.full}, {backend.governor.half} while contended")
     # Cold: the first request evaluates the fixed prompt (system + examples).
     t = time.perf_counter()
     cold = client.plan(REQUESTS[0], LISTING)
@@ -115,6 +183,7 @@ def main() -> None:
 
     requests = REQUESTS if not args.quick else REQUESTS[:1]
     agent_s: list[float] = []
+    half_s: list[float] = []  # the same request, generated on half the cores
     raw_s: list[float] = []
     rows = []
     for _ in range(rounds):
@@ -125,6 +194,7 @@ def main() -> None:
             r = client.plan(text, LISTING)
             elapsed = time.perf_counter() - t
             raw_t, raw_n = raw_generation(backend, messages, r["tokens"])
+            half_s.append(on_half(backend, client, messages, text))
             agent_s.append(elapsed)
             raw_s.append(raw_t)
             rows.append((text, elapsed, r["tokens"], r["cached_prefix"], raw_t, raw_n))
@@ -147,6 +217,12 @@ def main() -> None:
     print(f"time-to-plan, later requests (median): {warm:.3f} s")
     print(f"raw llama.cpp, same tokens, same prefix state (median): {raw:.3f} s")
     print(f"agent overhead ratio (agent / raw): {warm / raw:.2f}")
+    print(f"generation found contended (moved to half the cores): {backend.governor.contended}")
+    half = statistics.median(half_s)
+    print(
+        f"time-to-plan generating on half the cores as before, same run (median): {half:.3f} s; "
+        f"governed / half: {warm / half:.2f}"
+    )
     print(
         f"prompt cache: first request {cold_s:.2f} s vs later {warm:.3f} s (x{cold_s / warm:.1f})"
     )
@@ -158,6 +234,7 @@ def main() -> None:
         nocache_s = time.perf_counter() - t
         backend.prefix_cache = True
         print(f"same request with the prefix cache off: {nocache_s:.2f} s")
+        busy(backend, client)
     server.close()
     backend.close()
 

@@ -35,6 +35,7 @@ from appliance.agent.errors import ModelError
 from appliance.agent.greedy import GreedyGrammar
 from appliance.agent.jsonout import NoJson, extract_json, validate
 from appliance.agent.models import Manifest, require_sha256, verify
+from appliance.agent.threads import ThreadGovernor
 
 
 @dataclass(frozen=True)
@@ -180,15 +181,14 @@ def strip_stops(text: str, stops: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- llama.cpp
 
 
-def _threads(manifest: Manifest) -> int:
-    """Generation threads: the manifest's ``options.threads``, else half the
-    cores. llama.cpp's threads spin while they wait for each other, so taking
-    every core on a box that also runs the broker makes a plan many times
-    slower whenever anything else runs (measured: 100 s instead of 3 s)."""
-    configured = manifest.options.get("threads")
+def _governor(manifest: Manifest, n_threads: int | None) -> ThreadGovernor:
+    """Every core while the machine is otherwise idle, half while something
+    else runs (:mod:`appliance.agent.threads`); a number given here or as the
+    manifest's ``options.threads`` is used as it is, for everything."""
+    configured = n_threads or manifest.options.get("threads")
     if isinstance(configured, int) and configured > 0:
-        return configured
-    return max(1, (os.cpu_count() or 2) // 2)
+        return ThreadGovernor(configured, configured)
+    return ThreadGovernor(os.cpu_count() or 1)
 
 
 class LlamaCppBackend:
@@ -211,15 +211,15 @@ class LlamaCppBackend:
         self.context_tokens = manifest.context_tokens
         self.seed = int(manifest.options.get("seed", 7))
         self.prefix_cache = prefix_cache
+        self.governor = _governor(manifest, n_threads)
+        self._n_threads = self.governor.full
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=manifest.context_tokens,
                 seed=self.seed,
-                n_threads=n_threads or _threads(manifest),
-                # Evaluating a prompt is a short burst on every core; the
-                # long part, generation, runs on ``n_threads``.
-                n_threads_batch=os.cpu_count() or 1,
+                n_threads=self.governor.full,
+                n_threads_batch=self.governor.full,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as e:
@@ -282,6 +282,7 @@ class LlamaCppBackend:
             raise ModelError(
                 f"the prompt is {len(prompt)} tokens, over the model's {self.context_tokens}"
             )
+        self._use_threads(self.governor.threads())
         cached = False
         keep = 0  # tokens of the context to keep: the fixed prefix's
         if self.prefix_cache:
@@ -358,10 +359,20 @@ class LlamaCppBackend:
                 text = decoded
                 if form is not None and b"\n" in piece and form.stop(text):
                     break
+                started = time.perf_counter()
                 llm.eval([token])
+                took = time.perf_counter() - started
+                self._use_threads(self.governor.token(self._n_threads, took))
         finally:
             chooser.close()
         return out.decode("utf-8", "replace"), pieces
+
+    def _use_threads(self, n: int) -> None:
+        """Compute on ``n`` threads from the next evaluation on (the answer
+        does not depend on it)."""
+        if n != self._n_threads:
+            self._llama_cpp.llama_set_n_threads(self._llm._ctx.ctx, n, n)
+            self._n_threads = n
 
     def generate(
         self,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -280,3 +282,60 @@ def test_an_answer_does_not_depend_on_the_request_before_it(backend: LlamaCppBac
     first = ask("delete notes.txt")
     ask("delete notes.txt and list the Inbox")  # the same names and first words
     assert ask("delete notes.txt") == first
+
+
+def test_threads_change_the_speed_never_the_answer(
+    planner: Planner, backend: LlamaCppBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The number of threads llama.cpp computes with changes between two
+    tokens of one plan when the machine gets busy (appliance/agent/threads.py).
+    That is safe only because it never changes the answer: the same request
+    on one thread, on two, switching at every token, and on a machine whose
+    every core is taken by another process gives the same tokens with the
+    same probabilities, to the last bit; and beside the busy processes the
+    governor moved generation to half the cores."""
+    from appliance.agent.threads import ThreadGovernor
+
+    names = listing_names(LISTING, 10_000)
+    used: list[int] = []
+    original = LlamaCppBackend._use_threads
+
+    def recording(self: LlamaCppBackend, n: int) -> None:
+        used.append(n)
+        original(self, n)
+
+    monkeypatch.setattr(LlamaCppBackend, "_use_threads", recording)
+
+    def ask(governor: ThreadGovernor) -> tuple[str, tuple[tuple[str, float], ...]]:
+        monkeypatch.setattr(backend, "governor", governor)
+        gen = backend.generate(
+            PLAN_SYSTEM,
+            "NAMES:\n" + "\n".join(names.shown) + "\nREQUEST: delete notes.txt",
+            json_schema=None,
+            form=compact.Form(names),
+            max_tokens=60,
+            examples=PLAN_EXAMPLES,
+        )
+        return gen.text, gen.logprobs
+
+    class Alternating(ThreadGovernor):
+        def token(self, threads: int, seconds: float) -> int:
+            return 1 if threads == 2 else 2
+
+    one = ask(ThreadGovernor(1, 1))
+    assert ask(ThreadGovernor(2, 2)) == one
+    used.clear()
+    assert ask(Alternating(2, 1)) == one
+    assert used.count(1) >= 5 and used.count(2) >= 5, used
+
+    governor = ThreadGovernor(2, 1)
+    assert ask(governor) == one and governor.contended == 0  # its yardstick, idle
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        busy = ask(governor)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert busy == one
+    assert governor.contended >= 1 and governor.threads() == 1

@@ -41,6 +41,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+# The code of this checkout, not whichever one the virtualenv was installed from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from appliance.broker.scope import SHARE_NAME, check_name
 from appliance.config import Limits
 from appliance.errors import ApplianceError, ScopeError
