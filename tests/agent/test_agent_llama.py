@@ -7,6 +7,7 @@ must hold."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -328,6 +329,8 @@ def test_threads_change_the_speed_never_the_answer(
     assert ask(Alternating(2, 1)) == one
     assert used.count(1) >= 5 and used.count(2) >= 5, used
 
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: two threads are contended even when the machine is idle")
     governor = ThreadGovernor(2, 1)
     assert ask(governor) == one and governor.contended == 0  # its yardstick, idle
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
