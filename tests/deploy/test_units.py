@@ -89,6 +89,17 @@ def test_agent_has_no_network() -> None:
     assert "-/data" in unit_values(agent, "InaccessiblePaths")[0].split()
 
 
+def test_the_model_yields_the_cpu_to_the_broker() -> None:
+    """The agent may compute on every core; the broker (the API, the button,
+    the light) must still come first whenever it wants the CPU."""
+    broker = DEPLOY / "systemd/appliance-broker.service"
+    agent = DEPLOY / "systemd/appliance-agent.service"
+    assert int(unit_values(agent, "Nice")[0]) > int((unit_values(broker, "Nice") or ["0"])[0])
+    assert int(unit_values(agent, "CPUWeight")[0]) < int(
+        (unit_values(broker, "CPUWeight") or ["100"])[0]
+    )
+
+
 def test_devices_only_what_each_needs() -> None:
     broker = DEPLOY / "systemd/appliance-broker.service"
     agent = DEPLOY / "systemd/appliance-agent.service"
